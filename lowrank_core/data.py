@@ -1,0 +1,394 @@
+"""CIFAR-10 in the official "python version" layout, loaded safely.
+
+Sources, in the order they are tried (:func:`resolve_source`):
+
+1. an explicit path (CLI ``--data``, the app's data setting);
+2. the environment variable ``LOWRANK_CIFAR10`` (archive or folder);
+3. the project's data cache, ``artifacts/data/``;
+4. a download of the official archive, checked against its md5.
+
+The batches are pickles, and users point the app at files they downloaded, so
+they are read by an unpickler that resolves only the four globals the official
+batches name (numpy's array reconstruction, ``ndarray`` and ``dtype``); any
+other global is refused before it is looked up, so no code can run.
+
+Decoded arrays are cached as one ``.npz`` keyed by the source's path, size and
+modification time, so a second load reads ~180 MB of arrays and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import pathlib
+import pickle
+import tarfile
+import urllib.error
+import urllib.request
+import zlib
+from typing import Callable, Mapping
+
+import numpy as np
+
+from lowrank_core import paths
+from lowrank_core.errors import DataError, UnsafePickleError
+from lowrank_core.fileio import atomic_open
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+BATCH_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META_FILE = "batches.meta"
+ENV_VAR = "LOWRANK_CIFAR10"
+URL_ENV_VAR = "LOWRANK_CIFAR10_URL"  # for tests and mirrors; md5 still checked
+NUM_CLASSES = 10
+IMAGE_SHAPE = (32, 32, 3)
+_PIXELS = 32 * 32 * 3
+# Bump when the decoded layout changes so stale caches are not trusted.
+_DECODE_VERSION = 1
+
+ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total or 0)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Cifar10:
+    """CIFAR-10 as arrays: images uint8 N×32×32×3 (NHWC), labels int32 in 0..9."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    source: str  # where it was read from, for the model card
+    sha256: str  # of the archive file, or of the folder's batch files in order
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """A located copy of CIFAR-10: a ``.tar.gz`` or a ``cifar-10-batches-py`` folder."""
+
+    path: pathlib.Path
+    origin: str  # "argument", "environment", "cache" or "download"
+
+
+# --------------------------------------------------------------------------
+# Safe unpickling
+
+
+def _numpy_reconstruct():
+    # numpy moved this function between releases (numpy.core -> numpy._core);
+    # asking an array for its reducer finds it wherever this numpy keeps it.
+    return np.empty(0).__reduce__()[0]
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits only the globals CIFAR-10 batches contain."""
+
+    def __init__(self, file, *, where: str):
+        super().__init__(file, encoding="bytes")
+        self._where = where
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"refused to unpickle {self._where}: it names {module}.{name}, which a "
+                "CIFAR-10 batch never contains (only numpy arrays, lists and dicts)"
+            ) from None
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(f"refused to unpickle {self._where}: it uses persistent ids")
+
+
+def safe_unpickle(data: bytes, *, where: str) -> object:
+    """Unpickles ``data`` admitting only numpy arrays, dtypes and plain containers."""
+    try:
+        return _CifarUnpickler(io.BytesIO(data), where=where).load()
+    except UnsafePickleError:
+        raise
+    except Exception as exc:  # a malformed pickle can raise almost anything
+        raise DataError(f"{where} is not a valid CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
+
+
+# --------------------------------------------------------------------------
+# Decoding batches
+
+
+def _get(batch: Mapping, key: str, where: str):
+    for candidate in (key.encode(), key):
+        if candidate in batch:
+            return batch[candidate]
+    raise DataError(f"{where} has no '{key}' entry; is it a CIFAR-10 batch?")
+
+
+def decode_batch(raw: bytes, *, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes one pickled data batch into (uint8 N×32×32×3 images, int32 labels)."""
+    batch = safe_unpickle(raw, where=where)
+    if not isinstance(batch, dict):
+        raise DataError(f"{where} holds a {type(batch).__name__}, not a CIFAR-10 batch dict")
+    data = _get(batch, "data", where)
+    labels = _get(batch, "labels", where)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{where}: 'data' must be a uint8 array, got {kind}")
+    if data.ndim != 2 or data.shape[1] != _PIXELS:
+        raise DataError(f"{where}: 'data' must have shape (N, {_PIXELS}), got {data.shape}")
+    try:
+        labels = np.asarray(labels)
+    except Exception:
+        raise DataError(f"{where}: 'labels' is not a list of integers") from None
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0] or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{where}: 'labels' must be {data.shape[0]} integers, got shape {labels.shape} of {labels.dtype}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{where}: labels must lie in 0..9, found {labels.min()}..{labels.max()}")
+    # Rows are channel-planar (1024 R, 1024 G, 1024 B); the network wants NHWC.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int32)
+
+
+def decode_meta(raw: bytes, *, where: str) -> tuple[str, ...]:
+    """Decodes ``batches.meta`` into the ten class names."""
+    meta = safe_unpickle(raw, where=where)
+    if not isinstance(meta, dict):
+        raise DataError(f"{where} holds a {type(meta).__name__}, not the CIFAR-10 meta dict")
+    names = _get(meta, "label_names", where)
+    if not isinstance(names, (list, tuple)) or len(names) != NUM_CLASSES:
+        raise DataError(f"{where}: 'label_names' must list {NUM_CLASSES} class names")
+    return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names)
+
+
+# --------------------------------------------------------------------------
+# Reading an archive or a folder
+
+
+_NEEDED = TRAIN_BATCHES + (TEST_BATCH, META_FILE)
+
+
+def _read_archive(path: pathlib.Path) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, mode="r:*") as archive:
+            # Members are read into memory, never extracted, so names like
+            # "../../x" in a hostile archive cannot write anywhere.
+            for member in archive:
+                parts = pathlib.PurePosixPath(member.name).parts
+                if member.isfile() and len(parts) >= 2 and parts[-2] == BATCH_DIR and parts[-1] in _NEEDED:
+                    handle = archive.extractfile(member)
+                    files[parts[-1]] = handle.read() if handle else b""
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise DataError(
+            f"{path} is not a readable CIFAR-10 archive (truncated or corrupt: {exc}); "
+            "download it again or point LOWRANK_CIFAR10 at a good copy"
+        ) from None
+    return files
+
+
+def _read_folder(path: pathlib.Path) -> dict[str, bytes]:
+    folder = path / BATCH_DIR if (path / BATCH_DIR).is_dir() else path
+    files = {}
+    for name in _NEEDED:
+        if (folder / name).is_file():
+            files[name] = (folder / name).read_bytes()
+    return files
+
+
+def read_source(path: pathlib.Path) -> Cifar10:
+    """Reads and validates CIFAR-10 from an archive or an extracted folder."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        files = _read_folder(path)
+    elif path.is_file():
+        files = _read_archive(path)
+    else:
+        raise DataError(f"{path} does not exist; expected {ARCHIVE_NAME} or a {BATCH_DIR}/ folder")
+    missing = [name for name in _NEEDED if name not in files]
+    if missing:
+        raise DataError(f"{path} is missing {', '.join(missing)} of the {BATCH_DIR}/ layout")
+    train = [decode_batch(files[name], where=f"{path}:{name}") for name in TRAIN_BATCHES]
+    x_test, y_test = decode_batch(files[TEST_BATCH], where=f"{path}:{TEST_BATCH}")
+    class_names = decode_meta(files[META_FILE], where=f"{path}:{META_FILE}")
+    if path.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    else:
+        digest_builder = hashlib.sha256()
+        for name in _NEEDED:
+            digest_builder.update(files[name])
+        digest = digest_builder.hexdigest()
+    return Cifar10(
+        x_train=np.concatenate([x for x, _ in train]),
+        y_train=np.concatenate([y for _, y in train]),
+        x_test=x_test,
+        y_test=y_test,
+        class_names=class_names,
+        source=str(path.resolve()),
+        sha256=digest,
+    )
+
+
+# --------------------------------------------------------------------------
+# Download
+
+
+def download_archive(
+    dest: pathlib.Path,
+    *,
+    url: str = CIFAR10_URL,
+    md5: str = CIFAR10_MD5,
+    progress: ProgressFn | None = None,
+    timeout: float = 60.0,
+) -> pathlib.Path:
+    """Downloads ``url`` to ``dest`` atomically, checking its md5.
+
+    A wrong checksum or a connection that breaks off raises :class:`DataError`
+    and leaves no file at ``dest`` (the partial download is deleted).
+    """
+    digest = hashlib.md5()
+    done = 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            with atomic_open(dest, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+                if total and done != total:
+                    raise DataError(f"download of {url} broke off after {done} of {total} bytes; try again")
+                if digest.hexdigest() != md5:
+                    raise DataError(
+                        f"download of {url} has md5 {digest.hexdigest()}, expected {md5}; "
+                        "the file was discarded, try again or download it by hand"
+                    )
+    except DataError:
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DataError(
+            f"could not download CIFAR-10 from {url} ({exc}); offline? Set {ENV_VAR}=/path/to/"
+            f"{ARCHIVE_NAME} (or its {BATCH_DIR}/ folder) or pass --data PATH"
+        ) from None
+    return dest
+
+
+def _tqdm_progress(desc: str) -> tuple[ProgressFn, Callable[[], None]]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
+
+    def update(done: int, total: int) -> None:
+        if total and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return update, bar.close
+
+
+# --------------------------------------------------------------------------
+# Locating and caching
+
+
+def resolve_source(path: str | os.PathLike | None = None, *, download: bool = True,
+                   progress: ProgressFn | None = None) -> DataSource:
+    """Finds CIFAR-10: explicit path, then ``LOWRANK_CIFAR10``, then the cache, then a download."""
+    if path:
+        candidate = pathlib.Path(path).expanduser()
+        if not candidate.exists():
+            raise DataError(f"data path {candidate} does not exist; expected {ARCHIVE_NAME} or a {BATCH_DIR}/ folder")
+        return DataSource(candidate, "argument")
+    env = os.environ.get(ENV_VAR)
+    if env:
+        candidate = pathlib.Path(env).expanduser()
+        if not candidate.exists():
+            raise DataError(f"{ENV_VAR}={env} does not exist; point it at {ARCHIVE_NAME} or a {BATCH_DIR}/ folder")
+        return DataSource(candidate, "environment")
+    cache = paths.data_dir()
+    for candidate in (cache / ARCHIVE_NAME, cache / BATCH_DIR):
+        if candidate.exists():
+            return DataSource(candidate, "cache")
+    if not download:
+        raise DataError(f"CIFAR-10 not found: set {ENV_VAR}=/path/to/{ARCHIVE_NAME} or pass --data PATH")
+    url = os.environ.get(URL_ENV_VAR, CIFAR10_URL)
+    close = None
+    if progress is None:
+        progress, close = _tqdm_progress("Downloading CIFAR-10")
+    try:
+        download_archive(cache / ARCHIVE_NAME, url=url, progress=progress)
+    finally:
+        if close:
+            close()
+    return DataSource(cache / ARCHIVE_NAME, "download")
+
+
+def _cache_key(path: pathlib.Path) -> str:
+    path = path.resolve()
+    stats = [path.stat()] if path.is_file() else [p.stat() for p in sorted(path.rglob("*")) if p.is_file()]
+    fingerprint = json.dumps(
+        [_DECODE_VERSION, str(path), [(s.st_size, s.st_mtime_ns) for s in stats]]
+    )
+    return hashlib.sha256(fingerprint.encode()).hexdigest()[:24]
+
+
+def _load_decoded(cache_file: pathlib.Path) -> Cifar10 | None:
+    try:
+        with np.load(cache_file, allow_pickle=False) as npz:
+            info = json.loads(str(npz["info"]))
+            return Cifar10(
+                x_train=npz["x_train"], y_train=npz["y_train"],
+                x_test=npz["x_test"], y_test=npz["y_test"],
+                class_names=tuple(info["class_names"]), source=info["source"], sha256=info["sha256"],
+            )
+    except Exception:
+        return None  # missing or corrupt cache: decode again
+
+
+def load_cifar10(path: str | os.PathLike | None = None, *, download: bool = True,
+                 progress: ProgressFn | None = None, use_cache: bool = True) -> Cifar10:
+    """Loads CIFAR-10 from the first source found (see :func:`resolve_source`).
+
+    The decoded arrays are cached under ``artifacts/data/decoded/``; the cache
+    is keyed by the source's path, size and mtime, so editing or replacing the
+    source invalidates it. If the cache cannot be written (read-only disk) the
+    data is still returned.
+    """
+    source = resolve_source(path, download=download, progress=progress)
+    cache_file = paths.data_dir() / "decoded" / f"{_cache_key(source.path)}.npz"
+    if use_cache:
+        cached = _load_decoded(cache_file)
+        if cached is not None:
+            return cached
+    data = read_source(source.path)
+    if use_cache:
+        info = json.dumps({"class_names": list(data.class_names), "source": data.source, "sha256": data.sha256})
+        try:
+            with atomic_open(cache_file, "wb") as out:
+                np.savez(out, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
+                         y_test=data.y_test, info=np.asarray(info))
+        except OSError:
+            pass  # a read-only or full disk only costs the next load its speed
+    return data
+
+
+def describe_source(path: str | os.PathLike | None = None) -> str:
+    """One line saying where data would be read from, without reading it."""
+    try:
+        source = resolve_source(path, download=False)
+    except DataError as exc:
+        return str(exc)
+    return f"{source.path} ({source.origin})"
