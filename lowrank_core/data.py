@@ -8,9 +8,10 @@ Sources, in the order they are tried (:func:`resolve_source`):
 4. a download of the official archive, checked against its md5.
 
 The batches are pickles, and users point the app at files they downloaded, so
-they are read by an unpickler that resolves only the four globals the official
-batches name (numpy's array reconstruction, ``ndarray`` and ``dtype``); any
-other global is refused before it is looked up, so no code can run.
+they are read by an unpickler that resolves only the globals the official
+batches name (numpy's array reconstruction, ``ndarray`` and ``dtype``), plus
+the latin-1 bytes encoder Python 3 writes into protocol-2 pickles; any other
+global is refused before it is looked up, so no code can run.
 
 Decoded arrays are cached as one ``.npz`` keyed by the source's path, size and
 modification time, so a second load reads ~180 MB of arrays and nothing else.
@@ -86,7 +87,16 @@ def _numpy_reconstruct():
     return np.empty(0).__reduce__()[0]
 
 
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(str,
+    # "latin1"); admit exactly that use and nothing else of the codecs module.
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError("refused to unpickle: _codecs.encode used for something other than bytes")
+    return text.encode("latin1")
+
+
 _ALLOWED_GLOBALS = {
+    ("_codecs", "encode"): _latin1_encode,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
     ("numpy", "ndarray"): np.ndarray,

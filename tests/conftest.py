@@ -1,0 +1,80 @@
+"""Shared fixtures: synthetic CIFAR-10 in the official layout, written by the tests."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+from lowrank_core import data as data_lib
+
+SHARED_ARCHIVE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-python.tar.gz"
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def make_batch(n: int, seed: int) -> dict:
+    """A batch dict as in the official files: channel-planar uint8 rows, byte-string keys."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    # Class-dependent colour so a network can learn something in a few steps.
+    images = rng.integers(0, 60, (n, 3, 32, 32)).astype(np.uint8)
+    images[np.arange(n), labels % 3] += (20 * labels).astype(np.uint8)[:, None, None]
+    return {b"batch_label": b"synthetic", b"labels": [int(v) for v in labels],
+            b"data": images.reshape(n, 3072), b"filenames": [b"x.png"] * n}
+
+
+def pickle_batch(obj) -> bytes:
+    return pickle.dumps(obj, protocol=2)
+
+
+def write_folder(root: pathlib.Path, n_per_batch: int = 24, overrides: dict | None = None) -> pathlib.Path:
+    folder = root / data_lib.BATCH_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {name: pickle_batch(make_batch(n_per_batch, i)) for i, name in enumerate(data_lib.TRAIN_BATCHES)}
+    files[data_lib.TEST_BATCH] = pickle_batch(make_batch(n_per_batch, 99))
+    files[data_lib.META_FILE] = pickle_batch({b"label_names": [n.encode() for n in CLASS_NAMES],
+                                              b"num_cases_per_batch": n_per_batch})
+    files.update(overrides or {})
+    for name, blob in files.items():
+        if blob is not None:
+            (folder / name).write_bytes(blob)
+    return folder
+
+
+def write_archive(path: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(folder, arcname=data_lib.BATCH_DIR)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_artifacts(tmp_path_factory, monkeypatch):
+    """Caches go to a temporary folder; no test reads the developer's environment."""
+    monkeypatch.setenv("LOWRANK_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
+    monkeypatch.delenv(data_lib.ENV_VAR, raising=False)
+    monkeypatch.delenv(data_lib.URL_ENV_VAR, raising=False)
+
+
+@pytest.fixture
+def synthetic_folder(tmp_path) -> pathlib.Path:
+    return write_folder(tmp_path / "extracted")
+
+
+@pytest.fixture
+def synthetic_archive(tmp_path, synthetic_folder) -> pathlib.Path:
+    return write_archive(tmp_path / data_lib.ARCHIVE_NAME, synthetic_folder)
+
+
+@pytest.fixture(scope="session")
+def shared_archive() -> pathlib.Path:
+    """The real CIFAR-10 archive (LOWRANK_CIFAR10 as CI sets it, or ../shared)."""
+    env = os.environ.get(data_lib.ENV_VAR)
+    path = pathlib.Path(env) if env else SHARED_ARCHIVE
+    if not path.exists():
+        pytest.skip("real CIFAR-10 not available (set LOWRANK_CIFAR10)")
+    return path

@@ -1,0 +1,71 @@
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from lowrank_core import checkpoint, model
+from lowrank_core.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def params():
+    return jax.tree.map(np.asarray, model.init_params(jax.random.PRNGKey(3)))
+
+
+def test_roundtrip_float32_and_float16(tmp_path, params):
+    checkpoint.save(tmp_path / "a", params, {"preset": "x"})
+    loaded, meta = checkpoint.load(tmp_path / "a")
+    assert meta["preset"] == "x" and meta["storage_dtype"] == "float32" and "jax" in meta["library_versions"]
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    checkpoint.save(tmp_path / "b", params, {}, dtype=np.float16)
+    half, _ = checkpoint.load(tmp_path / "b")
+    assert half["linear"]["w"].dtype == np.float32
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), half, params)
+    with np.load(tmp_path / "b" / "params.npz", allow_pickle=False) as npz:
+        assert "linear_2/w" in npz.files and npz["linear_2/w"].dtype == np.float16
+
+
+def test_overwrite_replaces_whole_folder(tmp_path, params):
+    checkpoint.save(tmp_path / "c", params, {"preset": "old"})
+    checkpoint.save(tmp_path / "c", params, {"preset": "new"})
+    assert checkpoint.load_metadata(tmp_path / "c")["preset"] == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path, params):
+    good = tmp_path / "good"
+    checkpoint.save(good, params, {})
+    blob = (good / "params.npz").read_bytes()
+
+    def variant(name, params_bytes=None, metadata_text=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        if params_bytes is not None:
+            (folder / "params.npz").write_bytes(params_bytes)
+        (folder / "metadata.json").write_text(metadata_text if metadata_text is not None else "{}")
+        return folder
+
+    with pytest.raises(CheckpointError, match="missing"):
+        checkpoint.load(variant("missing"))
+    with pytest.raises(CheckpointError, match="unreadable or truncated"):
+        checkpoint.load(variant("truncated", blob[: len(blob) // 2]))
+    nan = dict(params, linear_3=dict(params["linear_3"], b=np.full(1000, np.nan, np.float32)))
+    with pytest.raises(CheckpointError, match="NaN"):
+        checkpoint.load(variant("nan", checkpoint.params_to_npz_bytes(nan)))
+    other = dict(params, linear=dict(params["linear"], w=np.zeros((6144, 3000), np.float32)))
+    with pytest.raises(CheckpointError, match="linear/w"):
+        checkpoint.load(variant("shape", checkpoint.params_to_npz_bytes(other)))
+    with pytest.raises(CheckpointError, match="metadata.json"):
+        checkpoint.load(variant("meta", blob, metadata_text="{not json"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "nowhere")
+
+
+def test_pickled_object_arrays_are_refused(tmp_path):
+    folder = tmp_path / "obj"
+    folder.mkdir()
+    np.savez(folder / "params.npz", **{"linear/w": np.array([object()], dtype=object)})
+    (folder / "metadata.json").write_text(json.dumps({}))
+    with pytest.raises(CheckpointError):
+        checkpoint.load(folder)

@@ -1,0 +1,44 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "lowrank_core", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=600)
+
+
+def test_train_then_evaluate_json(tmp_path, synthetic_archive):
+    out = tmp_path / "ck"
+    trained = run_cli("train", "--preset", "tiny", "--data", str(synthetic_archive), "--out", str(out))
+    assert trained.returncode == 0, trained.stderr
+    assert (out / "params.npz").exists() and (out / "metadata.json").exists()
+    result = run_cli("evaluate", "--checkpoint", str(out), "--data", str(synthetic_archive), "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["n_test"] == 24 and 0 <= payload["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--preset", "nope"],
+    ["evaluate", "--checkpoint", "/nonexistent", "--json"],
+    ["evaluate", "--data", "/nonexistent.tar.gz"],
+])
+def test_bad_input_is_one_line_and_exit_2(args):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_corrupt_archive_is_exit_2(tmp_path):
+    bad = tmp_path / "cifar-10-python.tar.gz"
+    bad.write_bytes(b"\x1f\x8b" + b"\x00" * 100)
+    result = run_cli("evaluate", "--data", str(bad), "--json")
+    assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -1,0 +1,225 @@
+import hashlib
+import http.server
+import io
+import os
+import pathlib
+import pickle
+import tarfile
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from lowrank_core import data as data_lib
+from lowrank_core.errors import DataError, UnsafePickleError
+
+from conftest import make_batch, pickle_batch, write_archive, write_folder
+
+
+def test_reads_folder_and_archive_identically(synthetic_folder, synthetic_archive):
+    a = data_lib.read_source(synthetic_folder.parent)
+    b = data_lib.read_source(synthetic_archive)
+    assert a.x_train.shape == (5 * 24, 32, 32, 3) and a.x_train.dtype == np.uint8
+    assert a.x_test.shape == (24, 32, 32, 3) and a.y_test.dtype == np.int32
+    assert a.class_names[0] == "airplane" and len(a.class_names) == 10
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_train, b.y_train)
+
+
+def test_channel_planar_rows_become_nhwc():
+    batch = make_batch(3, 0)
+    images, labels = data_lib.decode_batch(pickle_batch(batch), where="t")
+    planar = batch[b"data"].reshape(3, 3, 32, 32)
+    assert images[1, 5, 7, 0] == planar[1, 0, 5, 7]  # red plane
+    assert images[1, 5, 7, 2] == planar[1, 2, 5, 7]  # blue plane
+    assert labels.tolist() == batch[b"labels"]
+
+
+def test_second_load_comes_from_cache(synthetic_archive, monkeypatch):
+    first = data_lib.load_cifar10(synthetic_archive)
+    calls = []
+    monkeypatch.setattr(data_lib, "read_source", lambda p: calls.append(p))
+    second = data_lib.load_cifar10(synthetic_archive)
+    assert calls == []
+    np.testing.assert_array_equal(first.x_test, second.x_test)
+    assert second.sha256 == hashlib.sha256(synthetic_archive.read_bytes()).hexdigest()
+
+
+def test_replaced_source_invalidates_cache(tmp_path, synthetic_archive):
+    data_lib.load_cifar10(synthetic_archive)
+    folder = write_folder(tmp_path / "other", n_per_batch=8)
+    time.sleep(0.01)
+    write_archive(synthetic_archive, folder)
+    assert data_lib.load_cifar10(synthetic_archive).x_test.shape[0] == 8
+
+
+def test_corrupt_cache_is_decoded_again(synthetic_archive):
+    data_lib.load_cifar10(synthetic_archive)
+    for cached in (data_lib.paths.data_dir() / "decoded").glob("*.npz"):
+        cached.write_bytes(b"garbage")
+    assert data_lib.load_cifar10(synthetic_archive).x_train.shape[0] == 120
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/lowrank_pwned",))
+
+
+def test_pickle_naming_other_globals_is_refused_before_running(tmp_path):
+    marker = pathlib.Path("/tmp/lowrank_pwned")
+    marker.unlink(missing_ok=True)
+    evil = pickle.dumps({b"data": _Evil(), b"labels": []}, protocol=2)
+    folder = write_folder(tmp_path, overrides={"data_batch_3": evil})
+    with pytest.raises(UnsafePickleError, match="system"):
+        data_lib.read_source(folder.parent)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("blob, message", [
+    (pickle_batch({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}), "shape"),
+    (pickle_batch({b"data": np.zeros((4, 3072), np.float32), b"labels": [0] * 4}), "uint8"),
+    (pickle_batch({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 10]}), "0..9"),
+    (pickle_batch({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1]}), "labels"),
+    (pickle_batch([1, 2, 3]), "not a CIFAR-10 batch"),
+    (b"\x80\x02garbage", "not a valid CIFAR-10 batch"),
+])
+def test_malformed_batches_are_clear_errors(tmp_path, blob, message):
+    folder = write_folder(tmp_path, overrides={"test_batch": blob})
+    with pytest.raises(DataError, match=message):
+        data_lib.read_source(folder.parent)
+
+
+def test_missing_batch_is_named(tmp_path):
+    folder = write_folder(tmp_path)
+    (folder / "data_batch_4").unlink()
+    with pytest.raises(DataError, match="data_batch_4"):
+        data_lib.read_source(folder.parent)
+
+
+def test_truncated_archive_is_a_clear_error(tmp_path, synthetic_archive):
+    blob = synthetic_archive.read_bytes()
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        data_lib.read_source(truncated)
+    not_gzip = tmp_path / "text.tar.gz"
+    not_gzip.write_text("hello")
+    with pytest.raises(DataError):
+        data_lib.read_source(not_gzip)
+
+
+def test_archive_member_paths_cannot_escape(tmp_path):
+    folder = write_folder(tmp_path / "src")
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(folder, arcname=data_lib.BATCH_DIR)
+        info = tarfile.TarInfo("../../escaped.txt")
+        info.size = 3
+        archive.addfile(info, io.BytesIO(b"bad"))
+    data_lib.read_source(path)
+    assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_never_escape_as_other_errors(blob):
+    with pytest.raises(DataError):
+        data_lib.decode_batch(blob, where="fuzz")
+
+
+def test_source_order_explicit_then_env_then_cache(tmp_path, synthetic_archive, monkeypatch):
+    other = write_folder(tmp_path / "env")
+    monkeypatch.setenv(data_lib.ENV_VAR, str(other.parent))
+    assert data_lib.resolve_source(synthetic_archive).origin == "argument"
+    assert data_lib.resolve_source().origin == "environment"
+    monkeypatch.delenv(data_lib.ENV_VAR)
+    cached = data_lib.paths.data_dir() / data_lib.ARCHIVE_NAME
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(synthetic_archive.read_bytes())
+    assert data_lib.resolve_source().origin == "cache"
+    monkeypatch.setenv(data_lib.ENV_VAR, str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="does not exist"):
+        data_lib.resolve_source()
+
+
+# ---- download, against a local HTTP server on 127.0.0.1 ----
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    payload = b""
+    cut_after: int | None = None
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        body = self.payload if self.cut_after is None else self.payload[: self.cut_after]
+        self.wfile.write(body)
+        self.wfile.flush()
+        if self.cut_after is not None:
+            self.connection.shutdown(2)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server(synthetic_archive):
+    handler = type("H", (_Handler,), {"payload": synthetic_archive.read_bytes(), "cut_after": None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, handler
+    server.shutdown()
+
+
+def test_download_good_file(http_server, synthetic_archive, monkeypatch):
+    server, handler = http_server
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    dest = data_lib.paths.data_dir() / data_lib.ARCHIVE_NAME
+    seen = []
+    data_lib.download_archive(dest, url=f"http://127.0.0.1:{server.server_port}/c.tgz", md5=md5,
+                              progress=lambda done, total: seen.append((done, total)))
+    assert dest.read_bytes() == handler.payload
+    assert seen[-1] == (len(handler.payload), len(handler.payload))
+
+
+def test_download_wrong_checksum_leaves_nothing(http_server):
+    server, _ = http_server
+    dest = data_lib.paths.data_dir() / data_lib.ARCHIVE_NAME
+    with pytest.raises(DataError, match="md5"):
+        data_lib.download_archive(dest, url=f"http://127.0.0.1:{server.server_port}/c.tgz", md5="0" * 32)
+    assert not dest.exists() and not list(dest.parent.glob("*.tmp"))
+
+
+def test_download_cut_midway_leaves_nothing(http_server):
+    server, handler = http_server
+    handler.cut_after = len(handler.payload) // 3
+    dest = data_lib.paths.data_dir() / data_lib.ARCHIVE_NAME
+    with pytest.raises(DataError):
+        data_lib.download_archive(dest, url=f"http://127.0.0.1:{server.server_port}/c.tgz",
+                                  md5=hashlib.md5(handler.payload).hexdigest())
+    assert not dest.exists() and not list(dest.parent.glob("*.tmp"))
+
+
+def test_download_is_the_last_resort_and_refuses_wrong_md5(http_server, monkeypatch):
+    server, _ = http_server
+    monkeypatch.setenv(data_lib.URL_ENV_VAR, f"http://127.0.0.1:{server.server_port}/c.tgz")
+    # The server's archive is not the official file, so the official md5 refuses it.
+    with pytest.raises(DataError, match="md5"):
+        data_lib.load_cifar10()
+
+
+def test_offline_with_nothing_local_says_what_to_set(monkeypatch):
+    monkeypatch.setenv(data_lib.URL_ENV_VAR, "http://127.0.0.1:9/none.tgz")
+    with pytest.raises(DataError, match="LOWRANK_CIFAR10"):
+        data_lib.load_cifar10(progress=lambda *a: None)
+
+
+def test_real_archive_loads(shared_archive):
+    data = data_lib.load_cifar10(shared_archive)
+    assert data.x_train.shape == (50000, 32, 32, 3) and data.x_test.shape == (10000, 32, 32, 3)
+    assert np.bincount(data.y_test).tolist() == [1000] * 10
+    assert np.bincount(data.y_train).tolist() == [5000] * 10

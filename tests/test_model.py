@@ -1,0 +1,53 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lowrank_core import model
+from lowrank_core.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def params():
+    return model.init_params(jax.random.PRNGKey(0))
+
+
+def test_architecture_is_the_seeds(params):
+    shapes = model.expected_shapes()
+    assert list(shapes) == ["conv2_d", "conv2_d_1", "linear", "linear_1", "linear_2", "linear_3", "linear_4"]
+    assert shapes["conv2_d"]["w"] == (5, 5, 3, 18) and shapes["conv2_d_1"]["w"] == (5, 5, 18, 48)
+    assert [shapes[n]["w"] for n in model.DENSE_LAYERS] == [
+        (3072, 3000), (3000, 2000), (2000, 2000), (2000, 1000), (1000, 10)]
+    assert sum(v.size for v in jax.tree.leaves(params)) == 21_257_026
+
+
+def test_preprocess_is_fixed_normalization():
+    images = np.array([[[[0, 128, 255]]]], np.uint8)
+    expected = (np.array([0, 128, 255]) / 255.0 - model.MEAN) / model.STD
+    np.testing.assert_allclose(np.asarray(model.preprocess(images))[0, 0, 0], expected, rtol=1e-5)
+
+
+def test_fast_forward_matches_haiku_apply(params):
+    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    reference = model.network.apply(params, model.preprocess(images))
+    fast = model.forward(params, images)
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(reference), rtol=1e-4, atol=1e-5)
+
+
+def test_factorized_layer_equals_product(params):
+    rng = np.random.default_rng(1)
+    u, v = rng.normal(size=(7, 3)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)
+    b = rng.normal(size=5).astype(np.float32)
+    x = rng.normal(size=(4, 7)).astype(np.float32)
+    np.testing.assert_allclose(model.dense_layer({"u": u, "v": v, "b": b}, x),
+                               model.dense_layer({"w": u @ v, "b": b}, x), rtol=1e-5, atol=1e-5)
+
+
+def test_check_params_names_first_mismatch(params):
+    bad = jax.tree.map(lambda v: v, params)
+    bad["linear_2"] = dict(bad["linear_2"], w=jnp.zeros((2000, 1999)))
+    with pytest.raises(CheckpointError, match="linear_2/w"):
+        model.check_params(bad)
+    missing = {k: v for k, v in params.items() if k != "linear_4"}
+    with pytest.raises(CheckpointError, match="linear_4"):
+        model.check_params(missing)
