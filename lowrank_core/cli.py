@@ -38,20 +38,131 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lowrank_core import checkpoint, data, evaluation
+def _parse_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise LowrankError(f"not a number: {text!r}") from None
+    return value
+
+
+def _method_config(args: argparse.Namespace):
+    from lowrank_core import compress, engine
+    from lowrank_core.errors import ConfigError
+
+    if args.method == "svd":
+        layer_ranks = ()
+        if args.layer_ranks:
+            pairs = []
+            for item in args.layer_ranks.split(","):
+                name, _, rank = item.partition("=")
+                if not rank.strip().isdigit():
+                    raise ConfigError(f"--layer-ranks wants name=rank pairs, got {item!r}")
+                pairs.append((name.strip(), int(rank)))
+            layer_ranks = tuple(pairs)
+        return compress.SvdConfig(rank_fraction=_parse_fraction(args.rank_fraction), form=args.form,
+                                  energy=None if args.energy is None else _parse_fraction(args.energy),
+                                  layer_ranks=layer_ranks, include_output=not args.exclude_output)
+    if args.method == "prune":
+        return compress.PruneConfig(sparsity=_parse_fraction(args.sparsity), scope=args.scope,
+                                    structured=args.structured)
+    if args.method == "remove":
+        layers = tuple(name.strip() for name in (args.remove or "").split(",") if name.strip())
+        return engine.RemoveConfig(layers=layers, retrain_steps=args.retrain_steps)
+    return engine.CONFIG_TYPES[args.method]()
+
+
+def _make_engine(args: argparse.Namespace):
+    from lowrank_core import data, engine
 
     ckpt_dir = pathlib.Path(args.checkpoint) if args.checkpoint else paths.BASELINE_DIR
-    params, metadata = checkpoint.load(ckpt_dir)
-    dataset = data.load_cifar10(args.data)
-    acc = evaluation.accuracy(params, dataset.x_test, dataset.y_test)
-    result = {"method": "baseline", "checkpoint": str(ckpt_dir), "accuracy": acc,
-              "n_test": int(dataset.x_test.shape[0]), "data_sha256": dataset.sha256}
+    return engine.Engine(ckpt_dir, data.load_cifar10(args.data))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from lowrank_core.finetune import FinetuneConfig
+
+    config = _method_config(args)
+    finetune = FinetuneConfig(steps=args.finetune_steps) if args.finetune_steps else None
+    result = _make_engine(args).evaluate(args.method, config, finetune=finetune,
+                                         with_latency=not args.no_latency, use_cache=not args.no_cache)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"test accuracy {acc:.4f} on {result['n_test']} images ({ckpt_dir})")
+        line = f"{args.method}: test accuracy {result['accuracy']:.4f} on {result['n_test']} images"
+        line += f", {result['params']:,} params, {result['macs']:,} MACs/image, {result['bytes']:,} bytes"
+        if "latency_ms" in result:
+            line += f", {result['latency_ms']:.1f} ms per batch of {result['batch_size']}"
+        print(line)
     return 0
+
+
+def _parse_grid(text: str) -> list[float]:
+    """"0.05:1.0:0.05" (start:stop:step, stop included) or "0.1,0.5,1"."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            return [round(start + i * step, 10) for i in range(count)]
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise LowrankError(f"bad grid {text!r}; use start:stop:step or a comma list") from None
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import csv
+    import dataclasses
+    import io
+
+    from tqdm.auto import tqdm
+
+    from lowrank_core.fileio import atomic_write_bytes, atomic_write_json
+
+    base = _method_config(args)
+    if args.method == "svd":
+        grid = [dataclasses.replace(base, rank_fraction=f) for f in _parse_grid(args.fractions)]
+    elif args.method == "prune":
+        grid = [dataclasses.replace(base, sparsity=s) for s in _parse_grid(args.sparsities)]
+    else:
+        grid = [base]
+    eng = _make_engine(args)
+    rows = []
+    for config in tqdm(grid, desc=f"sweep[{args.method}]"):
+        result = eng.evaluate(args.method, config, with_latency=not args.no_latency)
+        row = {"method": args.method, **{f"config.{k}": v for k, v in result["config"].items()},
+               "accuracy": result["accuracy"], "n_test": result["n_test"], "params": result["params"],
+               "macs": result["macs"], "bytes": result["bytes"], "latency_ms": result.get("latency_ms"),
+               "latency_batch1_ms": result.get("latency_batch1_ms")}
+        rows.append(row)
+    out = pathlib.Path(args.out) if args.out else paths.artifacts_dir() / "sweeps" / f"{args.method}"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out.with_suffix(".csv"), buffer.getvalue().encode())
+    atomic_write_json(out.with_suffix(".json"), rows)
+    print(json.dumps({"rows": len(rows), "csv": str(out.with_suffix(".csv")), "json": str(out.with_suffix(".json"))}))
+    return 0
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
+    p.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    p.add_argument("--method", default="baseline", choices=["baseline", "svd", "prune", "remove", "quantize"])
+    p.add_argument("--rank-fraction", default="1.0", help="svd: k = max(1, floor(f·min(m, n)))")
+    p.add_argument("--form", default="reconstructed", choices=["reconstructed", "factorized"])
+    p.add_argument("--energy", help="svd: keep this share of Σσ² per layer instead of a fraction")
+    p.add_argument("--layer-ranks", help="svd: per-layer ranks, e.g. linear=300,linear_1=200")
+    p.add_argument("--exclude-output", action="store_true", help="svd: leave the 1000×10 output layer")
+    p.add_argument("--sparsity", default="0.5", help="prune: fraction of kernel weights (or units) removed")
+    p.add_argument("--scope", default="layer", choices=["layer", "global"])
+    p.add_argument("--structured", action="store_true", help="prune: drop whole hidden units")
+    p.add_argument("--remove", help="remove: hidden layers to drop, e.g. linear_1,linear_2")
+    p.add_argument("--retrain-steps", type=int, default=300, help="remove: head retraining steps")
+    p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune the dense stack afterwards")
+    p.add_argument("--no-latency", action="store_true", help="skip latency timing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,11 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--steps", type=int, help="override the preset's number of steps")
     p_train.set_defaults(func=_cmd_train)
 
-    p_eval = sub.add_parser("evaluate", help="test accuracy of a checkpoint on all test images")
-    p_eval.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
-    p_eval.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    p_eval = sub.add_parser("evaluate", help="measure a variant on all test images (cached)")
+    _add_method_options(p_eval)
     p_eval.add_argument("--json", action="store_true", help="print one JSON object")
+    p_eval.add_argument("--no-cache", action="store_true", help="recompute even if cached")
     p_eval.set_defaults(func=_cmd_evaluate)
+
+    p_sweep = sub.add_parser("sweep", help="evaluate a grid of settings; writes CSV and JSON")
+    _add_method_options(p_sweep)
+    p_sweep.add_argument("--fractions", default="0.05:1.0:0.05", help="svd rank fractions")
+    p_sweep.add_argument("--sparsities", default="0.1:0.9:0.1", help="prune sparsities")
+    p_sweep.add_argument("--out", help="output path without extension (default artifacts/sweeps/<method>)")
+    p_sweep.set_defaults(func=_cmd_sweep)
     return parser
 
 

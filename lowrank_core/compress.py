@@ -1,0 +1,299 @@
+"""Compression methods: pure functions from a params tree to a params tree.
+
+As in dm-haiku's ``examples/mnist_pruning.py``, a method never mutates its
+input; it returns a new tree that :func:`lowrank_core.model.forward` runs as is:
+
+* truncated SVD, ``reconstructed`` (``W_k = U_k S_k V_kᵀ``, same shapes) or
+  ``factorized`` (``x → x U_k → (·)(S_k V_kᵀ) + b``: keys ``u``, ``v``, ``b``);
+* magnitude pruning, unstructured (masked in place) or structured (hidden
+  units dropped, matrices physically smaller);
+* int8 per-output-channel symmetric weight quantization (stored int8 + scales,
+  run dequantized);
+* removal of hidden dense layers (see :mod:`lowrank_core.finetune` for the
+  retraining the rewired stack needs).
+
+Convolutions are left as they are by SVD and quantization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping
+
+import numpy as np
+
+from lowrank_core import model
+from lowrank_core.errors import ConfigError
+
+Params = dict[str, dict[str, np.ndarray]]
+
+FORMS = ("reconstructed", "factorized")
+
+
+def _copy(params: Mapping) -> Params:
+    return {m: dict(ps) for m, ps in params.items()}
+
+
+# --------------------------------------------------------------------------
+# Truncated SVD
+
+
+@dataclasses.dataclass(frozen=True)
+class SvdConfig:
+    """How to choose each dense layer's rank and which form to build.
+
+    Exactly one rule applies per layer, first match wins: ``layer_ranks``
+    (explicit ranks), ``energy`` (smallest k keeping that share of Σσ²), else
+    ``rank_fraction`` (k = max(1, ⌊f·min(m, n)⌋), the seed's semantics).
+    """
+
+    rank_fraction: float = 1.0
+    form: str = "reconstructed"
+    energy: float | None = None
+    layer_ranks: tuple[tuple[str, int], ...] = ()
+    include_output: bool = True  # the 1000×10 output layer, as in the seed
+
+    def __post_init__(self):
+        if not (isinstance(self.rank_fraction, (int, float)) and 0 < self.rank_fraction <= 1):
+            raise ConfigError(f"rank fraction must lie in (0, 1], got {self.rank_fraction}")
+        if self.form not in FORMS:
+            raise ConfigError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.energy is not None and not (0 < self.energy <= 1):
+            raise ConfigError(f"energy must lie in (0, 1], got {self.energy}")
+        shapes = model.expected_shapes()
+        for name, rank in self.layer_ranks:
+            if name not in model.DENSE_LAYERS:
+                raise ConfigError(f"unknown layer {name!r}; dense layers are {', '.join(model.DENSE_LAYERS)}")
+            limit = min(shapes[name]["w"])
+            if not (isinstance(rank, int) and 1 <= rank <= limit):
+                raise ConfigError(f"rank of {name} must be an integer in 1..{limit}, got {rank}")
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return model.DENSE_LAYERS if self.include_output else model.HIDDEN_LAYERS
+
+
+def rank_for_fraction(fraction: float, m: int, n: int) -> int:
+    """k = max(1, ⌊f · min(m, n)⌋)."""
+    return max(1, int(math.floor(fraction * min(m, n) + 1e-9)))
+
+
+def rank_for_energy(singular_values: np.ndarray, energy: float) -> int:
+    """Smallest k with Σ_{i≤k} σ_i² ≥ energy · Σ σ²."""
+    cumulative = np.cumsum(np.square(singular_values.astype(np.float64)))
+    return int(min(len(cumulative), np.searchsorted(cumulative, energy * cumulative[-1] * (1 - 1e-12)) + 1))
+
+
+def break_even_rank(m: int, n: int) -> float:
+    """mn/(m+n): above this rank the factorized pair holds more weights than W."""
+    return m * n / (m + n)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LayerSvd:
+    """Thin SVD of one weight matrix: ``W = U diag(s) Vt``."""
+
+    u: np.ndarray  # m × r
+    s: np.ndarray  # r
+    vt: np.ndarray  # r × n
+
+
+def layer_svd(w: np.ndarray) -> LayerSvd:
+    """Thin SVD, computed in float64 for accuracy and stored as float32."""
+    u, s, vt = np.linalg.svd(np.asarray(w, np.float64), full_matrices=False)
+    return LayerSvd(u.astype(np.float32), s.astype(np.float32), vt.astype(np.float32))
+
+
+def rank_approximated_weight(svd: LayerSvd, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's function done right: (U_k, m×k) and (S_k V_kᵀ, k×n)."""
+    return svd.u[:, :k], svd.s[:k, None] * svd.vt[:k]
+
+
+def choose_ranks(config: SvdConfig, svds: Mapping[str, LayerSvd]) -> dict[str, int]:
+    """The rank the config gives each compressed layer."""
+    explicit = dict(config.layer_ranks)
+    ranks = {}
+    for name in config.layers:
+        m, n = svds[name].u.shape[0], svds[name].vt.shape[1]
+        if name in explicit:
+            ranks[name] = explicit[name]
+        elif config.energy is not None:
+            ranks[name] = rank_for_energy(svds[name].s, config.energy)
+        else:
+            ranks[name] = rank_for_fraction(config.rank_fraction, m, n)
+    return ranks
+
+
+def svd_compress(params: Mapping, config: SvdConfig, svds: Mapping[str, LayerSvd]) -> Params:
+    """Replaces each chosen dense layer by its rank-k truncation, in the config's form."""
+    out = _copy(params)
+    for name, k in choose_ranks(config, svds).items():
+        u_k, sv_k = rank_approximated_weight(svds[name], k)
+        if config.form == "reconstructed":
+            out[name] = {"w": u_k @ sv_k, "b": params[name]["b"]}
+        else:
+            out[name] = {"u": np.ascontiguousarray(u_k), "v": np.ascontiguousarray(sv_k), "b": params[name]["b"]}
+    return out
+
+
+# --------------------------------------------------------------------------
+# Spectra
+
+
+def spectrum_stats(s: np.ndarray) -> dict:
+    """Summary numbers of one singular-value spectrum (descending ``s``)."""
+    s = np.asarray(s, np.float64)
+    energy = np.square(s)
+    p = s / s.sum()
+    p = p[p > 0]
+    return {
+        "rank_90": rank_for_energy(s, 0.90),
+        "rank_95": rank_for_energy(s, 0.95),
+        "rank_99": rank_for_energy(s, 0.99),
+        "effective_rank": float(np.exp(-(p * np.log(p)).sum())),  # Roy & Vetterli: exp(entropy)
+        "stable_rank": float(energy.sum() / energy[0]),  # ‖W‖_F² / ‖W‖₂²
+        "max_rank": int(len(s)),
+    }
+
+
+def spectrum_curves(s: np.ndarray) -> dict[str, np.ndarray]:
+    """Singular values, normalized by the largest, and cumulative energy share."""
+    s = np.asarray(s, np.float64)
+    energy = np.cumsum(np.square(s))
+    return {"singular_values": s, "normalized": s / s[0], "cumulative_energy": energy / energy[-1]}
+
+
+# --------------------------------------------------------------------------
+# Pruning
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """Magnitude pruning: ``scope`` "layer" (each kernel to the sparsity) or "global"
+    (one threshold over all kernels); ``structured`` drops whole hidden units."""
+
+    sparsity: float = 0.5
+    scope: str = "layer"
+    structured: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1):
+            raise ConfigError(f"sparsity must lie in [0, 1), got {self.sparsity}")
+        if self.scope not in ("layer", "global"):
+            raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
+
+
+PRUNABLE = model.CONV_LAYERS + model.DENSE_LAYERS
+
+
+def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarray]:
+    """Boolean keep-masks of the kernels (biases excluded), exactly at the sparsity.
+
+    Ties at the threshold are broken by position so the count is exact.
+    """
+    kernels = {name: np.asarray(params[name]["w"]) for name in PRUNABLE if name in params}
+
+    def keep_top(values: np.ndarray, n_prune: int) -> np.ndarray:
+        keep = np.ones(values.size, bool)
+        keep[np.argsort(np.abs(values).ravel(), kind="stable")[:n_prune]] = False
+        return keep
+
+    if config.scope == "layer":
+        return {n: keep_top(w, int(round(config.sparsity * w.size))).reshape(w.shape) for n, w in kernels.items()}
+    flat = np.concatenate([w.ravel() for w in kernels.values()])
+    keep = keep_top(flat, int(round(config.sparsity * flat.size)))
+    masks, offset = {}, 0
+    for name, w in kernels.items():
+        masks[name] = keep[offset:offset + w.size].reshape(w.shape)
+        offset += w.size
+    return masks
+
+
+def prune_unstructured(params: Mapping, config: PruneConfig) -> Params:
+    """Zeroes the smallest-magnitude kernel weights (stored densely: no faster)."""
+    out = _copy(params)
+    for name, mask in magnitude_masks(params, config).items():
+        out[name]["w"] = np.where(mask, params[name]["w"], 0).astype(np.float32)
+    return out
+
+
+def prune_structured(params: Mapping, config: PruneConfig) -> Params:
+    """Drops the fraction ``sparsity`` of units of each hidden dense layer.
+
+    A unit's score is the L2 norm of its incoming weights; the unit's column
+    of ``w``, its bias and the matching row of the next layer are removed, so
+    the matrices are physically smaller. Convolutions and the output layer
+    keep their shapes.
+    """
+    out = _copy(params)
+    names = model.dense_layer_names(params)
+    for name, nxt in zip(names[:-1], names[1:]):
+        w = np.asarray(out[name]["w"])
+        n_units = w.shape[1]
+        n_keep = max(1, n_units - int(round(config.sparsity * n_units)))
+        scores = np.linalg.norm(w, axis=0)
+        keep = np.sort(np.argsort(-scores, kind="stable")[:n_keep])
+        out[name] = {"w": w[:, keep], "b": np.asarray(out[name]["b"])[keep]}
+        out[nxt] = dict(out[nxt], w=np.asarray(out[nxt]["w"])[keep, :])
+    return out
+
+
+def sparsity_of(params: Mapping) -> dict[str, float]:
+    """Fraction of exactly-zero kernel weights per layer."""
+    return {n: float(np.mean(np.asarray(params[n]["w"]) == 0)) for n in PRUNABLE if n in params and "w" in params[n]}
+
+
+# --------------------------------------------------------------------------
+# Quantization
+
+
+def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8: ``w ≈ q * scale`` with ``q`` in −127..127."""
+    w = np.asarray(w, np.float32)
+    scale = np.abs(w).max(axis=0) / 127.0
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def quantize_dense(params: Mapping) -> Params:
+    """Dense kernels replaced by their int8 round trip (what an int8 kernel computes)."""
+    out = _copy(params)
+    for name in model.dense_layer_names(params):
+        if "w" in params[name]:
+            q, scale = quantize_int8(params[name]["w"])
+            out[name]["w"] = q.astype(np.float32) * scale
+    return out
+
+
+# --------------------------------------------------------------------------
+# Layer removal
+
+
+def remove_layers(params: Mapping, layers: tuple[str, ...], key_seed: int = 0) -> tuple[Params, tuple[str, ...]]:
+    """Drops hidden dense layers and rewires the stack.
+
+    Returns the new params and the names of the layers whose weights are new
+    (re-initialized because their input width changed) and must be retrained.
+    """
+    for name in layers:
+        if name not in model.HIDDEN_LAYERS:
+            raise ConfigError(f"cannot remove {name!r}; removable layers are {', '.join(model.HIDDEN_LAYERS)}")
+    if len(set(layers)) != len(layers):
+        raise ConfigError("each layer may be removed once")
+    out = {m: dict(ps) for m, ps in params.items() if m not in layers}
+    kept = model.dense_layer_names(out)
+    rng = np.random.default_rng(key_seed)
+    changed = []
+    in_dim = model.FEATURE_DIM
+    for name in kept:
+        w = np.asarray(out[name]["w"])
+        if w.shape[0] != in_dim:
+            # Close to Haiku's default Linear init (truncated normal, stddev 1/sqrt(fan_in)).
+            std = 1.0 / math.sqrt(in_dim)
+            new_w = np.clip(rng.standard_normal((in_dim, w.shape[1])), -2, 2) * std
+            out[name] = {"w": new_w.astype(np.float32), "b": np.zeros(w.shape[1], np.float32)}
+            changed.append(name)
+        in_dim = out[name]["w"].shape[1]
+    return out, tuple(changed)

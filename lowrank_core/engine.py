@@ -1,0 +1,236 @@
+"""Builds, measures and caches compressed variants of one checkpoint.
+
+A result is cached as JSON under ``artifacts/cache/<checkpoint>/results/``,
+keyed by a hash of (checkpoint content, method, full config, method code
+version). Each file carries a hash of its own payload; a file that fails that
+check (a crash mid-write, a disk error) is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import threading
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from lowrank_core import checkpoint, compress, measure, model, paths
+from lowrank_core.data import Cifar10
+from lowrank_core.errors import ConfigError
+from lowrank_core.fileio import atomic_write_bytes, atomic_write_json
+from lowrank_core.finetune import FinetuneConfig, finetune_dense
+
+METHODS = ("baseline", "svd", "prune", "remove", "quantize")
+# Bump a method's version when its code changes what it computes.
+METHOD_VERSIONS = {"baseline": 1, "svd": 1, "prune": 1, "remove": 1, "quantize": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoveConfig:
+    layers: tuple[str, ...] = ("linear_1",)
+    retrain_steps: int = 300
+
+    def __post_init__(self):
+        if not self.layers:
+            raise ConfigError("name at least one hidden layer to remove")
+        if self.retrain_steps < 0:
+            raise ConfigError("retrain_steps must be ≥ 0")
+
+
+CONFIG_TYPES = {"baseline": BaselineConfig, "svd": compress.SvdConfig, "prune": compress.PruneConfig,
+                "remove": RemoveConfig, "quantize": QuantizeConfig}
+
+
+def config_dict(config) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def result_key(checkpoint_hash: str, method: str, config, finetune: FinetuneConfig | None) -> str:
+    blob = json.dumps({"checkpoint": checkpoint_hash, "method": method, "config": config_dict(config),
+                       "finetune": config_dict(finetune) if finetune else None,
+                       "version": METHOD_VERSIONS[method]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _payload_hash(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class Engine:
+    """One checkpoint, one dataset: variants on demand, results cached on disk.
+
+    Expensive intermediates (thin SVDs of the dense layers, the convolutions'
+    output on the test and training sets) are computed once per engine.
+    """
+
+    def __init__(self, checkpoint_dir: str | os.PathLike, data: Cifar10, cache_root: pathlib.Path | None = None):
+        self.checkpoint_dir = pathlib.Path(checkpoint_dir)
+        self.params, self.metadata = checkpoint.load(self.checkpoint_dir)
+        self.data = data
+        digest = hashlib.sha256((self.checkpoint_dir / checkpoint.PARAMS_FILE).read_bytes())
+        digest.update(data.sha256.encode())
+        self.checkpoint_hash = digest.hexdigest()[:16]
+        self.cache_dir = (cache_root or paths.artifacts_dir() / "cache") / self.checkpoint_hash
+        self._lock = threading.Lock()
+        self._svds: dict[str, compress.LayerSvd] | None = None
+        self._test_features: np.ndarray | None = None
+        self._train_features: np.ndarray | None = None
+
+    # ---- shared intermediates ----
+
+    @property
+    def svds(self) -> dict[str, compress.LayerSvd]:
+        with self._lock:
+            if self._svds is None:
+                self._svds = self._load_or_compute_svds()
+            return self._svds
+
+    def _load_or_compute_svds(self) -> dict[str, compress.LayerSvd]:
+        path = self.cache_dir / "svd.npz"
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {n: compress.LayerSvd(npz[f"{n}/u"], npz[f"{n}/s"], npz[f"{n}/vt"]) for n in model.DENSE_LAYERS}
+        except Exception:
+            pass
+        svds = {n: compress.layer_svd(self.params[n]["w"]) for n in model.DENSE_LAYERS}
+        import io
+        buffer = io.BytesIO()
+        np.savez(buffer, **{f"{n}/{k}": getattr(svd, k) for n, svd in svds.items() for k in ("u", "s", "vt")})
+        try:
+            atomic_write_bytes(path, buffer.getvalue())
+        except OSError:
+            pass  # read-only or full disk: keep working from memory
+        return svds
+
+    @property
+    def test_features(self) -> np.ndarray:
+        with self._lock:
+            if self._test_features is None:
+                self._test_features = measure.conv_features(self.params, self.data.x_test)
+            return self._test_features
+
+    @property
+    def train_features(self) -> np.ndarray:
+        with self._lock:
+            if self._train_features is None:
+                self._train_features = measure.conv_features(self.params, self.data.x_train)
+            return self._train_features
+
+    # ---- variants ----
+
+    def build(self, method: str, config, finetune: FinetuneConfig | None = None,
+              on_progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
+        """(params of the variant, facts about it such as ranks or changed layers)."""
+        if method not in METHODS:
+            raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        facts: dict[str, Any] = {}
+        masks = None
+        if method == "baseline":
+            params = compress._copy(self.params)
+        elif method == "svd":
+            params = compress.svd_compress(self.params, config, self.svds)
+            facts["ranks"] = compress.choose_ranks(config, self.svds)
+            facts["break_even_ranks"] = {n: compress.break_even_rank(*self.params[n]["w"].shape) for n in config.layers}
+        elif method == "prune":
+            if config.structured:
+                params = compress.prune_structured(self.params, config)
+            else:
+                masks = compress.magnitude_masks(self.params, config)
+                params = compress.prune_unstructured(self.params, config)
+            facts["sparsity"] = compress.sparsity_of(params)
+        elif method == "quantize":
+            params = compress.quantize_dense(self.params)
+        else:  # remove
+            params, changed = compress.remove_layers(self.params, config.layers)
+            facts["retrained_layers"] = list(changed)
+            if config.retrain_steps and changed:
+                dense = finetune_dense(measure.dense_params(params), self.train_features, self.data.y_train,
+                                       FinetuneConfig(steps=config.retrain_steps), on_progress=on_progress)
+                params.update(dense)
+        if finetune is not None and finetune.steps:
+            if method == "prune" and not config.structured:
+                masks = {k: v for k, v in (masks or {}).items() if k in model.DENSE_LAYERS}
+            dense = finetune_dense(measure.dense_params(params), self.train_features, self.data.y_train,
+                                   finetune, masks=masks, on_progress=on_progress)
+            params.update(dense)
+        return params, facts
+
+    def evaluate(self, method: str, config=None, *, finetune: FinetuneConfig | None = None,
+                 with_latency: bool = True, use_cache: bool = True,
+                 on_progress: Callable[[int, int], None] | None = None) -> dict:
+        """Measures a variant (cached): accuracy on every test image, size, latency."""
+        config = config if config is not None else CONFIG_TYPES[method]()
+        key = result_key(self.checkpoint_hash, method, config, finetune)
+        path = self.cache_dir / "results" / f"{key}.json"
+        if use_cache:
+            cached = self._read_result(path)
+            if cached is not None and (cached.get("latency") or not with_latency):
+                return cached
+        params, facts = self.build(method, config, finetune, on_progress)
+        if measure.same_convolutions(params, self.params):
+            predictions = measure.predict_from_features(params, self.test_features)
+        else:
+            predictions = measure.predict_full(params, self.data.x_test)
+        baseline_bytes = measure.stored_bytes(self.params)
+        stored = measure.stored_bytes(params, int8_dense=(method == "quantize"))
+        result = {
+            "method": method,
+            "config": config_dict(config),
+            "finetune": config_dict(finetune) if finetune else None,
+            "checkpoint": self.checkpoint_hash,
+            "accuracy": float(np.mean(predictions == self.data.y_test)),
+            "n_test": int(self.data.y_test.shape[0]),
+            "params": measure.count_params(params),
+            "nonzero_params": int(sum(np.count_nonzero(v) for ps in params.values() for v in ps.values())),
+            "macs": measure.macs_per_image(params),
+            "bytes": stored,
+            "compression_ratio": baseline_bytes / stored,
+            "facts": facts,
+        }
+        if with_latency:
+            lat = measure.latency(params, self.data.x_test)
+            result["latency"] = lat
+            result["latency_ms"] = lat[str(measure.EVAL_BATCH)]["median_ms"]
+            result["batch_size"] = measure.EVAL_BATCH
+            result["latency_batch1_ms"] = lat["1"]["median_ms"]
+        self._write_result(path, result)
+        return result
+
+    def _read_result(self, path: pathlib.Path) -> dict | None:
+        try:
+            stored = json.loads(path.read_text())
+            payload = stored["payload"]
+            if _payload_hash(payload) != stored["sha256"]:
+                return None
+            return payload
+        except Exception:
+            return None  # missing, truncated or corrupt: recompute
+
+    def _write_result(self, path: pathlib.Path, payload: dict) -> None:
+        try:
+            atomic_write_json(path, {"sha256": _payload_hash(payload), "payload": payload})
+        except OSError:
+            pass  # read-only or full disk: the result is still returned
+
+    def cached_results(self) -> list[dict]:
+        """Every valid cached result of this checkpoint (for Pareto charts)."""
+        out = []
+        for path in sorted((self.cache_dir / "results").glob("*.json")):
+            result = self._read_result(path)
+            if result is not None:
+                out.append(result)
+        return out

@@ -1,0 +1,147 @@
+"""Measuring a variant honestly: accuracy on every test image, latency, size.
+
+Latency follows the usual rules: the first call (compile) is timed and
+reported apart, then warm-up calls, then ``repeats`` timed calls each ended by
+``block_until_ready``; we report the median and the interquartile range.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lowrank_core import model
+
+EVAL_BATCH = 1000
+CONV_MACS = 32 * 32 * (5 * 5 * 3) * 18 + 16 * 16 * (5 * 5 * 18) * 48  # per image, SAME padding
+
+
+@jax.jit
+def _conv_features(params, images):
+    return model.conv_features(params, images)
+
+
+@jax.jit
+def _dense_predict(dense_params, features):
+    return jnp.argmax(model.dense_forward(dense_params, features), axis=-1)
+
+
+@jax.jit
+def _full_predict(params, images):
+    return jnp.argmax(model.forward(params, images), axis=-1)
+
+
+def _batched(fn: Callable, params, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    outs = []
+    for start in range(0, inputs.shape[0], batch_size):
+        outs.append(np.asarray(fn(params, inputs[start:start + batch_size])))
+    return np.concatenate(outs)
+
+
+def conv_features(params: Mapping, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """(N, 3072) outputs of the convolutional trunk, computed in batches."""
+    conv = {name: params[name] for name in model.CONV_LAYERS}
+    return _batched(_conv_features, conv, images, batch_size)
+
+
+def dense_params(params: Mapping) -> dict:
+    return {name: params[name] for name in model.dense_layer_names(params)}
+
+
+def predict_from_features(params: Mapping, features: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Predictions of a variant whose convolutions equal those that made ``features``."""
+    return _batched(_dense_predict, dense_params(params), features, batch_size)
+
+
+def predict_full(params: Mapping, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Predictions through the whole network."""
+    return _batched(_full_predict, params, images, batch_size)
+
+
+def same_convolutions(a: Mapping, b: Mapping) -> bool:
+    return all(np.array_equal(np.asarray(a[n][p]), np.asarray(b[n][p])) for n in model.CONV_LAYERS for p in ("w", "b"))
+
+
+# --------------------------------------------------------------------------
+# Size
+
+
+def count_params(params: Mapping) -> int:
+    return int(sum(np.asarray(v).size for ps in params.values() for v in ps.values()))
+
+
+def macs_per_image(params: Mapping) -> int:
+    """Multiply-accumulates per image: both convolutions and every dense matrix."""
+    dense = 0
+    for name in model.dense_layer_names(params):
+        layer = params[name]
+        dense += int(np.prod(layer["w"].shape)) if "w" in layer else int(np.prod(layer["u"].shape) + np.prod(layer["v"].shape))
+    return CONV_MACS + dense
+
+
+def stored_bytes(params: Mapping, int8_dense: bool = False) -> int:
+    """Bytes of the stored weights: float32, or int8 kernels plus float32 scales."""
+    total = 0
+    for name, layer in params.items():
+        for key, value in layer.items():
+            value = np.asarray(value)
+            if int8_dense and name in model.DENSE_LAYERS and key == "w":
+                total += value.size + 4 * value.shape[1]
+            else:
+                total += 4 * value.size
+    return total
+
+
+# --------------------------------------------------------------------------
+# Latency
+
+
+def time_calls(fn: Callable[[], jax.Array], repeats: int = 7, warmup: int = 2) -> dict:
+    """Compile time, then median and IQR of ``repeats`` blocked calls after ``warmup``."""
+    started = time.perf_counter()
+    jax.block_until_ready(fn())
+    compile_s = time.perf_counter() - started
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        jax.block_until_ready(fn())
+        samples.append(time.perf_counter() - started)
+    q1, median, q3 = np.percentile(samples, [25, 50, 75])
+    return {"compile_s": compile_s, "median_ms": 1e3 * median, "iqr_ms": 1e3 * (q3 - q1),
+            "min_ms": 1e3 * min(samples), "repeats": repeats}
+
+
+def latency(params: Mapping, images: np.ndarray, batch_sizes: tuple[int, ...] = (1, EVAL_BATCH),
+            repeats: int = 7) -> dict:
+    """Whole-network latency (convolutions included) at each batch size."""
+    params = jax.device_put(params)
+    forward = jax.jit(model.forward)
+    out = {}
+    for batch_size in batch_sizes:
+        batch = jax.device_put(images[:batch_size])
+        stats = time_calls(lambda: forward(params, batch), repeats=repeats)
+        stats["per_image_ms"] = stats["median_ms"] / batch_size
+        out[str(batch_size)] = stats
+    return out
+
+
+def layer_latency(params: Mapping, images: np.ndarray, batch_size: int = EVAL_BATCH, repeats: int = 5) -> dict:
+    """Median milliseconds of the convolutional trunk and of each dense layer at ``batch_size``."""
+    params = jax.device_put(params)
+    batch = jax.device_put(images[:batch_size])
+    conv = jax.jit(model.conv_features)
+    out = {"convolutions": time_calls(lambda: conv(params, batch), repeats=repeats)["median_ms"]}
+    x = conv(params, batch)
+    layer_fn = jax.jit(model.dense_layer)
+    for name in model.dense_layer_names(params):
+        layer, inputs = params[name], x
+        out[name] = time_calls(lambda: layer_fn(layer, inputs), repeats=repeats)["median_ms"]
+        x = jax.nn.relu(layer_fn(layer, inputs))
+    return out

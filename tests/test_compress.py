@@ -1,0 +1,120 @@
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from lowrank_core import compress, measure, model
+from lowrank_core.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def params():
+    return jax.tree.map(np.asarray, model.init_params(jax.random.PRNGKey(7)))
+
+
+@pytest.fixture(scope="module")
+def svds(params):
+    return {n: compress.layer_svd(params[n]["w"]) for n in model.DENSE_LAYERS}
+
+
+def test_full_rank_reconstruction_equals_w(params, svds):
+    w = params["linear_3"]["w"]
+    u_k, sv_k = compress.rank_approximated_weight(svds["linear_3"], min(w.shape))
+    np.testing.assert_allclose(u_k @ sv_k, w, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 10, 200])
+def test_eckart_young_error_is_tail_energy(params, svds, k):
+    w = params["linear_3"]["w"].astype(np.float64)
+    u_k, sv_k = compress.rank_approximated_weight(svds["linear_3"], k)
+    error = np.linalg.norm(w - u_k.astype(np.float64) @ sv_k, "fro")
+    tail = np.sqrt(np.sum(svds["linear_3"].s.astype(np.float64)[k:] ** 2))
+    assert error == pytest.approx(tail, rel=1e-3)
+    assert u_k.shape == (2000, k) and sv_k.shape == (k, 1000)
+
+
+def test_factorized_and_reconstructed_give_same_logits(params, svds):
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    rec = compress.svd_compress(params, compress.SvdConfig(0.3, "reconstructed"), svds)
+    fac = compress.svd_compress(params, compress.SvdConfig(0.3, "factorized"), svds)
+    assert "u" in fac["linear"] and fac["linear"]["u"].shape == (3072, 900)
+    np.testing.assert_allclose(model.forward(fac, images), model.forward(rec, images), rtol=1e-3, atol=1e-4)
+    assert fac["conv2_d"]["w"] is params["conv2_d"]["w"]  # convolutions untouched
+
+
+def test_rank_rules(svds):
+    assert compress.rank_for_fraction(0.1, 3072, 3000) == 300
+    assert compress.rank_for_fraction(0.01, 1000, 10) == 1
+    s = np.array([3.0, 2.0, 1.0])
+    assert compress.rank_for_energy(s, 9 / 14) == 1
+    assert compress.rank_for_energy(s, 0.93) == 2 and compress.rank_for_energy(s, 1.0) == 3
+    config = compress.SvdConfig(0.5, layer_ranks=(("linear", 5),), include_output=False)
+    ranks = compress.choose_ranks(config, svds)
+    assert ranks["linear"] == 5 and ranks["linear_1"] == 1000 and "linear_4" not in ranks
+    assert compress.break_even_rank(2000, 2000) == 1000
+
+
+@pytest.mark.parametrize("kwargs", [dict(rank_fraction=0), dict(rank_fraction=1.5), dict(rank_fraction=float("nan")),
+                                    dict(energy=0), dict(energy=1.2), dict(form="diagonal"),
+                                    dict(layer_ranks=(("conv2_d", 3),)), dict(layer_ranks=(("linear_4", 11),))])
+def test_bad_svd_settings_raise(kwargs):
+    with pytest.raises(ConfigError):
+        compress.SvdConfig(**kwargs)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_settings_parsers_accept_only_valid_ranges(value):
+    for make, ok in ((lambda v: compress.SvdConfig(rank_fraction=v), lambda v: 0 < v <= 1),
+                     (lambda v: compress.PruneConfig(sparsity=v), lambda v: 0 <= v < 1)):
+        if ok(value):
+            make(value)
+        else:
+            with pytest.raises(ConfigError):
+                make(value)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("sparsity", [0.3, 0.9])
+def test_pruning_hits_sparsity_exactly(params, scope, sparsity):
+    pruned = compress.prune_unstructured(params, compress.PruneConfig(sparsity, scope))
+    kernels = [pruned[n]["w"] for n in compress.PRUNABLE]
+    total = sum(k.size for k in kernels)
+    zeros = sum(int(np.sum(k == 0)) for k in kernels)
+    assert zeros == round(sparsity * total) or (scope == "layer" and abs(zeros - sparsity * total) <= len(kernels))
+    if scope == "layer":
+        for n in compress.PRUNABLE:
+            assert np.sum(pruned[n]["w"] == 0) == round(sparsity * pruned[n]["w"].size)
+    assert all(np.array_equal(pruned[n]["b"], params[n]["b"]) for n in compress.PRUNABLE)  # biases kept
+
+
+def test_structured_pruning_shrinks_matrices(params):
+    pruned = compress.prune_structured(params, compress.PruneConfig(0.5, structured=True))
+    assert pruned["linear"]["w"].shape == (3072, 1500) and pruned["linear_1"]["w"].shape == (1500, 1000)
+    assert pruned["linear_4"]["w"].shape == (500, 10)
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    assert model.forward(pruned, images).shape == (2, 10)
+    assert measure.macs_per_image(pruned) < measure.macs_per_image(params)
+
+
+def test_removed_layers_have_expected_shapes(params):
+    removed, changed = compress.remove_layers(params, ("linear_1", "linear_2"))
+    assert model.dense_layer_names(removed) == ["linear", "linear_3", "linear_4"]
+    assert removed["linear_3"]["w"].shape == (3000, 1000) and changed == ("linear_3",)
+    assert model.forward(removed, np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 10)
+    with pytest.raises(ConfigError):
+        compress.remove_layers(params, ("linear_4",))
+
+
+def test_int8_quantization_round_trip(params):
+    w = params["linear_2"]["w"]
+    q, scale = compress.quantize_int8(w)
+    assert q.dtype == np.int8 and scale.shape == (w.shape[1],)
+    np.testing.assert_array_less(np.abs(q * scale - w), scale / 2 + 1e-7)
+    assert measure.stored_bytes(params, int8_dense=True) < measure.stored_bytes(params) / 3
+
+
+def test_spectrum_stats():
+    stats = compress.spectrum_stats(np.array([1.0, 1.0, 1.0, 1.0]))
+    assert stats["effective_rank"] == pytest.approx(4) and stats["stable_rank"] == pytest.approx(4)
+    assert compress.spectrum_stats(np.array([1.0, 0.0]))["effective_rank"] == pytest.approx(1)
