@@ -156,8 +156,10 @@ class Engine:
             params = compress.quantize_dense(self.params)
         else:  # remove
             params, changed = compress.remove_layers(self.params, config.layers)
-            facts["retrained_layers"] = list(changed)
-            if config.retrain_steps and changed:
+            facts["reinitialized_layers"] = list(changed)
+            # Every layer after a cut sees new inputs, so the whole dense head is
+            # retrained over the frozen convolutions (the seed's option A).
+            if config.retrain_steps:
                 dense = finetune_dense(measure.dense_params(params), self.train_features, self.data.y_train,
                                        FinetuneConfig(steps=config.retrain_steps), on_progress=on_progress)
                 params.update(dense)

@@ -47,7 +47,7 @@ def test_rank_rules(svds):
     assert compress.rank_for_fraction(0.01, 1000, 10) == 1
     s = np.array([3.0, 2.0, 1.0])
     assert compress.rank_for_energy(s, 9 / 14) == 1
-    assert compress.rank_for_energy(s, 0.93) == 2 and compress.rank_for_energy(s, 1.0) == 3
+    assert compress.rank_for_energy(s, 0.92) == 2 and compress.rank_for_energy(s, 0.93) == 3 and compress.rank_for_energy(s, 1.0) == 3
     config = compress.SvdConfig(0.5, layer_ranks=(("linear", 5),), include_output=False)
     ranks = compress.choose_ranks(config, svds)
     assert ranks["linear"] == 5 and ranks["linear_1"] == 1000 and "linear_4" not in ranks
@@ -110,7 +110,7 @@ def test_int8_quantization_round_trip(params):
     w = params["linear_2"]["w"]
     q, scale = compress.quantize_int8(w)
     assert q.dtype == np.int8 and scale.shape == (w.shape[1],)
-    np.testing.assert_array_less(np.abs(q * scale - w), scale / 2 + 1e-7)
+    assert np.all(np.abs(q * scale - w) <= scale / 2 * (1 + 1e-5) + 1e-9)
     assert measure.stored_bytes(params, int8_dense=True) < measure.stored_bytes(params) / 3
 
 

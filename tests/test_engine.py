@@ -50,6 +50,8 @@ def test_latency_is_measured_with_spread(real_engine):
 
 
 def test_remove_retrains_the_rewired_layer(real_engine):
-    result = real_engine.evaluate("remove", engine.RemoveConfig(("linear_2",), retrain_steps=100), with_latency=False)
-    assert result["facts"]["retrained_layers"] == ["linear_3"]
-    assert result["accuracy"] > 0.5  # untrained rewiring would sit near 0.1
+    config = engine.RemoveConfig(("linear_1", "linear_2"), retrain_steps=100)
+    untrained = real_engine.evaluate("remove", engine.RemoveConfig(config.layers, retrain_steps=0), with_latency=False)
+    result = real_engine.evaluate("remove", config, with_latency=False)
+    assert result["facts"]["reinitialized_layers"] == ["linear_3"]
+    assert untrained["accuracy"] < 0.3 and result["accuracy"] > 0.6
