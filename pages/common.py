@@ -23,7 +23,12 @@ def checkpoint_dir() -> pathlib.Path:
 
 
 def data_path() -> str | None:
-    return st.session_state.get("data_path") or None
+    """The resolved data source (setting, then LOWRANK_CIFAR10, then the cache).
+
+    Resolving it on every run keys the caches by the file actually read, so
+    changing the setting or the environment never reuses another source's engine.
+    """
+    return str(data.resolve_source(st.session_state.get("data_path") or None, download=False).path)
 
 
 @st.cache_resource(show_spinner="Loading checkpoint and CIFAR-10…", max_entries=2)
@@ -59,5 +64,5 @@ def sidebar() -> None:
         st.text_input("CIFAR-10 path (archive or folder)", key="data_path",
                       placeholder="default: $LOWRANK_CIFAR10 or artifacts/data",
                       help="cifar-10-python.tar.gz or a cifar-10-batches-py/ folder")
-        st.caption(f"Data: {data.describe_source(data_path())}")
+        st.caption(f"Data: {data.describe_source(st.session_state.get('data_path') or None)}")
         st.caption(f"Checkpoint: {checkpoint_dir()}")
