@@ -9,5 +9,6 @@ sidebar()
 navigation = st.navigation([
     st.Page("pages/model_card.py", title="Model card", default=True),
     st.Page("pages/low_rank.py", title="Low-rank (SVD)"),
+    st.Page("pages/spectra.py", title="Spectra"),
 ])
 navigation.run()

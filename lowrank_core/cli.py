@@ -75,7 +75,10 @@ def _method_config(args: argparse.Namespace):
 def _make_engine(args: argparse.Namespace):
     from lowrank_core import data, engine
 
+    from lowrank_core import checkpoint
+
     ckpt_dir = pathlib.Path(args.checkpoint) if args.checkpoint else paths.BASELINE_DIR
+    checkpoint.load_metadata(ckpt_dir)  # a bad checkpoint fails before any data is fetched
     return engine.Engine(ckpt_dir, data.load_cifar10(args.data))
 
 

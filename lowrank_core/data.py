@@ -300,14 +300,18 @@ def download_archive(
 def _tqdm_progress(desc: str) -> tuple[ProgressFn, Callable[[], None]]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
+    bars = []  # created on the first byte, so a failed connection prints no empty bar
 
     def update(done: int, total: int) -> None:
-        if total and bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(desc=desc, total=total or None, unit="B", unit_scale=True, unit_divisor=1024))
+        bars[0].update(done - bars[0].n)
 
-    return update, bar.close
+    def close() -> None:
+        if bars:
+            bars[0].close()
+
+    return update, close
 
 
 # --------------------------------------------------------------------------

@@ -116,6 +116,30 @@ class Engine:
             pass  # read-only or full disk: keep working from memory
         return svds
 
+    def init_singular_values(self) -> dict[str, np.ndarray]:
+        """Singular values of each dense layer at its random initialization
+        (the checkpoint's seed), to show what training put into the spectrum."""
+        with self._lock:
+            if getattr(self, "_init_s", None) is None:
+                import jax
+
+                seed = int(self.metadata.get("config", {}).get("seed", 42))
+                init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
+                init = model.init_params(init_key)
+                self._init_s = {n: np.linalg.svd(np.asarray(init[n]["w"], np.float64), compute_uv=False)
+                                for n in model.DENSE_LAYERS}
+            return self._init_s
+
+    def spectra(self) -> dict[str, dict]:
+        """Per dense layer: curves and summary stats, trained and at initialization."""
+        init = self.init_singular_values()
+        out = {}
+        for name, svd in self.svds.items():
+            out[name] = {"trained": compress.spectrum_curves(svd.s), "init": compress.spectrum_curves(init[name]),
+                         "stats": compress.spectrum_stats(svd.s), "init_stats": compress.spectrum_stats(init[name]),
+                         "shape": tuple(self.params[name]["w"].shape)}
+        return out
+
     @property
     def test_features(self) -> np.ndarray:
         with self._lock:

@@ -66,3 +66,8 @@ def sidebar() -> None:
                       help="cifar-10-python.tar.gz or a cifar-10-batches-py/ folder")
         st.caption(f"Data: {data.describe_source(st.session_state.get('data_path') or None)}")
         st.caption(f"Checkpoint: {checkpoint_dir()}")
+
+
+@st.cache_data(show_spinner="Computing singular values of every dense layer…", max_entries=4)
+def spectra(checkpoint: str, data_source: str | None) -> dict:
+    return _engine(checkpoint, data_source).spectra()

@@ -57,7 +57,8 @@ def isolated_artifacts(tmp_path_factory, monkeypatch):
     """Caches go to a temporary folder; no test reads the developer's environment."""
     monkeypatch.setenv("LOWRANK_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
     monkeypatch.delenv(data_lib.ENV_VAR, raising=False)
-    monkeypatch.delenv(data_lib.URL_ENV_VAR, raising=False)
+    # No test may reach the internet: downloads go to a dead local port unless a test serves one.
+    monkeypatch.setenv(data_lib.URL_ENV_VAR, "http://127.0.0.1:9/cifar-10-python.tar.gz")
 
 
 @pytest.fixture

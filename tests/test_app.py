@@ -51,3 +51,15 @@ def test_bad_data_path_is_an_error_not_a_traceback(env, monkeypatch):
     at = AppTest.from_file("../app.py", default_timeout=120).run()
     assert not at.exception
     assert at.error and "does not exist" in at.error[0].value
+
+
+def test_spectra_page_draws_charts_and_moves_truncation(env):
+    at = AppTest.from_file("../pages/spectra.py", default_timeout=300).run()
+    assert not at.exception and not at.error
+    charts = at.get("plotly_chart")
+    assert len(charts) == 5
+    table_before = at.dataframe[0].value
+    assert list(table_before["layer"]) == ["linear", "linear_1", "linear_2", "linear_3", "linear_4"]
+    at.slider(key="spectra_fraction").set_value(0.1).run()
+    assert not at.exception and len(at.get("plotly_chart")) == 5
+    assert "k = 300" in at.get("plotly_chart")[0].proto.spec

@@ -9,7 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_cli(*args, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
+    # A dead local URL: a test must never reach the internet, even by mistake.
+    env = dict(os.environ, PYTHONPATH=ROOT, LOWRANK_CIFAR10_URL="http://127.0.0.1:9/cifar.tgz", **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "lowrank_core", *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=600)
 
