@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -87,8 +88,8 @@ class Engine:
         self.cache_dir = (cache_root or paths.artifacts_dir() / "cache") / self.checkpoint_hash
         self._lock = threading.Lock()
         self._svds: dict[str, compress.LayerSvd] | None = None
-        self._test_features: np.ndarray | None = None
-        self._train_features: np.ndarray | None = None
+        self._conv_features: dict[str, np.ndarray] = {}
+        self._init_s: dict[str, np.ndarray] | None = None
 
     # ---- shared intermediates ----
 
@@ -107,7 +108,6 @@ class Engine:
         except Exception:
             pass
         svds = {n: compress.layer_svd(self.params[n]["w"]) for n in model.DENSE_LAYERS}
-        import io
         buffer = io.BytesIO()
         np.savez(buffer, **{f"{n}/{k}": getattr(svd, k) for n, svd in svds.items() for k in ("u", "s", "vt")})
         try:
@@ -120,7 +120,7 @@ class Engine:
         """Singular values of each dense layer at its random initialization
         (the checkpoint's seed), to show what training put into the spectrum."""
         with self._lock:
-            if getattr(self, "_init_s", None) is None:
+            if self._init_s is None:
                 import jax
 
                 seed = int(self.metadata.get("config", {}).get("seed", 42))
@@ -140,19 +140,20 @@ class Engine:
                          "shape": tuple(self.params[name]["w"].shape)}
         return out
 
+    def _features(self, split: str) -> np.ndarray:
+        # The convolutions never change in a dense-only variant: run them once per split.
+        with self._lock:
+            if split not in self._conv_features:
+                self._conv_features[split] = measure.conv_features(self.params, getattr(self.data, f"x_{split}"))
+            return self._conv_features[split]
+
     @property
     def test_features(self) -> np.ndarray:
-        with self._lock:
-            if self._test_features is None:
-                self._test_features = measure.conv_features(self.params, self.data.x_test)
-            return self._test_features
+        return self._features("test")
 
     @property
     def train_features(self) -> np.ndarray:
-        with self._lock:
-            if self._train_features is None:
-                self._train_features = measure.conv_features(self.params, self.data.x_train)
-            return self._train_features
+        return self._features("train")
 
     # ---- variants ----
 

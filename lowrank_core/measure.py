@@ -37,9 +37,16 @@ def _full_predict(params, images):
 
 
 def _batched(fn: Callable, params, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """``fn`` over ``inputs`` in batches; a short last batch is zero-padded so
+    only one shape is ever compiled."""
+    n = inputs.shape[0]
     outs = []
-    for start in range(0, inputs.shape[0], batch_size):
-        outs.append(np.asarray(fn(params, inputs[start:start + batch_size])))
+    for start in range(0, n, batch_size):
+        chunk = inputs[start:start + batch_size]
+        size = chunk.shape[0]
+        if size < batch_size and n > batch_size:
+            chunk = np.concatenate([chunk, np.zeros((batch_size - size,) + chunk.shape[1:], chunk.dtype)])
+        outs.append(np.asarray(fn(params, chunk))[:size])
     return np.concatenate(outs)
 
 

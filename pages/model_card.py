@@ -1,9 +1,11 @@
 """Model card of the loaded checkpoint."""
 
+import math
+
 import pandas as pd
 import streamlit as st
 
-from lowrank_core import measure, model
+from lowrank_core import model
 from pages.common import baseline_result, checkpoint_dir, data_path, get_engine
 
 st.title("Model card")
@@ -23,7 +25,7 @@ if eng is not None:
     for name, shapes in model.expected_shapes().items():
         w = shapes["w"]
         rows.append({"layer": name, "kernel shape": " × ".join(map(str, w)),
-                     "parameters": int(sum(int(pd.Series(s).prod()) for s in shapes.values()))})
+                     "parameters": sum(math.prod(s) for s in shapes.values())})
     st.dataframe(pd.DataFrame(rows), hide_index=True)
     st.caption("conv 5×5×3→18, relu, avg-pool 2, relu, conv 5×5×18→48, relu, avg-pool 2, flatten (3,072), "
                "dense 3000 → 2000 → 2000 → 1000 → 10 with relu between.")

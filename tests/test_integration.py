@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lowrank_core import checkpoint, data as data_lib, evaluation, model, paths
+from lowrank_core import checkpoint, data as data_lib, evaluation, measure, model, paths
 
 
 @pytest.fixture(scope="module")
@@ -26,5 +26,14 @@ def test_product_path_equals_plain_haiku_apply(real_data):
     params, _ = checkpoint.load(paths.BASELINE_DIR)
     images = real_data.x_test[:1000]
     plain = jax.jit(lambda p, x: model.network.apply(p, model.preprocess(x)))(params, images)
-    fast = evaluation.predict(params, images)
+    fast = measure.predict_full(params, images)
     np.testing.assert_array_equal(np.argmax(np.asarray(plain), -1), fast)
+
+
+def test_ragged_last_batch_is_counted(real_data):
+    params, _ = checkpoint.load(paths.BASELINE_DIR)
+    images, labels = real_data.x_test[:2500], real_data.y_test[:2500]
+    padded = measure.predict_full(params, images)  # 1000, 1000, then 500 padded to 1000
+    assert padded.shape == (2500,)
+    np.testing.assert_array_equal(padded[2000:], measure.predict_full(params, images[2000:], batch_size=500))
+    assert evaluation.accuracy(params, images, labels) == float(np.mean(padded == labels))
