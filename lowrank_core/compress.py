@@ -44,8 +44,12 @@ class SvdConfig:
     """How to choose each dense layer's rank and which form to build.
 
     Exactly one rule applies per layer, first match wins: ``layer_ranks``
-    (explicit ranks), ``energy`` (smallest k keeping that share of Σσ²), else
-    ``rank_fraction`` (k = max(1, ⌊f·min(m, n)⌋), the seed's semantics).
+    (explicit ranks), ``layer_fractions`` (per-layer fractions), ``param_budget``
+    (ranks that keep the most spectral energy within that share of the
+    compressed layers' dense parameter count, counted in factorized form),
+    ``energy`` (smallest k keeping that share of Σσ²), else ``rank_fraction``
+    (k = max(1, ⌊f·min(m, n)⌋), the seed's semantics). ``only`` restricts the
+    compression to the named layers (the others keep their weights).
     """
 
     rank_fraction: float = 1.0
@@ -53,6 +57,9 @@ class SvdConfig:
     energy: float | None = None
     layer_ranks: tuple[tuple[str, int], ...] = ()
     include_output: bool = True  # the 1000×10 output layer, as in the seed
+    layer_fractions: tuple[tuple[str, float], ...] = ()
+    param_budget: float | None = None
+    only: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not (isinstance(self.rank_fraction, (int, float)) and 0 < self.rank_fraction <= 1):
@@ -68,10 +75,21 @@ class SvdConfig:
             limit = min(shapes[name]["w"])
             if not (isinstance(rank, int) and 1 <= rank <= limit):
                 raise ConfigError(f"rank of {name} must be an integer in 1..{limit}, got {rank}")
+        for name, fraction in self.layer_fractions:
+            if name not in model.DENSE_LAYERS:
+                raise ConfigError(f"unknown layer {name!r}; dense layers are {', '.join(model.DENSE_LAYERS)}")
+            if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+                raise ConfigError(f"rank fraction of {name} must lie in (0, 1], got {fraction}")
+        if self.param_budget is not None and not (0 < self.param_budget <= 1):
+            raise ConfigError(f"parameter budget must lie in (0, 1], got {self.param_budget}")
+        for name in self.only:
+            if name not in model.DENSE_LAYERS:
+                raise ConfigError(f"unknown layer {name!r}; dense layers are {', '.join(model.DENSE_LAYERS)}")
 
     @property
     def layers(self) -> tuple[str, ...]:
-        return model.DENSE_LAYERS if self.include_output else model.HIDDEN_LAYERS
+        layers = model.DENSE_LAYERS if self.include_output else model.HIDDEN_LAYERS
+        return tuple(n for n in layers if n in self.only) if self.only else layers
 
 
 def rank_for_fraction(fraction: float, m: int, n: int) -> int:
@@ -110,14 +128,45 @@ def rank_approximated_weight(svd: LayerSvd, k: int) -> tuple[np.ndarray, np.ndar
     return svd.u[:, :k], svd.s[:k, None] * svd.vt[:k]
 
 
+def ranks_for_budget(svds: Mapping[str, LayerSvd], layers: tuple[str, ...], budget: float) -> dict[str, int]:
+    """Ranks that keep the most energy within ``budget`` × Σ m·n parameters.
+
+    Each singular direction i of a layer costs m + n parameters (one column of
+    U_k, one row of S_k V_kᵀ) and is worth its share σ_i²/Σσ² of that layer's
+    energy; directions are taken greedily by worth per parameter. Because σ is
+    descending, each layer receives a prefix, i.e. a rank (at least 1).
+    """
+    allowed = budget * sum(svds[n].u.shape[0] * svds[n].vt.shape[1] for n in layers)
+    # Every layer keeps at least rank 1; the rest of the budget goes greedily.
+    ranks = dict.fromkeys(layers, 1)
+    spent = float(sum(svds[n].u.shape[0] + svds[n].vt.shape[1] for n in layers))
+    candidates = []
+    for name in layers:
+        s2 = np.square(svds[name].s.astype(np.float64))
+        cost = svds[name].u.shape[0] + svds[name].vt.shape[1]
+        candidates.extend((share / cost, name, cost) for share in (s2 / s2.sum())[1:])
+    for _, name, cost in sorted(candidates, key=lambda c: -c[0]):
+        if spent + cost > allowed:
+            break
+        ranks[name] += 1
+        spent += cost
+    return ranks
+
+
 def choose_ranks(config: SvdConfig, svds: Mapping[str, LayerSvd]) -> dict[str, int]:
     """The rank the config gives each compressed layer."""
     explicit = dict(config.layer_ranks)
+    fractions = dict(config.layer_fractions)
+    budget = ranks_for_budget(svds, config.layers, config.param_budget) if config.param_budget else {}
     ranks = {}
     for name in config.layers:
         m, n = svds[name].u.shape[0], svds[name].vt.shape[1]
         if name in explicit:
             ranks[name] = explicit[name]
+        elif name in fractions:
+            ranks[name] = rank_for_fraction(fractions[name], m, n)
+        elif name in budget:
+            ranks[name] = budget[name]
         elif config.energy is not None:
             ranks[name] = rank_for_energy(svds[name].s, config.energy)
         else:
@@ -176,12 +225,37 @@ class PruneConfig:
     sparsity: float = 0.5
     scope: str = "layer"
     structured: bool = False
+    # "gradual": the dense kernels reach the sparsity on Zhu & Gupta's cubic
+    # schedule while the dense stack fine-tunes for ``gradual_steps`` (the
+    # frozen convolutions are pruned at once).
+    schedule: str = "one-shot"
+    gradual_steps: int = 600
+    only: tuple[str, ...] = ()  # prune only these layers (empty: all)
 
     def __post_init__(self):
         if not (isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1):
             raise ConfigError(f"sparsity must lie in [0, 1), got {self.sparsity}")
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.schedule not in ("one-shot", "gradual"):
+            raise ConfigError(f"schedule must be 'one-shot' or 'gradual', got {self.schedule!r}")
+        if self.schedule == "gradual" and self.structured:
+            raise ConfigError("gradual pruning is unstructured; choose one-shot for structured pruning")
+        if not (isinstance(self.gradual_steps, int) and self.gradual_steps >= 1):
+            raise ConfigError(f"gradual_steps must be a positive integer, got {self.gradual_steps}")
+        for name in self.only:
+            if name not in PRUNABLE:
+                raise ConfigError(f"unknown layer {name!r}; prunable layers are {', '.join(PRUNABLE)}")
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(n for n in PRUNABLE if n in self.only) if self.only else PRUNABLE
+
+
+def zhu_gupta_sparsity(step: int, final: float, begin: int, end: int, initial: float = 0.0) -> float:
+    """Zhu & Gupta (2017): s_t = s_f + (s_i − s_f)(1 − (t − t₀)/(t₁ − t₀))³, clipped to [t₀, t₁]."""
+    progress = min(1.0, max(0.0, (step - begin) / max(1, end - begin)))
+    return final + (initial - final) * (1.0 - progress) ** 3
 
 
 PRUNABLE = model.CONV_LAYERS + model.DENSE_LAYERS
@@ -192,7 +266,7 @@ def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarra
 
     Ties at the threshold are broken by position so the count is exact.
     """
-    kernels = {name: np.asarray(params[name]["w"]) for name in PRUNABLE if name in params}
+    kernels = {name: np.asarray(params[name]["w"]) for name in config.layers if name in params and "w" in params[name]}
 
     def keep_top(values: np.ndarray, n_prune: int) -> np.ndarray:
         keep = np.ones(values.size, bool)
@@ -229,6 +303,8 @@ def prune_structured(params: Mapping, config: PruneConfig) -> Params:
     out = _copy(params)
     names = model.dense_layer_names(params)
     for name, nxt in zip(names[:-1], names[1:]):
+        if name not in config.layers:
+            continue
         w = np.asarray(out[name]["w"])
         n_units = w.shape[1]
         n_keep = max(1, n_units - int(round(config.sparsity * n_units)))
@@ -242,6 +318,35 @@ def prune_structured(params: Mapping, config: PruneConfig) -> Params:
 def sparsity_of(params: Mapping) -> dict[str, float]:
     """Fraction of exactly-zero kernel weights per layer."""
     return {n: float(np.mean(np.asarray(params[n]["w"]) == 0)) for n in PRUNABLE if n in params and "w" in params[n]}
+
+
+def drop_dead_units(params: Mapping) -> Params:
+    """Removes hidden units that provably never affect the output (lossless).
+
+    A hidden unit is dead if its incoming column is all zero and its bias ≤ 0
+    (relu always gives 0), or if its outgoing row in the next layer is all
+    zero (nothing reads it). Weight decay and float16 storage leave many such
+    units in a trained checkpoint; dropping them shrinks the matrices while
+    every logit stays the same up to float rounding. Only plain ``w`` layers
+    are shrunk; repeated until nothing changes, because dropping a unit can
+    leave a zero row behind.
+    """
+    out = _copy(params)
+    names = model.dense_layer_names(params)
+    changed = True
+    while changed:
+        changed = False
+        for name, nxt in zip(names[:-1], names[1:]):
+            if "w" not in out[name] or "w" not in out[nxt]:
+                continue
+            w, b, w_next = np.asarray(out[name]["w"]), np.asarray(out[name]["b"]), np.asarray(out[nxt]["w"])
+            dead = ((w == 0).all(axis=0) & (b <= 0)) | (w_next == 0).all(axis=1)
+            if dead.any() and not dead.all():
+                keep = ~dead
+                out[name] = {"w": w[:, keep], "b": b[keep]}
+                out[nxt] = dict(out[nxt], w=w_next[keep])
+                changed = True
+    return out
 
 
 # --------------------------------------------------------------------------

@@ -24,10 +24,13 @@ from lowrank_core.data import Cifar10
 from lowrank_core.errors import ConfigError
 from lowrank_core.fileio import atomic_write_bytes, atomic_write_json
 from lowrank_core.finetune import FinetuneConfig, finetune_dense
+from lowrank_core.finetune import gradual_prune_dense as finetune_dense_gradual
 
-METHODS = ("baseline", "svd", "prune", "remove", "quantize")
+METHODS = ("baseline", "svd", "prune", "remove", "quantize", "dead_units")
 # Bump a method's version when its code changes what it computes.
-METHOD_VERSIONS = {"baseline": 1, "svd": 1, "prune": 1, "remove": 1, "quantize": 1}
+METHOD_VERSIONS = {"baseline": 2, "svd": 2, "prune": 2, "remove": 2, "quantize": 2, "dead_units": 1}
+METHOD_LABELS = {"baseline": "Baseline", "svd": "Low-rank (SVD)", "prune": "Pruning", "remove": "Layer removal",
+                 "quantize": "Int8 quantization", "dead_units": "Dead-unit removal (lossless)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +40,11 @@ class BaselineConfig:
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeConfig:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadUnitsConfig:
     pass
 
 
@@ -53,7 +61,7 @@ class RemoveConfig:
 
 
 CONFIG_TYPES = {"baseline": BaselineConfig, "svd": compress.SvdConfig, "prune": compress.PruneConfig,
-                "remove": RemoveConfig, "quantize": QuantizeConfig}
+                "remove": RemoveConfig, "quantize": QuantizeConfig, "dead_units": DeadUnitsConfig}
 
 
 def config_dict(config) -> dict:
@@ -170,6 +178,20 @@ class Engine:
             params = compress.svd_compress(self.params, config, self.svds)
             facts["ranks"] = compress.choose_ranks(config, self.svds)
             facts["break_even_ranks"] = {n: compress.break_even_rank(*self.params[n]["w"].shape) for n in config.layers}
+        elif method == "dead_units":
+            params = compress.drop_dead_units(self.params)
+            facts["widths"] = {n: int(params[n]["w"].shape[1]) for n in model.dense_layer_names(params)}
+        elif method == "prune" and config.schedule == "gradual":
+            # Frozen convolutions are pruned at once; the dense stack on the cubic schedule.
+            conv_only = dataclasses.replace(config, only=tuple(n for n in config.layers if n in model.CONV_LAYERS))
+            params = compress.prune_unstructured(self.params, conv_only) if conv_only.only else compress._copy(self.params)
+            dense_config = dataclasses.replace(config, only=tuple(n for n in config.layers if n in model.DENSE_LAYERS))
+            if dense_config.only:
+                dense, masks = finetune_dense_gradual(measure.dense_params(params), self.train_features,
+                                                      self.data.y_train, FinetuneConfig(steps=config.gradual_steps),
+                                                      dense_config, on_progress=on_progress)
+                params.update(dense)
+            facts["sparsity"] = compress.sparsity_of(params)
         elif method == "prune":
             if config.structured:
                 params = compress.prune_structured(self.params, config)
@@ -234,6 +256,7 @@ class Engine:
             result["latency_ms"] = lat[str(measure.EVAL_BATCH)]["median_ms"]
             result["batch_size"] = measure.EVAL_BATCH
             result["latency_batch1_ms"] = lat["1"]["median_ms"]
+            result["layer_latency_ms"] = measure.layer_latency(params, self.data.x_test)
         self._write_result(path, result)
         return result
 
@@ -252,6 +275,27 @@ class Engine:
             atomic_write_json(path, {"sha256": _payload_hash(payload), "payload": payload})
         except OSError:
             pass  # read-only or full disk: the result is still returned
+
+    def sensitivity(self, method: str, grid: list[float], layers: tuple[str, ...] | None = None,
+                    on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
+        """Compresses one layer at a time over ``grid`` (rank fractions for
+        "svd", sparsities for "prune"), everything else intact: rows of
+        (layer, value, accuracy). Accuracy only; each point is cached."""
+        if method == "svd":
+            layers = layers or model.DENSE_LAYERS
+            configs = [(n, v, compress.SvdConfig(rank_fraction=v, only=(n,))) for n in layers for v in grid]
+        elif method == "prune":
+            layers = layers or compress.PRUNABLE
+            configs = [(n, v, compress.PruneConfig(sparsity=v, only=(n,))) for n in layers for v in grid]
+        else:
+            raise ConfigError("the sensitivity sweep covers 'svd' and 'prune'")
+        rows = []
+        for i, (name, value, config) in enumerate(configs):
+            result = self.evaluate(method, config, with_latency=False)
+            rows.append({"layer": name, "value": value, "accuracy": result["accuracy"]})
+            if on_progress:
+                on_progress(i + 1, len(configs))
+        return rows
 
     def cached_results(self) -> list[dict]:
         """Every valid cached result of this checkpoint (for Pareto charts)."""

@@ -36,36 +36,82 @@ class FinetuneState(NamedTuple):
     opt_state: optax.OptState
 
 
+MaskSchedule = Callable[[int, dict], "dict | None"]
+
+
 def finetune_dense(dense: dict, features: np.ndarray, labels: np.ndarray, config: FinetuneConfig,
                    masks: dict | None = None,
-                   on_progress: Callable[[int, int], None] | None = None) -> dict:
+                   on_progress: Callable[[int, int], None] | None = None,
+                   mask_schedule: MaskSchedule | None = None) -> dict:
     """Trains ``dense`` (the dense layers of a params tree) on conv ``features``.
 
     ``masks`` (``{layer: bool array}``) keep pruned weights at zero.
+    ``mask_schedule(step, params)`` may return new masks before a step
+    (gradual pruning); masks are arguments of the jitted update, so changing
+    them costs no recompilation.
     """
     optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, max(1, config.steps)))
-    masks = {k: jnp.asarray(v) for k, v in (masks or {}).items() if k in dense}
+    ones = {k: jnp.ones_like(v["w"]) for k, v in dense.items() if "w" in v}
 
-    def apply_masks(params):
-        return {k: (dict(v, w=v["w"] * masks[k]) if k in masks else v) for k, v in params.items()}
+    def as_mask_tree(new_masks: dict | None) -> dict:
+        return {k: jnp.asarray(new_masks[k], jnp.float32) if new_masks and k in new_masks else ones[k] for k in ones}
+
+    def apply_masks(params, mask_tree):
+        return {k: (dict(v, w=v["w"] * mask_tree[k]) if k in mask_tree else v) for k, v in params.items()}
 
     def loss_fn(params, x, y):
         logits = model.dense_forward(params, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     @jax.jit
-    def update(state: FinetuneState, x, y) -> FinetuneState:
+    def update(state: FinetuneState, mask_tree, x, y) -> FinetuneState:
         grads = jax.grad(loss_fn)(state.params, x, y)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return FinetuneState(apply_masks(optax.apply_updates(state.params, updates)), opt_state)
+        return FinetuneState(apply_masks(optax.apply_updates(state.params, updates), mask_tree), opt_state)
 
-    params = jax.tree.map(jnp.asarray, dense)
+    mask_tree = as_mask_tree(masks)
+    params = apply_masks(jax.tree.map(jnp.asarray, dense), mask_tree)
     state = FinetuneState(params, optimizer.init(params))
     rng = np.random.default_rng(config.seed)
     n = features.shape[0]
     for step in range(config.steps):
+        if mask_schedule is not None:
+            new_masks = mask_schedule(step, state.params)
+            if new_masks is not None:
+                mask_tree = as_mask_tree(new_masks)
+                state = FinetuneState(apply_masks(state.params, mask_tree), state.opt_state)
         idx = np.sort(rng.choice(n, size=min(config.batch_size, n), replace=False))
-        state = update(state, features[idx], labels[idx])
+        state = update(state, mask_tree, features[idx], labels[idx])
         if on_progress:
             on_progress(step + 1, config.steps)
     return jax.tree.map(lambda v: np.asarray(v, np.float32), state.params)
+
+
+def gradual_prune_dense(dense: dict, features: np.ndarray, labels: np.ndarray, config: FinetuneConfig,
+                        prune_config, every: int = 50,
+                        on_progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
+    """Fine-tunes ``dense`` while its kernels reach ``prune_config.sparsity`` on
+    Zhu & Gupta's cubic schedule (masks recomputed by magnitude every ``every``
+    steps over the first 3/4 of training, then held). Returns (params, final masks)."""
+    from lowrank_core import compress
+
+    end = max(1, (3 * config.steps) // 4)
+    final_masks: dict = {}
+
+    def schedule(step: int, params) -> dict | None:
+        if step % every and step != end:
+            return None
+        if step > end:
+            return None
+        target = compress.zhu_gupta_sparsity(step, prune_config.sparsity, 0, end)
+        current = jax.tree.map(np.asarray, params)
+        masks = compress.magnitude_masks(current, dataclasses.replace(prune_config, sparsity=target))
+        final_masks.clear()
+        final_masks.update(masks)
+        return masks
+
+    params = finetune_dense(dense, features, labels, config, on_progress=on_progress, mask_schedule=schedule)
+    # The last schedule step applied the target; make it exact on the returned weights.
+    masks = compress.magnitude_masks(params, prune_config)
+    params = {k: (dict(v, w=v["w"] * masks[k]) if k in masks else v) for k, v in params.items()}
+    return params, masks

@@ -105,10 +105,44 @@ def check_params(params: Params) -> None:
 
 
 def _conv_same(x: jnp.ndarray, w: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-    """A SAME, stride-1 NHWC convolution, as ``hk.Conv2D`` computes it."""
+    """A SAME, stride-1 NHWC convolution, as ``hk.Conv2D`` computes it (XLA's conv)."""
     y = jax.lax.conv_general_dilated(
         x, w, window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + b
+
+
+CONV_TILE = 4  # output columns per matmul row in :func:`_conv_same_tiled`
+
+
+def _tiled_kernel(w: jnp.ndarray, tile: int) -> jnp.ndarray:
+    """The (kh·(tile+kw-1)·cin, tile·cout) matrix that maps a window of input
+    rows and columns to ``tile`` adjacent output pixels."""
+    kh, kw, cin, cout = w.shape
+    span = tile + kw - 1
+    shifts = jnp.stack([jnp.eye(span, tile, k=-dx, dtype=w.dtype) for dx in range(kw)])  # (kw, span, tile)
+    return jnp.einsum("dab,ydij->yaibj", shifts, w).reshape(kh * span * cin, tile * cout)
+
+
+def _conv_same_tiled(x: jnp.ndarray, w: jnp.ndarray, b: jnp.ndarray, tile: int = CONV_TILE) -> jnp.ndarray:
+    """The same convolution as :func:`_conv_same`, as one matmul over tiles.
+
+    XLA's CPU convolution runs the 3-channel first layer at a small fraction of
+    matmul speed (it dominates inference). Gathering, for every ``tile``
+    adjacent output pixels, the kh × (tile+kw-1) input window and multiplying
+    by a block-Toeplitz kernel turns it into one large matmul: ≈ 1.6× the
+    MACs, ≈ 10× faster here. Tests compare it with XLA's convolution.
+    """
+    n, h, width, _ = x.shape
+    kh, kw, _, cout = w.shape
+    if width % tile:
+        return _conv_same(x, w, b)
+    span = tile + kw - 1
+    padded = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+    windows = jnp.stack([
+        jnp.stack([padded[:, dy:dy + h, t * tile:t * tile + span] for dy in range(kh)], axis=2)
+        for t in range(width // tile)], axis=2)  # (n, h, tiles, kh, span, cin)
+    y = windows.reshape(n * h * (width // tile), -1) @ _tiled_kernel(w, tile)
+    return y.reshape(n, h, width, cout) + b
 
 
 def _avg_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
@@ -119,7 +153,7 @@ def _avg_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
 def conv_features(params: Params, images: jnp.ndarray) -> jnp.ndarray:
     """The convolutional trunk: uint8 NHWC images -> (N, 3072) flattened features."""
     x = preprocess(images)
-    x = jax.nn.relu(_conv_same(x, params["conv2_d"]["w"], params["conv2_d"]["b"]))
+    x = jax.nn.relu(_conv_same_tiled(x, params["conv2_d"]["w"], params["conv2_d"]["b"]))
     x = jax.nn.relu(_avg_pool_2x2(x))
     x = jax.nn.relu(_conv_same(x, params["conv2_d_1"]["w"], params["conv2_d_1"]["b"]))
     x = _avg_pool_2x2(x)

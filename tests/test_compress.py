@@ -118,3 +118,79 @@ def test_spectrum_stats():
     stats = compress.spectrum_stats(np.array([1.0, 1.0, 1.0, 1.0]))
     assert stats["effective_rank"] == pytest.approx(4) and stats["stable_rank"] == pytest.approx(4)
     assert compress.spectrum_stats(np.array([1.0, 0.0]))["effective_rank"] == pytest.approx(1)
+
+
+def _with_dead_units(params):
+    out = compress._copy(params)
+    w = np.array(out["linear"]["w"])
+    b = np.array(out["linear"]["b"])
+    w[:, :100] = 0
+    b[:100] = -0.5  # relu(0·x − 0.5) = 0: dead
+    w[:, 100:110] = 0
+    b[100:110] = 0.3  # constant output: alive, must be kept
+    nxt = np.array(out["linear_1"]["w"])
+    nxt[200:250] = 0  # nothing reads units 200..249 of linear
+    out["linear"] = {"w": w, "b": b}
+    out["linear_1"] = dict(out["linear_1"], w=nxt)
+    return out
+
+
+def test_drop_dead_units_is_lossless(params):
+    images = np.random.default_rng(5).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    dead = _with_dead_units(params)
+    slim = compress.drop_dead_units(dead)
+    assert slim["linear"]["w"].shape == (3072, 3000 - 150)
+    assert slim["linear_1"]["w"].shape == (3000 - 150, 2000)
+    np.testing.assert_allclose(np.asarray(model.forward(slim, images)), np.asarray(model.forward(dead, images)),
+                               rtol=1e-4, atol=1e-4)
+    assert compress.drop_dead_units(params)["linear"]["w"].shape == (3072, 3000)  # nothing dead: unchanged
+
+
+def test_layer_fractions_and_only(params, svds):
+    config = compress.SvdConfig(0.5, layer_fractions=(("linear_1", 0.1),), only=("linear", "linear_1"))
+    ranks = compress.choose_ranks(config, svds)
+    assert ranks == {"linear": 1500, "linear_1": 200}
+    out = compress.svd_compress(params, config, svds)
+    assert out["linear_2"]["w"] is params["linear_2"]["w"]
+    with pytest.raises(ConfigError, match="unknown layer"):
+        compress.SvdConfig(only=("conv2_d",))
+    with pytest.raises(ConfigError, match="fraction of linear"):
+        compress.SvdConfig(layer_fractions=(("linear", 1.5),))
+
+
+@pytest.mark.parametrize("budget", [0.05, 0.2, 0.5])
+def test_param_budget_is_respected_and_uses_it(svds, budget):
+    layers = model.DENSE_LAYERS
+    ranks = compress.ranks_for_budget(svds, layers, budget)
+    dense = sum(svds[n].u.shape[0] * svds[n].vt.shape[1] for n in layers)
+    cost = sum(k * (svds[n].u.shape[0] + svds[n].vt.shape[1]) for n, k in ranks.items())
+    assert cost <= budget * dense
+    # Greedy stops at the first direction that does not fit: less than one direction is left unspent.
+    assert cost > budget * dense - max(svds[n].u.shape[0] + svds[n].vt.shape[1] for n in layers)
+    config = compress.SvdConfig(param_budget=budget, form="factorized")
+    assert compress.choose_ranks(config, svds) == ranks
+
+
+def test_zhu_gupta_schedule():
+    assert compress.zhu_gupta_sparsity(0, 0.8, 0, 100) == 0.0
+    assert compress.zhu_gupta_sparsity(100, 0.8, 0, 100) == pytest.approx(0.8)
+    assert compress.zhu_gupta_sparsity(500, 0.8, 0, 100) == pytest.approx(0.8)
+    values = [compress.zhu_gupta_sparsity(t, 0.8, 0, 100) for t in range(0, 101, 10)]
+    assert all(a <= b for a, b in zip(values, values[1:]))
+    assert values[1] - values[0] > values[-1] - values[-2]  # prunes fast early, slowly late
+
+
+def test_gradual_pruning_reaches_exact_sparsity(params):
+    from lowrank_core.finetune import FinetuneConfig, gradual_prune_dense
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(256, model.FEATURE_DIM)).astype(np.float32)
+    labels = rng.integers(0, 10, 256).astype(np.int32)
+    dense = measure.dense_params(params)
+    config = compress.PruneConfig(0.7, schedule="gradual", gradual_steps=8)
+    out, masks = gradual_prune_dense(dense, features, labels, FinetuneConfig(steps=8, batch_size=32), config, every=2)
+    for name in model.DENSE_LAYERS:
+        assert np.mean(out[name]["w"] == 0) == pytest.approx(0.7, abs=1e-3)
+        assert not np.array_equal(out[name]["b"], dense[name]["b"])  # it trained
+    with pytest.raises(ConfigError, match="gradual pruning is unstructured"):
+        compress.PruneConfig(0.5, structured=True, schedule="gradual")

@@ -51,3 +51,21 @@ def test_check_params_names_first_mismatch(params):
     missing = {k: v for k, v in params.items() if k != "linear_4"}
     with pytest.raises(CheckpointError, match="linear_4"):
         model.check_params(missing)
+
+
+@pytest.mark.parametrize("shape", [(5, 5, 3, 18), (5, 5, 18, 48), (3, 3, 4, 6), (4, 4, 2, 3)])
+def test_tiled_convolution_equals_xla_convolution(shape):
+    rng = np.random.default_rng(sum(shape))
+    w = rng.normal(size=shape).astype(np.float32)
+    b = rng.normal(size=shape[-1]).astype(np.float32)
+    x = rng.normal(size=(3, 16, 16, shape[2])).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model._conv_same_tiled(x, w, b)), np.asarray(model._conv_same(x, w, b)),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_tiled_convolution_falls_back_on_odd_widths():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(5, 5, 3, 4)).astype(np.float32)
+    x = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    np.testing.assert_allclose(model._conv_same_tiled(x, w, b), model._conv_same(x, w, b), atol=1e-4)
