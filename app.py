@@ -7,8 +7,12 @@ from pages.common import sidebar
 st.set_page_config(page_title="Low-rank compression explorer", layout="wide")
 sidebar()
 navigation = st.navigation([
-    st.Page("pages/model_card.py", title="Model card", default=True),
+    st.Page("pages/overview.py", title="Overview", default=True),
     st.Page("pages/low_rank.py", title="Low-rank (SVD)"),
     st.Page("pages/spectra.py", title="Spectra"),
+    st.Page("pages/pruning.py", title="Pruning"),
+    st.Page("pages/layer_removal.py", title="Layer removal"),
+    st.Page("pages/compare.py", title="Compare & export"),
+    st.Page("pages/train_data.py", title="Train / data"),
 ])
 navigation.run()

@@ -150,6 +150,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from lowrank_core import bench
+    from lowrank_core.errors import ConfigError
+    from lowrank_core.fileio import atomic_write_bytes, atomic_write_json
+
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    unknown = [r for r in rows if r not in bench.BenchConfig.rows]
+    if unknown or not rows:
+        raise ConfigError(f"unknown bench rows {unknown or rows}; choose from {', '.join(bench.BenchConfig.rows)}")
+    report = bench.run(_make_engine(args), bench.BenchConfig(quick=args.quick, rows=rows),
+                       log=lambda line: print(line, file=sys.stderr))
+    table = bench.to_markdown(report)
+    out = pathlib.Path(args.out) if args.out else paths.artifacts_dir() / "bench" / "bench"
+    atomic_write_json(out.with_suffix(".json"), report)
+    atomic_write_bytes(out.with_suffix(".md"), (table + "\n").encode())
+    print(table)
+    return 0
+
+
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
     p.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
@@ -191,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.add_argument("--sparsities", default="0.1:0.9:0.1", help="prune sparsities")
     p_sweep.add_argument("--out", help="output path without extension (default artifacts/sweeps/<method>)")
     p_sweep.set_defaults(func=_cmd_sweep)
+
+    p_bench = sub.add_parser("bench", help="speed ratios measured in one run; markdown table + JSON")
+    p_bench.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
+    p_bench.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    p_bench.add_argument("--quick", action="store_true", help="fewer repeats, 2,000 images (a smoke run)")
+    p_bench.add_argument("--rows", default="inference,factorized,training,scaling,sweep",
+                         help="comma list of rows to run")
+    p_bench.add_argument("--out", help="output path without extension (default artifacts/bench/bench)")
+    p_bench.set_defaults(func=_cmd_bench)
     return parser
 
 

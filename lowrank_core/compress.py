@@ -402,3 +402,10 @@ def remove_layers(params: Mapping, layers: tuple[str, ...], key_seed: int = 0) -
             changed.append(name)
         in_dim = out[name]["w"].shape[1]
     return out, tuple(changed)
+
+
+def break_even_fraction(layers: tuple[str, ...] = model.DENSE_LAYERS) -> float:
+    """The global rank fraction at which the factorized layers hold as many
+    weights (and MACs) as the dense ones: Σ mn / Σ min(m, n)(m + n)."""
+    shapes = [model.expected_shapes()[n]["w"] for n in layers]
+    return sum(m * n for m, n in shapes) / sum(min(m, n) * (m + n) for m, n in shapes)

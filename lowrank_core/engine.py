@@ -29,8 +29,6 @@ from lowrank_core.finetune import gradual_prune_dense as finetune_dense_gradual
 METHODS = ("baseline", "svd", "prune", "remove", "quantize", "dead_units")
 # Bump a method's version when its code changes what it computes.
 METHOD_VERSIONS = {"baseline": 2, "svd": 2, "prune": 2, "remove": 2, "quantize": 2, "dead_units": 1}
-METHOD_LABELS = {"baseline": "Baseline", "svd": "Low-rank (SVD)", "prune": "Pruning", "remove": "Layer removal",
-                 "quantize": "Int8 quantization", "dead_units": "Dead-unit removal (lossless)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +64,14 @@ CONFIG_TYPES = {"baseline": BaselineConfig, "svd": compress.SvdConfig, "prune": 
 
 def config_dict(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(method: str, values: Mapping) -> Any:
+    """The frozen config of ``method`` from its JSON form (lists back to tuples)."""
+    def as_tuple(v):
+        return tuple(as_tuple(x) for x in v) if isinstance(v, list) else v
+
+    return CONFIG_TYPES[method](**{k: as_tuple(v) for k, v in values.items()})
 
 
 def result_key(checkpoint_hash: str, method: str, config, finetune: FinetuneConfig | None) -> str:
@@ -259,6 +265,35 @@ class Engine:
             result["layer_latency_ms"] = measure.layer_latency(params, self.data.x_test)
         self._write_result(path, result)
         return result
+
+    def cached_result(self, method: str, config=None, finetune: FinetuneConfig | None = None,
+                      with_latency: bool = False) -> dict | None:
+        """The cached result of a variant, or None if it was never measured (nothing is computed)."""
+        config = config if config is not None else CONFIG_TYPES[method]()
+        key = result_key(self.checkpoint_hash, method, config, finetune)
+        cached = self._read_result(self.cache_dir / "results" / f"{key}.json")
+        if cached is not None and (cached.get("latency") or not with_latency):
+            return cached
+        return None
+
+    def clear_results(self) -> int:
+        """Deletes this checkpoint's cached results; returns how many files went."""
+        removed = 0
+        for path in (self.cache_dir / "results").glob("*.json"):
+            try:
+                path.unlink()
+                removed += 1
+            except OSError:
+                pass
+        return removed
+
+    def variant_npz(self, result: dict) -> bytes:
+        """The parameters of a measured variant as ``.npz`` bytes (rebuilt from its config)."""
+        method = result["method"]
+        config = config_from_dict(method, result["config"])
+        finetune = FinetuneConfig(**result["finetune"]) if result.get("finetune") else None
+        params, _ = self.build(method, config, finetune)
+        return checkpoint.params_to_npz_bytes(params)
 
     def _read_result(self, path: pathlib.Path) -> dict | None:
         try:

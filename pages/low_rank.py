@@ -1,31 +1,115 @@
-"""Low-rank (SVD): slide the rank fraction, see accuracy, latency and size live."""
+"""Low-rank (SVD): choose ranks, see accuracy, latency and size live, and the curves."""
 
+import dataclasses
+
+import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import baseline_result, checkpoint_dir, data_path, get_engine, svd_result
+from lowrank_core import compress, model
+from lowrank_core.errors import ConfigError
+from lowrank_core.finetune import FinetuneConfig
+from pages.common import (FORM_DASH, METHOD_COLORS, baseline_result, cached_results, evaluate, get_engine, keys,
+                          metric_row, progress_callback, style)
+
+CURVE_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0)
 
 st.title("Low-rank approximation (truncated SVD)")
 eng = get_engine()
 if eng is not None:
     c1, c2, c3 = st.columns([2, 1, 1])
-    fraction = c1.slider("Rank fraction f (k = ⌊f·min(m, n)⌋)", 0.01, 1.0, 0.5, 0.01, key="svd_fraction")
-    form = c2.radio("Form", ["reconstructed", "factorized"], key="svd_form", horizontal=True)
+    mode = c1.radio("Choose ranks by", ["global rank fraction", "energy threshold", "parameter budget"],
+                    key="svd_mode", horizontal=True)
+    form = c2.radio("Form", ["reconstructed", "factorized"], key="svd_form", horizontal=True,
+                    help="reconstructed: W_k = U_k S_k V_kᵀ, same shapes; factorized: two thinner layers")
     include_output = c3.checkbox("Include output layer", True, key="svd_include_output")
-    measure_latency = st.toggle("Measure latency (slower)", False, key="svd_latency")
-    base = baseline_result(str(checkpoint_dir()), data_path())
-    with st.spinner("Computing on all test images…"):
-        result = svd_result(str(checkpoint_dir()), data_path(), float(fraction), form, include_output,
-                            measure_latency)
-    cols = st.columns(4)
-    cols[0].metric("Test accuracy", f"{result['accuracy']:.2%}", f"{result['accuracy'] - base['accuracy']:+.2%}")
-    cols[1].metric("Parameters", f"{result['params']:,}", f"{result['params'] - base['params']:+,}", delta_color="inverse")
-    cols[2].metric("MACs / image", f"{result['macs'] / 1e6:.2f} M", f"{(result['macs'] - base['macs']) / 1e6:+.2f} M", delta_color="inverse")
-    if "latency_ms" in result:
-        cols[3].metric("Latency, batch 1,000", f"{result['latency_ms']:.0f} ms",
-                       f"{result['latency_ms'] - base['latency_ms']:+.0f} ms", delta_color="inverse")
+    fraction, energy, budget = 0.5, None, None
+    if mode == "global rank fraction":
+        fraction = st.slider("Rank fraction f (k = max(1, ⌊f·min(m, n)⌋))", 0.01, 1.0, 0.5, 0.01, key="svd_fraction")
+    elif mode == "energy threshold":
+        energy = st.slider("Energy kept per layer (Σ_{i≤k} σᵢ² ≥ E·Σσ²)", 0.50, 1.0, 0.90, 0.01, key="svd_energy")
     else:
-        cols[3].metric("Stored size", f"{result['bytes'] / 2**20:.1f} MiB", f"×{result['compression_ratio']:.2f} smaller")
-    st.caption(f"Accuracy on {result['n_test']:,} test images. Ranks: "
-               + ", ".join(f"{k} {v}" for k, v in result["facts"]["ranks"].items())
+        budget = st.slider("Parameter budget (share of the dense weights, factorized count)", 0.01, 1.0, 0.2, 0.01,
+                           key="svd_budget")
+    with st.expander("Per-layer rank fractions (override the rule above)"):
+        override_cols = st.columns(len(model.DENSE_LAYERS))
+        overrides = []
+        for col, name in zip(override_cols, model.DENSE_LAYERS):
+            value = col.number_input(f"{name}", 0.0, 1.0, 0.0, 0.01, key=f"svd_override_{name}",
+                                     help="0 = use the rule above")
+            if value > 0:
+                overrides.append((name, float(value)))
+    o1, o2 = st.columns(2)
+    finetune_steps = 300 if o1.toggle("Fine-tune the dense stack (300 steps, frozen convolutions)", False,
+                                      key="svd_finetune") else 0
+    measure_latency = o2.toggle("Measure latency (adds a few seconds)", False, key="svd_latency")
+    try:
+        config = compress.SvdConfig(rank_fraction=float(fraction), form=form, include_output=include_output,
+                                    energy=energy, param_budget=budget, layer_fractions=tuple(overrides))
+    except ConfigError as exc:
+        st.error(str(exc))
+        st.stop()
+    base = baseline_result(*keys())
+    if finetune_steps:
+        on_progress, bar = progress_callback("Fine-tuning")
+        result = eng.evaluate("svd", config, finetune=FinetuneConfig(steps=finetune_steps),
+                              with_latency=measure_latency, on_progress=on_progress)
+        bar.empty()
+    else:
+        with st.spinner("Computing on all 10,000 test images…"):
+            result = evaluate(*keys(), "svd", config, 0, measure_latency)
+    metric_row(result, base)
+    st.caption("Ranks: " + ", ".join(f"{k} {v}" for k, v in result["facts"]["ranks"].items())
                + ". Break-even ranks (factorized form smaller below): "
                + ", ".join(f"{k} {v:.0f}" for k, v in result["facts"]["break_even_ranks"].items()))
+
+    st.subheader("Accuracy and latency vs rank fraction")
+    points = {}
+    for r in cached_results(*keys()):
+        c = r["config"]
+        if (r["method"] == "svd" and not r.get("finetune") and c["include_output"] == include_output
+                and not (c.get("energy") or c.get("layer_ranks") or c.get("layer_fractions") or c.get("param_budget")
+                         or c.get("only"))):
+            points[(c["form"], c["rank_fraction"])] = r
+    missing = [(fm, f) for fm in ("reconstructed", "factorized") for f in CURVE_GRID
+               if "latency_ms" not in points.get((fm, f), {})]
+    if missing and st.button(f"Measure curves ({len(missing)} points, ≈ {8 * len(missing)} s)", key="svd_curves"):
+        on_progress, bar = progress_callback("Measuring")
+        for i, (fm, f) in enumerate(missing):
+            points[(fm, f)] = eng.evaluate("svd", dataclasses.replace(config, rank_fraction=f, form=fm, energy=None,
+                                                                       param_budget=None, layer_fractions=()))
+            on_progress(i + 1, len(missing))
+        bar.empty()
+        cached_results.clear()
+    acc_fig, lat_fig = go.Figure(), go.Figure()
+    for fm in ("reconstructed", "factorized"):
+        series = sorted((f, r) for (form_, f), r in points.items() if form_ == fm)
+        if not series:
+            continue
+        line = dict(color=METHOD_COLORS["svd"], dash=FORM_DASH[fm])
+        acc_fig.add_trace(go.Scatter(x=[f for f, _ in series], y=[100 * r["accuracy"] for _, r in series],
+                                     mode="lines+markers", name=fm, line=line))
+        timed = [(f, r) for f, r in series if "latency_ms" in r]
+        lat_fig.add_trace(go.Scatter(x=[f for f, _ in timed], y=[r["latency_ms"] for _, r in timed],
+                                     error_y=dict(array=[r["latency"]["1000"]["iqr_ms"] for _, r in timed]),
+                                     mode="lines+markers", name=fm, line=line))
+    current = config.rank_fraction if mode == "global rank fraction" and not overrides else None
+    if current is not None:
+        acc_fig.add_trace(go.Scatter(x=[current], y=[100 * result["accuracy"]], mode="markers", name="current",
+                                     marker=dict(size=14, color="#d62728", symbol="diamond")))
+        if "latency_ms" in result:
+            lat_fig.add_trace(go.Scatter(x=[current], y=[result["latency_ms"]], mode="markers", name="current",
+                                         marker=dict(size=14, color="#d62728", symbol="diamond")))
+    acc_fig.add_hline(y=100 * base["accuracy"], line=dict(color=METHOD_COLORS["baseline"], dash="dash"),
+                      annotation_text="baseline")
+    lat_fig.add_hline(y=base["latency_ms"], line=dict(color=METHOD_COLORS["baseline"], dash="dash"),
+                      annotation_text="baseline")
+    layers = model.DENSE_LAYERS if include_output else model.HIDDEN_LAYERS
+    break_even = compress.break_even_fraction(layers)
+    for fig in (acc_fig, lat_fig):
+        fig.add_vline(x=break_even, line=dict(color="#888", dash="dot"), annotation_text=f"break-even f={break_even:.2f}")
+    left, right = st.columns(2)
+    left.plotly_chart(style(acc_fig, "Test accuracy", "rank fraction f", "accuracy (%)"), key="svd_acc_curve")
+    right.plotly_chart(style(lat_fig, "Latency, batch 1,000 (median, IQR bars)", "rank fraction f", "ms"),
+                       key="svd_latency_curve")
+    st.caption("Break-even f: the factorized dense stack holds as many weights (MACs) as the dense one; below it, "
+               "the factorized form is smaller. The reconstructed form keeps the dense shapes, so it never runs faster.")

@@ -21,15 +21,23 @@ def env(app_env, monkeypatch):
     archive, ck = app_env
     monkeypatch.setenv(data_lib.ENV_VAR, str(archive))
     monkeypatch.setenv("LOWRANK_CHECKPOINT", str(ck))
+    # Each test has its own artifacts folder (conftest): start from empty Streamlit caches too.
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
     return app_env
 
 
-def test_model_card_page(env):
+def test_overview_page(env):
     at = AppTest.from_file("../app.py", default_timeout=300).run()
     assert not at.exception and not at.error
     labels = [m.label for m in at.metric]
     assert "Test accuracy" in labels and "Parameters" in labels
     assert [m.value for m in at.metric if m.label == "Parameters"] == ["21,257,026"]
+    assert "latency" in at.get("plotly_chart")[0].proto.spec
+    at.radio(key="overview_axis").set_value("stored size (MiB)").run()
+    assert not at.exception and "stored size" in at.get("plotly_chart")[0].proto.spec
 
 
 def test_low_rank_page_slider_changes_metrics(env):
@@ -44,6 +52,65 @@ def test_low_rank_page_slider_changes_metrics(env):
     assert before["Parameters"] != after["Parameters"]
     assert before["MACs / image"] != after["MACs / image"]
     assert "linear 1500" in ranks_before and "linear 150," in at.caption[0].value
+    at.radio(key="svd_mode").set_value("energy threshold").run()
+    assert not at.exception and not at.error and "Ranks:" in at.caption[0].value
+    at.number_input(key="svd_override_linear_4").set_value(0.5).run()
+    assert not at.exception and "linear_4 5" in at.caption[0].value
+
+
+def test_pruning_page_slider_changes_metrics(env):
+    at = AppTest.from_file("../pages/pruning.py", default_timeout=300).run()
+    assert not at.exception and not at.error
+    at.radio(key="prune_kind").set_value("structured (drop hidden units)").run()
+    before = {m.label: m.value for m in at.metric}
+    at.slider(key="prune_sparsity").set_value(0.9).run()
+    after = {m.label: m.value for m in at.metric}
+    assert not at.exception and not at.error
+    assert before["Parameters"] != after["Parameters"] and before["MACs / image"] != after["MACs / image"]
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_layer_removal_page_retrains_and_shows_result(env):
+    at = AppTest.from_file("../pages/layer_removal.py", default_timeout=300).run()
+    assert not at.exception and not at.error
+    at.slider(key="remove_steps").set_value(50).run()
+    at.toggle(key="remove_latency").set_value(False).run()
+    assert not at.metric  # nothing measured until the button is pressed
+    at.button(key="remove_run").click().run()
+    assert not at.exception and not at.error
+    params = {m.label: m.value for m in at.metric}["Parameters"]
+    assert params == f"{21_257_026 - (3000 * 2000 + 2000) - 2000 * 2000 + 3000 * 2000:,}"  # linear_2 now reads 3000
+    at.multiselect(key="remove_layers").set_value(["linear_1", "linear_2"]).run()
+    assert not at.exception and not at.metric  # a new selection is not measured yet
+
+
+def test_compare_page_lists_and_exports(env):
+    from lowrank_core import compress, engine as engine_lib
+
+    archive, ck = env
+    eng = engine_lib.Engine(ck, data_lib.load_cifar10(archive))
+    eng.evaluate("baseline", with_latency=False)
+    eng.evaluate("svd", compress.SvdConfig(0.1, "factorized"), with_latency=False)
+    eng.evaluate("quantize", with_latency=False)
+    at = AppTest.from_file("../pages/compare.py", default_timeout=300).run()
+    assert not at.exception and not at.error
+    assert len(at.dataframe[0].value) == 3
+    at.multiselect(key="compare_pick").set_value([o for o in at.multiselect(key="compare_pick").options
+                                                 if o.startswith("SVD")]).run()
+    assert not at.exception and len(at.dataframe[0].value) == 1
+    at.selectbox(key="export_variant").set_value([o for o in at.selectbox(key="export_variant").options
+                                                  if o.startswith("SVD")][0]).run()
+    at.button(key="export_prepare").click().run()
+    assert not at.exception and not at.error
+
+
+def test_train_data_page_trains_with_progress(env, tmp_path):
+    at = AppTest.from_file("../pages/train_data.py", default_timeout=300).run()
+    assert not at.exception and not at.error
+    at.selectbox(key="train_preset").set_value("tiny").run()
+    at.button(key="train_start").click().run()
+    assert not at.exception and not at.error
+    assert at.success and "Test accuracy" in at.success[0].value
 
 
 def test_bad_data_path_is_an_error_not_a_traceback(env, monkeypatch):

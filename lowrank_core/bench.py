@@ -1,0 +1,226 @@
+"""``python -m lowrank_core bench``: speed measured as ratios, in one run.
+
+Every row compares two sides on identical inputs, timed alternately in this
+process after warm-up (compile time excluded), and checks that both give the
+same predictions. It prints a markdown table and writes the same as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lowrank_core import compress, configs, measure, model, train
+from lowrank_core.data import Cifar10
+
+FRACTIONS = (1.0, 0.5, 0.25, 0.1, 0.05)
+
+
+def _alternate(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Times each side ``repeats`` times, interleaved, after one warm-up call each."""
+    for fn in sides.values():
+        jax.block_until_ready(fn())
+    samples: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            started = time.perf_counter()
+            jax.block_until_ready(fn())
+            samples[name].append(time.perf_counter() - started)
+    return samples
+
+
+def _summary(samples: list[float]) -> dict:
+    q1, median, q3 = np.percentile(samples, [25, 50, 75])
+    return {"median_s": float(median), "iqr_s": float(q3 - q1), "repeats": len(samples)}
+
+
+def _ratio(slow: list[float], fast: list[float]) -> dict:
+    """Median and IQR of per-repeat ratios (each pair timed back to back)."""
+    ratios = np.asarray(slow) / np.asarray(fast)
+    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3)}
+
+
+def bench_inference(params, images: np.ndarray, repeats: int = 3) -> dict:
+    """Row 1: the product's test-set path vs a plain jitted ``network.apply`` in batches of 1,000."""
+    plain = jax.jit(lambda p, x: jnp.argmax(model.network.apply(p, model.preprocess(x)), axis=-1))
+    device_params = jax.device_put(params)
+
+    def plain_path():
+        return np.concatenate([np.asarray(plain(device_params, images[i:i + 1000]))
+                               for i in range(0, len(images), 1000)])
+
+    def product_path():
+        return measure.predict_full(params, images)
+
+    same = float(np.mean(plain_path() == product_path()))
+    samples = _alternate({"plain": plain_path, "product": product_path}, repeats)
+    return {"row": "test-set inference", "images": int(len(images)), "same_argmax": same,
+            "plain": _summary(samples["plain"]), "product": _summary(samples["product"]),
+            "speedup": _ratio(samples["plain"], samples["product"]), "target": 2.5}
+
+
+def bench_factorized(params, features: np.ndarray, svds, fractions=FRACTIONS, batch_sizes=(1, 1000),
+                     repeats: int = 7) -> list[dict]:
+    """Row 2: the dense stack factorized at each rank fraction vs dense, measured and theoretical."""
+    dense_fn = jax.jit(model.dense_forward)
+    dense = jax.device_put(measure.dense_params(params))
+    rows = []
+    dense_macs = measure.macs_per_image(params) - measure.CONV_MACS
+    for fraction in fractions:
+        variant = compress.svd_compress(params, compress.SvdConfig(fraction, "factorized"), svds)
+        factorized = jax.device_put(measure.dense_params(variant))
+        theoretical = dense_macs / (measure.macs_per_image(variant) - measure.CONV_MACS)
+        for batch_size in batch_sizes:
+            x = jax.device_put(features[:batch_size])
+            same = float(np.mean(np.argmax(dense_fn(dense, x), -1) == np.argmax(dense_fn(factorized, x), -1)))
+            samples = _alternate({"dense": lambda: dense_fn(dense, x), "factorized": lambda: dense_fn(factorized, x)},
+                                 repeats)
+            speedup = _ratio(samples["dense"], samples["factorized"])
+            rows.append({"row": "factorized vs dense", "rank_fraction": fraction, "batch_size": batch_size,
+                         "dense": _summary(samples["dense"]), "factorized": _summary(samples["factorized"]),
+                         "speedup": speedup, "theoretical": theoretical,
+                         "measured_over_theoretical": speedup["median"] / theoretical,
+                         "argmax_agreement_with_dense": same})
+    return rows
+
+
+def bench_training(data: Cifar10, steps: int = 15) -> dict:
+    """Row 3 (projection): step rate of the default and seed presets, timed alternately;
+    projected wall time = preset steps × median step time."""
+    out = {}
+    sides = {}
+    states = {}
+    for name in ("default", "seed"):
+        config = configs.get_preset(name)
+        optimizer = train.make_optimizer(config)
+        update = train.make_update(config, optimizer)
+        state = train.init_state(config, optimizer)
+        images = jnp.asarray(data.x_train[:config.batch_size])
+        labels = jnp.asarray(data.y_train[:config.batch_size])
+        states[name] = state
+
+        def step(update=update, name=name, images=images, labels=labels):
+            states[name], loss = update(states[name], images, labels)
+            return loss
+
+        sides[name] = step
+        out[name] = {"steps": config.num_steps, "batch_size": config.batch_size}
+    samples = _alternate(sides, steps)
+    for name in sides:
+        median = float(np.median(samples[name]))
+        out[name].update(step_s=_summary(samples[name]), projected_minutes=median * out[name]["steps"] / 60)
+    out["row"] = "training (projected from step rate)"
+    out["projected_speedup"] = out["seed"]["projected_minutes"] / out["default"]["projected_minutes"]
+    return out
+
+
+def bench_scaling(params, images: np.ndarray, batch_sizes=(1, 10, 100, 1000, 10_000)) -> list[dict]:
+    """Row 5: whole-network latency vs batch size (per image cost shows the batching win)."""
+    rows = []
+    forward = jax.jit(model.forward)
+    device_params = jax.device_put(params)
+    for batch_size in batch_sizes:
+        x = jax.device_put(images[:batch_size])
+        stats = measure.time_calls(lambda: forward(device_params, x), repeats=5 if batch_size < 10_000 else 3)
+        rows.append({"row": "latency vs batch", "batch_size": batch_size, "median_ms": stats["median_ms"],
+                     "iqr_ms": stats["iqr_ms"], "per_image_ms": stats["median_ms"] / batch_size})
+    return rows
+
+
+def bench_sweep_scaling(engine, points=(1, 2, 4)) -> list[dict]:
+    """Row 5b: wall time of an uncached accuracy-only SVD sweep vs number of grid points."""
+    rows = []
+    for n in points:
+        grid = np.linspace(0.3, 0.9, n)
+        started = time.perf_counter()
+        for f in grid:
+            engine.evaluate("svd", compress.SvdConfig(float(round(f, 6)), "factorized"), with_latency=False,
+                            use_cache=False)
+        rows.append({"row": "sweep time vs points", "points": n, "seconds": time.perf_counter() - started})
+    return rows
+
+
+def environment() -> dict:
+    import os
+
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
+            "device": str(jax.devices()[0])}
+
+
+def to_markdown(report: dict) -> str:
+    """The report as markdown tables: ratios first, absolute figures beside them."""
+    lines = [f"Machine: {report['environment']['cpus']} CPUs, {report['environment']['backend']} "
+             f"({report['environment']['device']}), jax {report['environment']['jax']}", ""]
+    lines += ["| comparison | ratio (median, IQR) | target | absolute | same predictions |", "|---|---|---|---|---|"]
+    inf = report.get("inference")
+    if inf:
+        s = inf["speedup"]
+        lines.append(f"| test-set inference ({inf['images']:,} images): product path vs plain `net.apply` (batches of 1,000) "
+                     f"| **{s['median']:.2f}×** ({s['q1']:.2f}–{s['q3']:.2f}) | ≥ {inf['target']}× "
+                     f"| {inf['product']['median_s']:.2f} s vs {inf['plain']['median_s']:.2f} s "
+                     f"| {100 * inf['same_argmax']:.2f} % same argmax |")
+    for row in report.get("factorized", []):
+        s = row["speedup"]
+        lines.append(f"| dense stack factorized at f={row['rank_fraction']} vs dense, batch {row['batch_size']} "
+                     f"| **{s['median']:.2f}×** ({s['q1']:.2f}–{s['q3']:.2f}); theoretical {row['theoretical']:.2f}× "
+                     f"→ {row['measured_over_theoretical']:.2f} of it | ≥ 0.7 of theoretical at batch 1,000, f ≤ 0.25 "
+                     f"| {1e3 * row['factorized']['median_s']:.2f} ms vs {1e3 * row['dense']['median_s']:.2f} ms "
+                     f"| {100 * row['argmax_agreement_with_dense']:.1f} % argmax agree (lossy) |")
+    tr = report.get("training")
+    if tr:
+        lines.append(f"| training: default preset vs seed preset (projected from alternately timed steps) "
+                     f"| **{tr['projected_speedup']:.1f}×** | ≥ 5×, default ≤ 4 min "
+                     f"| {tr['default']['projected_minutes']:.1f} min ({tr['default']['steps']} steps × "
+                     f"{tr['default']['step_s']['median_s']:.3f} s) vs {tr['seed']['projected_minutes']:.1f} min "
+                     f"({tr['seed']['steps']} × {tr['seed']['step_s']['median_s']:.3f} s) | n/a |")
+    if report.get("scaling"):
+        lines += ["", "| batch size | median latency (ms) | IQR (ms) | per image (ms) |", "|---|---|---|---|"]
+        for row in report["scaling"]:
+            lines.append(f"| {row['batch_size']:,} | {row['median_ms']:.1f} | {row['iqr_ms']:.1f} | {row['per_image_ms']:.3f} |")
+    if report.get("sweep"):
+        lines += ["", "| uncached SVD grid points | seconds | per point |", "|---|---|---|"]
+        for row in report["sweep"]:
+            lines.append(f"| {row['points']} | {row['seconds']:.1f} | {row['seconds'] / row['points']:.2f} |")
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """Which rows to run; ``quick`` uses fewer repeats and a 2,000-image inference row."""
+
+    quick: bool = False
+    rows: tuple[str, ...] = ("inference", "factorized", "training", "scaling", "sweep")
+
+
+def run(engine, config: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    """Runs the selected rows against ``engine``'s checkpoint and data."""
+    report: dict = {"environment": environment(), "checkpoint": engine.checkpoint_hash, "quick": config.quick}
+    images = engine.data.x_test[:2000] if config.quick else engine.data.x_test
+    repeats = 2 if config.quick else 3
+    if "inference" in config.rows:
+        log("inference: product path vs plain net.apply …")
+        report["inference"] = bench_inference(engine.params, images, repeats=repeats)
+    if "factorized" in config.rows:
+        log("factorized vs dense dense stack …")
+        fractions = (1.0, 0.25, 0.05) if config.quick else FRACTIONS
+        report["factorized"] = bench_factorized(engine.params, engine.test_features, engine.svds, fractions,
+                                                repeats=3 if config.quick else 7)
+    if "training" in config.rows:
+        log("training step rates …")
+        report["training"] = bench_training(engine.data, steps=4 if config.quick else 15)
+    if "scaling" in config.rows:
+        log("latency vs batch size …")
+        report["scaling"] = bench_scaling(engine.params, engine.data.x_test,
+                                          (1, 100, 1000) if config.quick else (1, 10, 100, 1000, 10_000))
+    if "sweep" in config.rows:
+        log("sweep time vs grid points …")
+        report["sweep"] = bench_sweep_scaling(engine, (1, 2) if config.quick else (1, 2, 4))
+    return report

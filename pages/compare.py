@@ -1,0 +1,51 @@
+"""Compare & export: measured variants side by side; download parameters and tables."""
+
+import json
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from lowrank_core import report
+from pages.common import METHOD_COLORS, cached_results, get_engine, keys, run_with_errors, style
+
+st.title("Compare and export")
+eng = get_engine()
+if eng is not None:
+    results = cached_results(*keys())
+    if not results:
+        st.info("Nothing measured yet: move a slider on the Low-rank, Pruning or Layer removal page first.")
+        st.stop()
+    labels = {report.describe(r): r for r in results}
+    default = [label for label, r in labels.items() if r["method"] == "baseline"][:1] + \
+        [label for label, r in labels.items() if r["method"] != "baseline"][:2]
+    picked = st.multiselect("Variants", list(labels), default=default, key="compare_pick")
+    chosen = [labels[p] for p in picked]
+    if chosen:
+        table = pd.DataFrame([report.flat_row(r) for r in chosen]).drop(columns=["config", "finetune", "checkpoint"])
+        st.dataframe(table, hide_index=True)
+        cols = st.columns(3)
+        for col, (title, value, unit) in zip(cols, [
+                ("Test accuracy", lambda r: 100 * r["accuracy"], "%"),
+                ("Latency, batch 1,000", lambda r: r.get("latency_ms"), "ms"),
+                ("Stored size", lambda r: r["bytes"] / 2**20, "MiB")]):
+            fig = go.Figure(go.Bar(x=[report.describe(r) for r in chosen], y=[value(r) for r in chosen],
+                                   marker_color=[METHOD_COLORS[r["method"]] for r in chosen]))
+            fig.update_xaxes(showticklabels=False)
+            col.plotly_chart(style(fig, title, "variant (hover for name)", unit, 320), key=f"compare_{unit}")
+    st.subheader("Export")
+    e1, e2 = st.columns(2)
+    e1.download_button("Results table (CSV)", report.to_csv(results), "lowrank_results.csv", "text/csv",
+                       key="export_csv")
+    e2.download_button("Results table (JSON)", json.dumps(results, indent=1), "lowrank_results.json",
+                       "application/json", key="export_json")
+    target = st.selectbox("Parameters of one variant (.npz)", list(labels), key="export_variant")
+    if st.button("Prepare the .npz", key="export_prepare"):
+        with st.spinner("Rebuilding the variant…"):
+            blob = run_with_errors(eng.variant_npz, labels[target])
+        if blob is not None:
+            st.session_state["export_blob"] = (target, blob)
+    if st.session_state.get("export_blob", (None,))[0] == target:
+        st.download_button(f"Download {target}.npz ({len(st.session_state['export_blob'][1]) / 2**20:.1f} MiB)",
+                           st.session_state["export_blob"][1], "variant_params.npz", "application/octet-stream",
+                           key="export_npz")

@@ -1,0 +1,43 @@
+"""Layer removal: drop hidden dense layers, retrain the rewired head, compare."""
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from lowrank_core import engine, model
+from lowrank_core.errors import ConfigError
+from pages.common import METHOD_COLORS, baseline_result, get_engine, keys, metric_row, progress_callback, style
+
+st.title("Removing hidden layers")
+eng = get_engine()
+if eng is not None:
+    layers = st.multiselect("Hidden layers to remove", list(model.HIDDEN_LAYERS), default=["linear_1"],
+                            key="remove_layers")
+    steps = st.slider("Retraining steps (dense head over frozen convolutions, batch 256)", 0, 2000, 300, 50,
+                      key="remove_steps")
+    measure_latency = st.toggle("Measure latency (adds a few seconds)", True, key="remove_latency")
+    st.caption("Every layer after a cut sees new inputs, so the whole dense head is retrained on the cached "
+               "outputs of the convolutions (the second seed's option A).")
+    try:
+        config = engine.RemoveConfig(layers=tuple(layers), retrain_steps=int(steps))
+    except ConfigError as exc:
+        st.error(str(exc))
+        st.stop()
+    base = baseline_result(*keys())
+    result = eng.cached_result("remove", config, with_latency=measure_latency)
+    if result is None:
+        if st.button("Remove and retrain", type="primary", key="remove_run"):
+            on_progress, bar = progress_callback("Retraining")
+            result = eng.evaluate("remove", config, with_latency=measure_latency, on_progress=on_progress)
+            bar.empty()
+        else:
+            st.info("Not measured yet: press 'Remove and retrain' (features of the training set are computed once, "
+                    "then each step takes a fraction of a second).")
+    if result is not None:
+        metric_row(result, base)
+        fig = go.Figure()
+        names = ["accuracy (%)", "parameters (M)", "MACs (M)"]
+        for label, r, colour in (("baseline", base, METHOD_COLORS["baseline"]),
+                                 ("without " + "+".join(layers), result, METHOD_COLORS["remove"])):
+            fig.add_trace(go.Bar(name=label, x=names, y=[100 * r["accuracy"], r["params"] / 1e6, r["macs"] / 1e6],
+                                 marker_color=colour))
+        st.plotly_chart(style(fig, "Result beside the baseline", "", "value", 340), key="remove_bars")

@@ -1,0 +1,50 @@
+"""Pruning: magnitude pruning, one-shot or gradual, unstructured or structured."""
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from lowrank_core import compress
+from lowrank_core.errors import ConfigError
+from pages.common import (METHOD_COLORS, baseline_result, evaluate, get_engine, keys, metric_row,
+                          progress_callback, style)
+
+st.title("Magnitude pruning")
+eng = get_engine()
+if eng is not None:
+    sparsity = st.slider("Sparsity (share of kernel weights, or of hidden units if structured)", 0.0, 0.99, 0.5,
+                         0.01, key="prune_sparsity")
+    c1, c2, c3 = st.columns(3)
+    kind = c1.radio("Kind", ["unstructured", "structured (drop hidden units)"], key="prune_kind", horizontal=True)
+    structured = kind.startswith("structured")
+    schedule = c2.radio("Schedule", ["one-shot", "gradual"], key="prune_schedule", horizontal=True,
+                        disabled=structured,
+                        help="gradual: Zhu & Gupta's cubic schedule while the dense stack fine-tunes (takes a minute)")
+    scope = c3.radio("Threshold", ["layer", "global"], key="prune_scope", horizontal=True, disabled=structured,
+                     help="layer: every kernel to the sparsity; global: one magnitude threshold over all kernels")
+    measure_latency = st.toggle("Measure latency (adds a few seconds)", False, key="prune_latency")
+    try:
+        config = compress.PruneConfig(sparsity=float(sparsity), scope=scope, structured=structured,
+                                      schedule="one-shot" if structured else schedule, gradual_steps=300)
+    except ConfigError as exc:
+        st.error(str(exc))
+        st.stop()
+    base = baseline_result(*keys())
+    if config.schedule == "gradual":
+        on_progress, bar = progress_callback("Gradual pruning while fine-tuning")
+        result = eng.evaluate("prune", config, with_latency=measure_latency, on_progress=on_progress)
+        bar.empty()
+    else:
+        with st.spinner("Computing on all 10,000 test images…"):
+            result = evaluate(*keys(), "prune", config, 0, measure_latency)
+    metric_row(result, base)
+    if structured:
+        st.info("Structured pruning makes the matrices physically smaller, so parameters, MACs and latency drop. "
+                "Unstructured pruning only zeroes weights: stored densely, it runs no faster.")
+    else:
+        st.caption(f"Non-zero weights: {result['nonzero_params']:,} of {result['params']:,}. Stored densely, a "
+                   "masked matrix runs no faster; switch to structured to see latency move.")
+    sparsities = result["facts"]["sparsity"]
+    fig = go.Figure(go.Bar(x=list(sparsities), y=[100 * v for v in sparsities.values()],
+                           marker_color=METHOD_COLORS["prune"], text=[f"{100 * v:.0f} %" for v in sparsities.values()]))
+    st.plotly_chart(style(fig, "Share of exactly-zero kernel weights per layer", "layer", "zero weights (%)", 320),
+                    key="prune_bars")
