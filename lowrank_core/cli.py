@@ -20,9 +20,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from lowrank_core import configs, data, train
 
     config = configs.get_preset(args.preset)
+    import dataclasses
+
     if args.steps:
-        import dataclasses
         config = dataclasses.replace(config, num_steps=args.steps)
+    if args.eval_every:
+        config = dataclasses.replace(config, eval_every=args.eval_every)
     dataset = data.load_cifar10(args.data)
     out_dir = pathlib.Path(args.out) if args.out else paths.artifacts_dir() / "checkpoints" / config.preset
     with tqdm(total=config.num_steps, desc=f"train[{config.preset}]", unit="step") as bar:
@@ -31,10 +34,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if p.val_accuracy is not None:
                 bar.set_postfix(loss=f"{p.loss:.3f}", val_acc=f"{p.val_accuracy:.3f}")
 
-        metadata = train.train_and_save(config, dataset, out_dir, on_progress=on_progress)
+        metadata = train.train_and_save(config, dataset, out_dir, on_progress=on_progress, resume=args.resume)
     print(json.dumps({"checkpoint": str(out_dir), "test_accuracy": metadata["test_accuracy"],
                       "n_test": metadata["n_test"], "train_seconds": metadata["train_seconds"],
-                      "storage_dtype": metadata["storage_dtype"]}))
+                      "storage_dtype": metadata["storage_dtype"],
+                      "resumed_from_step": metadata["resumed_from_step"]}))
     return 0
 
 
@@ -56,7 +60,7 @@ def _method_config(args: argparse.Namespace):
             pairs = []
             for item in args.layer_ranks.split(","):
                 name, _, rank = item.partition("=")
-                if not rank.strip().isdigit():
+                if not (rank.strip().isascii() and rank.strip().isdigit()):
                     raise ConfigError(f"--layer-ranks wants name=rank pairs, got {item!r}")
                 pairs.append((name.strip(), int(rank)))
             layer_ranks = tuple(pairs)
@@ -88,7 +92,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     config = _method_config(args)
     finetune = FinetuneConfig(steps=args.finetune_steps) if args.finetune_steps else None
     result = _make_engine(args).evaluate(args.method, config, finetune=finetune,
-                                         with_latency=not args.no_latency, use_cache=not args.no_cache)
+                                         with_latency=not args.no_latency, use_cache=not args.no_cache,
+                                         with_layer_latency=not args.no_latency)
     if args.json:
         print(json.dumps(result))
     else:
@@ -196,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
     p_train.add_argument("--out", help="checkpoint folder (default artifacts/checkpoints/<preset>)")
     p_train.add_argument("--steps", type=int, help="override the preset's number of steps")
+    p_train.add_argument("--eval-every", type=int, help="override steps between evaluations (= resume points)")
+    p_train.add_argument("--resume", action="store_true",
+                         help="continue from the last resume point of an interrupted run with the same settings")
     p_train.set_defaults(func=_cmd_train)
 
     p_eval = sub.add_parser("evaluate", help="measure a variant on all test images (cached)")

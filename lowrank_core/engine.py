@@ -54,6 +54,11 @@ class RemoveConfig:
     def __post_init__(self):
         if not self.layers:
             raise ConfigError("name at least one hidden layer to remove")
+        for name in self.layers:
+            if name not in model.HIDDEN_LAYERS:
+                raise ConfigError(f"cannot remove {name!r}; removable layers are {', '.join(model.HIDDEN_LAYERS)}")
+        if len(set(self.layers)) != len(self.layers):
+            raise ConfigError("each layer may be removed once")
         if self.retrain_steps < 0:
             raise ConfigError("retrain_steps must be ≥ 0")
 
@@ -104,6 +109,10 @@ class Engine:
         self._svds: dict[str, compress.LayerSvd] | None = None
         self._conv_features: dict[str, np.ndarray] = {}
         self._init_s: dict[str, np.ndarray] | None = None
+        # Set when the cache cannot be written (read-only folder, full disk):
+        # results are still returned, kept in memory, and the UI says so.
+        self.write_problem: str | None = None
+        self._memory: dict[str, dict] = {}
 
     # ---- shared intermediates ----
 
@@ -126,8 +135,8 @@ class Engine:
         np.savez(buffer, **{f"{n}/{k}": getattr(svd, k) for n, svd in svds.items() for k in ("u", "s", "vt")})
         try:
             atomic_write_bytes(path, buffer.getvalue())
-        except OSError:
-            pass  # read-only or full disk: keep working from memory
+        except OSError as exc:
+            self.write_problem = f"cannot write the cache under {self.cache_dir} ({exc.strerror or exc}); working from memory"
         return svds
 
     def init_singular_values(self) -> dict[str, np.ndarray]:
@@ -226,14 +235,15 @@ class Engine:
 
     def evaluate(self, method: str, config=None, *, finetune: FinetuneConfig | None = None,
                  with_latency: bool = True, use_cache: bool = True,
-                 on_progress: Callable[[int, int], None] | None = None) -> dict:
+                 on_progress: Callable[[int, int], None] | None = None, with_layer_latency: bool = False) -> dict:
         """Measures a variant (cached): accuracy on every test image, size, latency."""
         config = config if config is not None else CONFIG_TYPES[method]()
         key = result_key(self.checkpoint_hash, method, config, finetune)
         path = self.cache_dir / "results" / f"{key}.json"
         if use_cache:
-            cached = self._read_result(path)
-            if cached is not None and (cached.get("latency") or not with_latency):
+            cached = self._memory.get(key) or self._read_result(path)
+            if (cached is not None and (cached.get("latency") or not with_latency)
+                    and (cached.get("layer_latency_ms") or not with_layer_latency)):
                 return cached
         params, facts = self.build(method, config, finetune, on_progress)
         if measure.same_convolutions(params, self.params):
@@ -262,8 +272,10 @@ class Engine:
             result["latency_ms"] = lat[str(measure.EVAL_BATCH)]["median_ms"]
             result["batch_size"] = measure.EVAL_BATCH
             result["latency_batch1_ms"] = lat["1"]["median_ms"]
-            result["layer_latency_ms"] = measure.layer_latency(params, self.data.x_test)
-        self._write_result(path, result)
+            if with_layer_latency:  # a few seconds more: the CLI asks for it, the app on demand
+                result["layer_latency_ms"] = measure.layer_latency(params, self.data.x_test)
+        if not self._write_result(path, result):
+            self._memory[key] = result  # unwritable cache: keep it for this session
         return result
 
     def cached_result(self, method: str, config=None, finetune: FinetuneConfig | None = None,
@@ -271,14 +283,15 @@ class Engine:
         """The cached result of a variant, or None if it was never measured (nothing is computed)."""
         config = config if config is not None else CONFIG_TYPES[method]()
         key = result_key(self.checkpoint_hash, method, config, finetune)
-        cached = self._read_result(self.cache_dir / "results" / f"{key}.json")
+        cached = self._memory.get(key) or self._read_result(self.cache_dir / "results" / f"{key}.json")
         if cached is not None and (cached.get("latency") or not with_latency):
             return cached
         return None
 
     def clear_results(self) -> int:
         """Deletes this checkpoint's cached results; returns how many files went."""
-        removed = 0
+        removed = len(self._memory)
+        self._memory.clear()
         for path in (self.cache_dir / "results").glob("*.json"):
             try:
                 path.unlink()
@@ -305,11 +318,13 @@ class Engine:
         except Exception:
             return None  # missing, truncated or corrupt: recompute
 
-    def _write_result(self, path: pathlib.Path, payload: dict) -> None:
+    def _write_result(self, path: pathlib.Path, payload: dict) -> bool:
         try:
             atomic_write_json(path, {"sha256": _payload_hash(payload), "payload": payload})
-        except OSError:
-            pass  # read-only or full disk: the result is still returned
+            return True
+        except OSError as exc:
+            self.write_problem = f"cannot write the cache under {self.cache_dir} ({exc.strerror or exc}); working from memory"
+            return False
 
     def sensitivity(self, method: str, grid: list[float], layers: tuple[str, ...] | None = None,
                     on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
@@ -334,9 +349,10 @@ class Engine:
 
     def cached_results(self) -> list[dict]:
         """Every valid cached result of this checkpoint (for Pareto charts)."""
-        out = []
+        found = {}
         for path in sorted((self.cache_dir / "results").glob("*.json")):
             result = self._read_result(path)
             if result is not None:
-                out.append(result)
-        return out
+                found[path.stem] = result
+        found.update(self._memory)  # results that could not be written still count
+        return list(found.values())

@@ -41,6 +41,7 @@ def _batched(fn: Callable, params, inputs: np.ndarray, batch_size: int) -> np.nd
     """``fn`` over ``inputs`` in batches; a short last batch is zero-padded so
     only one shape is ever compiled."""
     n = inputs.shape[0]
+    params = jax.device_put(params)  # once, not on every call: the weights are ~85 MB
     outs = []
     for start in range(0, n, batch_size):
         chunk = inputs[start:start + batch_size]

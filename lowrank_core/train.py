@@ -181,11 +181,55 @@ def train(config: TrainConfig, data: Cifar10,
     return TrainResult(kept, state.params, state.avg_params, tuple(history), seconds)
 
 
+def resume_path(out_dir) -> "pathlib.Path":
+    """Where periodic resume points of a run writing ``out_dir`` live (beside it,
+    so the checkpoint folder swap never touches them)."""
+    import pathlib
+
+    out_dir = pathlib.Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".resume.npz")
+
+
+def save_resume_point(path, step: int, state: TrainState, config: TrainConfig) -> None:
+    """The whole training state (params, EMA, optimizer, rng) at ``step``, written atomically."""
+    import io
+    import json
+
+    from lowrank_core.fileio import atomic_write_bytes
+
+    leaves = jax.tree.leaves(state)
+    buffer = io.BytesIO()
+    np.savez(buffer, step=np.int64(step), config=np.frombuffer(json.dumps(config.to_dict(), sort_keys=True).encode(),
+                                                                 np.uint8),
+             **{f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_resume_point(path, config: TrainConfig) -> tuple[int, TrainState] | None:
+    """(step, state) from a resume point made under the same config, else None."""
+    import json
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if json.loads(npz["config"].tobytes()) != json.loads(json.dumps(config.to_dict(), sort_keys=True)):
+                return None
+            template = init_state(config, make_optimizer(config))
+            leaves, treedef = jax.tree.flatten(template)
+            loaded = [npz[f"leaf_{i:04d}"] for i in range(len(leaves))]
+            if any(a.shape != np.shape(b) for a, b in zip(loaded, leaves)):
+                return None
+            state = jax.tree.unflatten(treedef, [jnp.asarray(a, dtype=jnp.asarray(b).dtype)
+                                                 for a, b in zip(loaded, leaves)])
+            return int(npz["step"]), state
+    except Exception:
+        return None  # missing, truncated or from another run: start afresh
+
+
 FLOAT16_TOLERANCE = 0.001  # float16 storage is used only if it moves test accuracy by ≤ 0.1 point
 
 
 def train_and_save(config: TrainConfig, data: Cifar10, out_dir,
-                   on_progress: Callable[[TrainProgress], None] | None = None) -> dict:
+                   on_progress: Callable[[TrainProgress], None] | None = None, resume: bool = False) -> dict:
     """Trains, measures test accuracy on every test image, and writes a checkpoint.
 
     The parameters are stored as float16 when that changes full-test-set
@@ -194,7 +238,19 @@ def train_and_save(config: TrainConfig, data: Cifar10, out_dir,
     """
     from lowrank_core import checkpoint  # local: keeps train importable without I/O deps
 
-    result = train(config, data, on_progress=on_progress)
+    resume_file = resume_path(out_dir)
+    start_step, state = 0, None
+    if resume and (point := load_resume_point(resume_file, config)) is not None:
+        start_step, state = point
+
+    def on_checkpoint(step: int, state: TrainState) -> None:
+        try:
+            save_resume_point(resume_file, step, state, config)
+        except OSError:
+            pass  # a full disk costs the resume point, not the run
+
+    result = train(config, data, on_progress=on_progress, state=state, start_step=start_step,
+                   on_checkpoint=on_checkpoint)
     params32 = jax.tree.map(lambda v: np.asarray(v, np.float32), result.params)
     acc32 = evaluation.accuracy(params32, data.x_test, data.y_test)
     params16 = jax.tree.map(lambda v: v.astype(np.float16).astype(np.float32), params32)
@@ -212,7 +268,9 @@ def train_and_save(config: TrainConfig, data: Cifar10, out_dir,
         "params_kept": config.eval_params,
         "train_seconds": round(result.train_seconds, 1),
         "history": list(result.history),
+        "resumed_from_step": start_step,
     }
     metadata["storage_dtype"] = "float16" if use16 else "float32"
     checkpoint.save(out_dir, params32, metadata, dtype=metadata["storage_dtype"])
+    resume_file.unlink(missing_ok=True)
     return metadata

@@ -52,10 +52,14 @@ def _engine(checkpoint_path: str, data_source: str | None) -> engine.Engine:
 def get_engine() -> engine.Engine | None:
     """The engine for the current checkpoint and data, or None after showing ``st.error``."""
     try:
-        return _engine(str(checkpoint_dir()), data_path())
+        eng = _engine(str(checkpoint_dir()), data_path())
     except LowrankError as exc:
         st.error(f"{exc}")
         return None
+    if eng.write_problem:
+        st.warning(f"{eng.write_problem}. Results stay available until the app restarts; "
+                   "set LOWRANK_ARTIFACTS to a writable folder to keep them.")
+    return eng
 
 
 def keys() -> tuple[str, str | None]:
@@ -124,7 +128,7 @@ def metric_row(result: dict, base: dict) -> None:
                        help=f"median of {result['latency']['1000']['repeats']} runs, IQR "
                             f"{result['latency']['1000']['iqr_ms']:.1f} ms; batch 1: {result['latency_batch1_ms']:.2f} ms")
     else:
-        cols[1].metric("Latency, batch 1,000", "not measured", help="switch on 'Measure latency'")
+        cols[1].metric("Latency, batch 1,000", "—", help="not measured: switch on 'Measure latency'")
     cols[2].metric("Parameters", f"{result['params']:,}", f"{result['params'] - base['params']:+,}",
                    delta_color="inverse")
     cols[3].metric("MACs / image", f"{result['macs'] / 1e6:.2f} M", f"{(result['macs'] - base['macs']) / 1e6:+.2f} M",

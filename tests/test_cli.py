@@ -24,6 +24,30 @@ def test_train_then_evaluate_json(tmp_path, synthetic_archive):
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["n_test"] == 24 and 0 <= payload["accuracy"] <= 1
+    for key in ("method", "config", "params", "macs", "bytes", "latency_ms", "batch_size"):
+        assert key in payload
+    assert set(payload["layer_latency_ms"]) == {"convolutions", "linear", "linear_1", "linear_2", "linear_3",
+                                                "linear_4"}
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--method", "svd", "--rank-fraction", "nan"], "rank fraction"),
+    (["--method", "svd", "--rank-fraction", "0"], "rank fraction"),
+    (["--method", "svd", "--rank-fraction", "1.5"], "rank fraction"),
+    (["--method", "svd", "--energy", "0"], "energy"),
+    (["--method", "svd", "--energy", "1.01"], "energy"),
+    (["--method", "svd", "--layer-ranks", "linear=5000"], "rank of linear"),
+    (["--method", "svd", "--layer-ranks", "linear_9=5"], "unknown layer"),
+    (["--method", "prune", "--sparsity", "1"], "sparsity"),
+    (["--method", "prune", "--sparsity", "-0.1"], "sparsity"),
+    (["--method", "remove", "--remove", "linear_4"], "cannot remove"),
+    (["--method", "remove", "--remove", "conv2_d"], "cannot remove"),
+])
+def test_impossible_settings_are_one_line_exit_2(option, message):
+    result = run_cli("evaluate", *option, "--json")
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("args", [

@@ -194,3 +194,45 @@ def test_gradual_pruning_reaches_exact_sparsity(params):
         assert not np.array_equal(out[name]["b"], dense[name]["b"])  # it trained
     with pytest.raises(ConfigError, match="gradual pruning is unstructured"):
         compress.PruneConfig(0.5, structured=True, schedule="gradual")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_cli_grid_and_rank_text_never_escape_as_other_errors(text):
+    import argparse
+
+    from lowrank_core import cli
+    from lowrank_core.errors import LowrankError
+
+    try:
+        grid = cli._parse_grid(text)
+        assert isinstance(grid, list)
+    except LowrankError:
+        pass
+    args = argparse.Namespace(method="svd", rank_fraction=text, form="factorized", energy=None, layer_ranks=None,
+                              exclude_output=False)
+    try:
+        config = cli._method_config(args)
+        assert 0 < config.rank_fraction <= 1
+    except LowrankError:
+        pass
+    args = argparse.Namespace(method="svd", rank_fraction="0.5", form="factorized", energy=None,
+                              layer_ranks=text, exclude_output=False)
+    try:
+        cli._method_config(args)
+    except LowrankError:
+        pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True), st.lists(st.sampled_from(model.DENSE_LAYERS + ("x",)), max_size=3))
+def test_energy_budget_and_layer_settings_are_validated(value, names):
+    for make, ok in ((lambda: compress.SvdConfig(energy=value), 0 < value <= 1),
+                     (lambda: compress.SvdConfig(param_budget=value), 0 < value <= 1),
+                     (lambda: compress.SvdConfig(layer_fractions=tuple((n, value) for n in names)),
+                      all(n in model.DENSE_LAYERS for n in names) and (not names or 0 < value <= 1))):
+        if ok:
+            make()
+        else:
+            with pytest.raises(ConfigError):
+                make()

@@ -1,0 +1,170 @@
+"""The real-browser test: ``streamlit run app.py`` driven by Debian's Chromium.
+
+It starts the app headless on a free 127.0.0.1 port with the shipped
+checkpoint and the shared CIFAR-10 archive, visits every page, moves the SVD
+rank slider and checks that the shown accuracy changes and a plotly chart is
+drawn. Screenshots go to ``$LOWRANK_SCREENSHOTS`` (default: a temp folder),
+with the measured response times in ``app_timings.json`` beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Each page, and an element that shows it has finished drawing.
+PAGES = {"": ".js-plotly-plot", "low_rank": '[data-testid="stMetric"]', "spectra": ".js-plotly-plot",
+         "pruning": ".js-plotly-plot", "layer_removal": '[data-testid="stButton"], [data-testid="stMetric"]',
+         "compare": '[data-testid="stDataFrame"]', "train_data": '[data-testid="stButton"]'}
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_server(shared_archive, tmp_path_factory):
+    import psutil
+
+    port = _free_port()
+    env = dict(os.environ, LOWRANK_CIFAR10=str(shared_archive),
+               LOWRANK_ARTIFACTS=str(tmp_path_factory.mktemp("artifacts")))
+    env.pop("LOWRANK_CHECKPOINT", None)
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + (proc.stdout.read() if proc.stdout else ""))
+    yield {"url": f"http://127.0.0.1:{port}", "started": started, "process": psutil.Process(proc.pid)}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _metric(page, label: str) -> str:
+    locator = page.locator('[data-testid="stMetric"]', has_text=label).first
+    return locator.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def _wait_until_idle(page, timeout_s: float = 120) -> None:
+    """Waits until Streamlit shows no running indicator (the script finished)."""
+    page.wait_for_timeout(300)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        running = page.locator('[data-testid="stStatusWidget"]').filter(has_text="Running").count()
+        spinners = page.locator('[data-testid="stSpinner"]').count()
+        if not running and not spinners:
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError("the app kept running")
+
+
+def test_every_page_in_a_real_browser(app_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    shots = pathlib.Path(os.environ.get("LOWRANK_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    peak_rss = 0
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                           "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        page.goto(app_server["url"])
+        page.wait_for_selector(".js-plotly-plot", timeout=180_000)
+        timings["process_start_to_first_chart_s"] = time.perf_counter() - app_server["started"]
+        _wait_until_idle(page)
+        peak_rss = max(peak_rss, app_server["process"].memory_info().rss)
+
+        for name, ready in PAGES.items():
+            page.goto(f"{app_server['url']}/{name}")
+            page.wait_for_selector(ready, timeout=180_000)
+            _wait_until_idle(page, 180)
+            assert not page.locator('[data-testid="stException"]').count(), f"traceback on page {name!r}"
+            assert not page.locator('[data-testid="stAlertContentError"]').count(), f"error on page {name!r}"
+            page.screenshot(path=str(shots / f"page_{name or 'overview'}.png"), full_page=True)
+            peak_rss = max(peak_rss, app_server["process"].memory_info().rss)
+
+        # The SVD page: move the rank slider with the keyboard and watch the accuracy change.
+        page.goto(f"{app_server['url']}/low_rank")
+        page.wait_for_selector('[data-testid="stMetric"]', timeout=180_000)
+        _wait_until_idle(page, 180)
+        before = _metric(page, "Test accuracy")
+        thumb = page.get_by_role("slider").first
+        thumb.focus()
+        started = time.perf_counter()
+        thumb.press("ArrowLeft")  # 0.50 → 0.49: one rerun, a rank fraction not measured before
+        page.wait_for_function(
+            """(before) => { const v = [...document.querySelectorAll('[data-testid="stMetric"]')]
+                 .find(m => m.innerText.includes('Test accuracy'));
+                 return v && !v.innerText.includes(before); }""", arg=before.split("\n")[0], timeout=60_000)
+        timings["uncached_rank_fraction_to_accuracy_s"] = time.perf_counter() - started
+        _wait_until_idle(page)
+        after = _metric(page, "Test accuracy")
+        assert after != before
+        assert page.locator(".js-plotly-plot").count() >= 2
+        page.screenshot(path=str(shots / "svd_page.png"), full_page=True)
+
+        # Back to a position already measured: a cache hit.
+        started = time.perf_counter()
+        thumb.press("ArrowRight")  # back to 0.50, measured a moment ago
+        page.wait_for_function(
+            """(before) => { const v = [...document.querySelectorAll('[data-testid="stMetric"]')]
+                 .find(m => m.innerText.includes('Test accuracy'));
+                 return v && v.innerText.includes(before); }""", arg=before.split("\n")[0], timeout=60_000)
+        timings["cached_rank_fraction_to_accuracy_s"] = time.perf_counter() - started
+
+        page.goto(f"{app_server['url']}/spectra")
+        page.wait_for_selector(".js-plotly-plot", timeout=180_000)
+        _wait_until_idle(page, 180)
+        page.wait_for_timeout(1000)  # plotly finishes its transition
+        page.screenshot(path=str(shots / "spectra_page.png"), full_page=True)
+        peak_rss = max(peak_rss, app_server["process"].memory_info().rss)
+        browser.close()
+    timings["peak_rss_gib"] = peak_rss / 2**30
+    (shots / "app_timings.json").write_text(json.dumps(timings, indent=1))
+    print(json.dumps(timings))
+    assert not errors, errors
+
+
+def test_short_soak_two_sessions(shared_archive, monkeypatch):
+    """The CI-sized soak: 2 concurrent browser sessions for 20 s against a fresh server."""
+    import soak
+
+    monkeypatch.setenv("LOWRANK_CIFAR10", str(shared_archive))
+    summary = soak.run(sessions=2, seconds=20)
+    print(json.dumps(summary))
+    assert summary["errors"] == 0, summary["error_samples"]
+    assert summary["actions"] >= 2
+    assert summary["p95_s"] <= 5.0
+    assert summary["server_peak_rss_gib"] <= 4.0

@@ -1,0 +1,144 @@
+"""Faults: kill -9 mid-training and mid-write, two processes on one variant,
+an unwritable artifacts folder. Real subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lowrank_core import checkpoint, compress, configs, data as data_lib, engine, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lowrank_core", *args], cwd=REPO, env=env or dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    from conftest import write_archive, write_folder
+
+    root = tmp_path_factory.mktemp("faults")
+    archive = write_archive(root / data_lib.ARCHIVE_NAME, write_folder(root / "src", n_per_batch=40))
+    train.train_and_save(configs.get_preset("tiny"), data_lib.load_cifar10(archive), root / "ck")
+    return archive, root / "ck"
+
+
+def test_kill_during_training_keeps_checkpoint_and_resumes(tiny_setup, tmp_path):
+    archive, previous = tiny_setup
+    out = tmp_path / "run"
+    out.parent.mkdir(exist_ok=True)
+    import shutil
+
+    shutil.copytree(previous, out)  # a good checkpoint already there
+    before = (out / checkpoint.PARAMS_FILE).read_bytes()
+    proc = _cli("train", "--preset", "tiny", "--steps", "3000", "--eval-every", "5", "--data", str(archive),
+                "--out", str(out))
+    resume_file = train.resume_path(out)
+    deadline = time.time() + 240
+    while not resume_file.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert resume_file.exists(), proc.communicate()
+    time.sleep(1.0)  # let it run on past the first resume point
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / checkpoint.PARAMS_FILE).read_bytes() == before  # the previous checkpoint is intact
+    checkpoint.load(out)
+    done = _cli("train", "--preset", "tiny", "--steps", "3000", "--eval-every", "5", "--data", str(archive),
+                "--out", str(out), "--resume")
+    stdout, stderr = done.communicate(timeout=600)
+    assert done.returncode == 0, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["resumed_from_step"] >= 5
+    assert not resume_file.exists()
+    params, metadata = checkpoint.load(out)
+    assert metadata["resumed_from_step"] == summary["resumed_from_step"]
+
+
+def test_resume_point_of_other_settings_is_ignored(tmp_path):
+    config = configs.get_preset("tiny")
+    state = train.init_state(config, train.make_optimizer(config))
+    path = tmp_path / "x.resume.npz"
+    train.save_resume_point(path, 3, state, config)
+    step, loaded = train.load_resume_point(path, config)
+    assert step == 3
+    np.testing.assert_array_equal(loaded.params["linear"]["w"], state.params["linear"]["w"])
+    import dataclasses
+
+    assert train.load_resume_point(path, dataclasses.replace(config, learning_rate=0.5)) is None
+    path.write_bytes(path.read_bytes()[:1000])  # truncated by a crash
+    assert train.load_resume_point(path, config) is None
+
+
+WRITER = """
+import sys, json
+from lowrank_core.fileio import atomic_write_json
+payload = {"blob": "x" * 20_000_000}
+while True:
+    atomic_write_json(sys.argv[1], payload)
+"""
+
+
+def test_kill_during_cache_write_leaves_nothing_trusted(tmp_path):
+    target = tmp_path / "results" / "entry.json"
+    target.parent.mkdir()
+    for delay in (0.3, 0.7, 1.1):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], cwd=REPO)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if target.exists():  # either the old complete file or a new complete file, never a partial one
+            assert len(json.loads(target.read_text())["blob"]) == 20_000_000
+    # Leftover temp files never carry the entry's name, and the engine reads only *.json.
+    assert all(p.name.startswith(".entry.json.") for p in target.parent.iterdir() if p != target)
+
+
+def test_engine_recomputes_an_entry_left_half_written(tiny_setup):
+    archive, ck = tiny_setup
+    eng = engine.Engine(ck, data_lib.load_cifar10(archive))
+    config = compress.SvdConfig(0.2, "factorized")
+    good = eng.evaluate("svd", config, with_latency=False)
+    path = eng.cache_dir / "results" / f"{engine.result_key(eng.checkpoint_hash, 'svd', config, None)}.json"
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    assert eng.cached_result("svd", config) is None
+    assert eng.evaluate("svd", config, with_latency=False)["accuracy"] == good["accuracy"]
+    assert eng.cached_result("svd", config) is not None
+
+
+def test_two_processes_on_one_variant_make_one_good_entry(tiny_setup, tmp_path):
+    archive, ck = tiny_setup
+    env = dict(os.environ, LOWRANK_ARTIFACTS=str(tmp_path / "shared_artifacts"))
+    args = ("evaluate", "--checkpoint", str(ck), "--data", str(archive), "--method", "svd", "--rank-fraction",
+            "0.3", "--form", "factorized", "--no-latency", "--json")
+    procs = [_cli(*args, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    results = [json.loads(out.strip()) for out, _ in outputs]
+    assert results[0]["accuracy"] == results[1]["accuracy"]
+    entries = list((tmp_path / "shared_artifacts").rglob("results/*.json"))
+    assert len(entries) == 1
+    stored = json.loads(entries[0].read_text())
+    assert stored["payload"]["accuracy"] == results[0]["accuracy"]
+    assert not [p for p in entries[0].parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_unwritable_artifacts_keep_working_from_memory(tiny_setup, tmp_path, monkeypatch):
+    archive, ck = tiny_setup
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the artifacts folder should be")
+    eng = engine.Engine(ck, data_lib.load_cifar10(archive), cache_root=blocker / "cache")
+    result = eng.evaluate("quantize", with_latency=False)
+    assert result["n_test"] == eng.data.y_test.shape[0]
+    assert eng.write_problem and "cannot write the cache" in eng.write_problem
+    assert eng.cached_result("quantize") == result
+    assert result in eng.cached_results()
