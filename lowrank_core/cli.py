@@ -64,12 +64,21 @@ def _method_config(args: argparse.Namespace):
                     raise ConfigError(f"--layer-ranks wants name=rank pairs, got {item!r}")
                 pairs.append((name.strip(), int(rank)))
             layer_ranks = tuple(pairs)
+        layer_fractions = []
+        for item in (getattr(args, "layer_fractions", None) or "").split(","):
+            if item.strip():
+                name, _, value = item.partition("=")
+                layer_fractions.append((name.strip(), _parse_fraction(value)))
+        budget = getattr(args, "param_budget", None)
         return compress.SvdConfig(rank_fraction=_parse_fraction(args.rank_fraction), form=args.form,
                                   energy=None if args.energy is None else _parse_fraction(args.energy),
-                                  layer_ranks=layer_ranks, include_output=not args.exclude_output)
+                                  layer_ranks=layer_ranks, include_output=not args.exclude_output,
+                                  layer_fractions=tuple(layer_fractions),
+                                  param_budget=None if budget is None else _parse_fraction(budget))
     if args.method == "prune":
         return compress.PruneConfig(sparsity=_parse_fraction(args.sparsity), scope=args.scope,
-                                    structured=args.structured)
+                                    structured=args.structured, schedule=args.schedule,
+                                    gradual_steps=args.gradual_steps)
     if args.method == "remove":
         layers = tuple(name.strip() for name in (args.remove or "").split(",") if name.strip())
         return engine.RemoveConfig(layers=layers, retrain_steps=args.retrain_steps)
@@ -174,6 +183,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from lowrank_core.fileio import atomic_write_json
+
+    grid = _parse_grid(args.grid)
+    eng = _make_engine(args)
+    with tqdm(desc=f"sensitivity[{args.method}]", unit="point") as bar:
+        def on_progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        rows = eng.sensitivity(args.method, grid, on_progress=on_progress)
+    out = pathlib.Path(args.out) if args.out else paths.artifacts_dir() / "sweeps" / f"sensitivity_{args.method}"
+    atomic_write_json(out.with_suffix(".json"), rows)
+    print(json.dumps(rows))
+    return 0
+
+
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
     p.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
@@ -183,9 +211,14 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--energy", help="svd: keep this share of Σσ² per layer instead of a fraction")
     p.add_argument("--layer-ranks", help="svd: per-layer ranks, e.g. linear=300,linear_1=200")
     p.add_argument("--exclude-output", action="store_true", help="svd: leave the 1000×10 output layer")
+    p.add_argument("--layer-fractions", help="svd: per-layer fractions, e.g. linear=0.1,linear_4=1")
+    p.add_argument("--param-budget", help="svd: ranks keeping most energy within this share of dense weights")
     p.add_argument("--sparsity", default="0.5", help="prune: fraction of kernel weights (or units) removed")
     p.add_argument("--scope", default="layer", choices=["layer", "global"])
     p.add_argument("--structured", action="store_true", help="prune: drop whole hidden units")
+    p.add_argument("--schedule", default="one-shot", choices=["one-shot", "gradual"],
+                   help="prune: gradual = Zhu & Gupta cubic schedule while fine-tuning the dense stack")
+    p.add_argument("--gradual-steps", type=int, default=600, help="prune: fine-tuning steps of the gradual schedule")
     p.add_argument("--remove", help="remove: hidden layers to drop, e.g. linear_1,linear_2")
     p.add_argument("--retrain-steps", type=int, default=300, help="remove: head retraining steps")
     p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune the dense stack afterwards")
@@ -218,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.add_argument("--sparsities", default="0.1:0.9:0.1", help="prune sparsities")
     p_sweep.add_argument("--out", help="output path without extension (default artifacts/sweeps/<method>)")
     p_sweep.set_defaults(func=_cmd_sweep)
+
+    p_sens = sub.add_parser("sensitivity", help="compress one layer at a time over a grid (accuracy only)")
+    p_sens.add_argument("--method", default="svd", choices=["svd", "prune"])
+    p_sens.add_argument("--grid", default="0.05,0.1,0.25,0.5", help="rank fractions (svd) or sparsities (prune)")
+    p_sens.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
+    p_sens.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    p_sens.add_argument("--out", help="output path without extension")
+    p_sens.set_defaults(func=_cmd_sensitivity)
 
     p_bench = sub.add_parser("bench", help="speed ratios measured in one run; markdown table + JSON")
     p_bench.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")

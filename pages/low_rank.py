@@ -100,9 +100,9 @@ if eng is not None:
             lat_fig.add_trace(go.Scatter(x=[current], y=[result["latency_ms"]], mode="markers", name="current",
                                          marker=dict(size=14, color="#d62728", symbol="diamond")))
     acc_fig.add_hline(y=100 * base["accuracy"], line=dict(color=METHOD_COLORS["baseline"], dash="dash"),
-                      annotation_text="baseline")
+                      annotation_text="baseline", annotation_position="bottom left")
     lat_fig.add_hline(y=base["latency_ms"], line=dict(color=METHOD_COLORS["baseline"], dash="dash"),
-                      annotation_text="baseline")
+                      annotation_text="baseline", annotation_position="bottom left")
     layers = model.DENSE_LAYERS if include_output else model.HIDDEN_LAYERS
     break_even = compress.break_even_fraction(layers)
     for fig in (acc_fig, lat_fig):

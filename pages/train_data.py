@@ -25,7 +25,7 @@ if eng is not None:
     preset = c1.selectbox("Preset", ["default", "tiny", "seed", "baseline"], key="train_preset",
                           help="default: ≈ 0.70 test accuracy; seed: the notebook's recipe (slow on a CPU)")
     base_config = configs.get_preset(preset)
-    steps = c2.number_input("Steps", 1, 50_000, base_config.num_steps, 100, key="train_steps")
+    steps = c2.number_input("Steps", 1, 50_000, base_config.num_steps, 100, key=f"train_steps_{preset}")
     out_dir = paths.artifacts_dir() / "checkpoints" / preset
     st.caption(f"Writes {out_dir} (the previous checkpoint there stays intact until the new one is complete). "
                "Use it by typing that folder into the sidebar's checkpoint field.")

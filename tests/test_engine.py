@@ -55,3 +55,16 @@ def test_remove_retrains_the_rewired_layer(real_engine):
     result = real_engine.evaluate("remove", config, with_latency=False)
     assert result["facts"]["reinitialized_layers"] == ["linear_3"]
     assert untrained["accuracy"] < 0.3 and result["accuracy"] > 0.6
+
+
+def test_sensitivity_compresses_one_layer_at_a_time(real_engine):
+    rows = real_engine.sensitivity("svd", [0.1, 1.0], layers=("linear_4",))
+    base = real_engine.evaluate("baseline", with_latency=False)["accuracy"]
+    assert [(r["layer"], r["value"]) for r in rows] == [("linear_4", 0.1), ("linear_4", 1.0)]
+    assert abs(rows[1]["accuracy"] - base) <= 0.002 and rows[0]["accuracy"] < base - 0.2
+
+
+def test_dead_units_are_lossless_on_the_baseline(real_engine):
+    base = real_engine.evaluate("baseline", with_latency=False)
+    slim = real_engine.evaluate("dead_units", with_latency=False)
+    assert slim["accuracy"] == base["accuracy"] and slim["params"] < 0.6 * base["params"]
