@@ -28,7 +28,6 @@ import numpy as np
 CHROMIUM = "/usr/bin/chromium"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAGES = ("low_rank", "pruning", "spectra")
-SLIDER_KEYS = {"low_rank": 'st-key-svd_fraction', "pruning": 'st-key-prune_sparsity', "spectra": 'st-key-spectra_fraction'}
 
 
 def free_port() -> int:
@@ -75,7 +74,7 @@ async def _session(browser, url: str, index: int, seconds: float, rng: random.Ra
         name = PAGES[index % len(PAGES)]
         await page.goto(f"{url}/{name}")
         await _idle(page, 300)
-        thumb = page.locator(f'.{SLIDER_KEYS[name]} [role="slider"]').first
+        thumb = page.get_by_role("slider").first  # each page's main slider comes first
         stop_at = time.time() + seconds  # the first load (data, compile) is not part of the soak
         while time.time() < stop_at:
             await thumb.focus()
@@ -134,7 +133,11 @@ def run(sessions: int, seconds: float, url: str | None = None) -> dict:
         done.set()
         if proc is not None:
             proc.terminate()
-            proc.wait(10)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     lat = np.asarray(report["latencies"]) if report["latencies"] else np.asarray([np.nan])
     return {"sessions": sessions, "seconds": seconds, "actions": len(report["latencies"]),
             "errors": len(report["errors"]), "error_samples": report["errors"][:5],
