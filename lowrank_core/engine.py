@@ -146,11 +146,25 @@ class Engine:
             if self._init_s is None:
                 import jax
 
+                path = self.cache_dir / "init_singular_values.npz"
+                try:
+                    with np.load(path, allow_pickle=False) as npz:
+                        self._init_s = {n: npz[n] for n in model.DENSE_LAYERS}
+                        return self._init_s
+                except Exception:
+                    pass
                 seed = int(self.metadata.get("config", {}).get("seed", 42))
                 init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
                 init = model.init_params(init_key)
                 self._init_s = {n: np.linalg.svd(np.asarray(init[n]["w"], np.float64), compute_uv=False)
                                 for n in model.DENSE_LAYERS}
+                buffer = io.BytesIO()
+                np.savez(buffer, **self._init_s)
+                try:
+                    atomic_write_bytes(path, buffer.getvalue())
+                except OSError as exc:
+                    self.write_problem = (f"cannot write the cache under {self.cache_dir} "
+                                          f"({exc.strerror or exc}); working from memory")
             return self._init_s
 
     def spectra(self) -> dict[str, dict]:

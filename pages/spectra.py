@@ -10,12 +10,12 @@ from pages.common import checkpoint_dir, data_path, get_engine, spectra
 st.title("Singular-value spectra of the dense layers")
 eng = get_engine()
 if eng is not None:
-    all_spectra = spectra(str(checkpoint_dir()), data_path())
     c1, c2 = st.columns([2, 1])
     fraction = c1.slider("Truncation: rank fraction f", 0.01, 1.0, 0.5, 0.01, key="spectra_fraction")
     view = c2.radio("View", ["singular values", "normalized", "cumulative energy"], key="spectra_view",
                     horizontal=True)
     show_init = st.checkbox("Overlay the layer at its random initialization", True, key="spectra_init")
+    all_spectra = spectra(str(checkpoint_dir()), data_path())
     curve_key = {"singular values": "singular_values", "normalized": "normalized",
                  "cumulative energy": "cumulative_energy"}[view]
     y_title = {"singular values": "σᵢ", "normalized": "σᵢ / σ₁", "cumulative energy": "Σ_{j≤i} σⱼ² / Σσ²"}[view]

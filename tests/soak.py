@@ -75,6 +75,8 @@ async def _session(browser, url: str, index: int, seconds: float, rng: random.Ra
         await page.goto(f"{url}/{name}")
         await _idle(page, 300)
         thumb = page.get_by_role("slider").first  # each page's main slider comes first
+        await thumb.wait_for(timeout=300_000)
+        await _idle(page, 300)
         stop_at = time.time() + seconds  # the first load (data, compile) is not part of the soak
         while time.time() < stop_at:
             await thumb.focus()
