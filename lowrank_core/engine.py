@@ -113,6 +113,7 @@ class Engine:
         # results are still returned, kept in memory, and the UI says so.
         self.write_problem: str | None = None
         self._memory: dict[str, dict] = {}
+        self._key_locks: dict[str, threading.Lock] = {}
 
     # ---- shared intermediates ----
 
@@ -254,11 +255,26 @@ class Engine:
         config = config if config is not None else CONFIG_TYPES[method]()
         key = result_key(self.checkpoint_hash, method, config, finetune)
         path = self.cache_dir / "results" / f"{key}.json"
-        if use_cache:
+
+        def cached_enough() -> dict | None:
             cached = self._memory.get(key) or self._read_result(path)
             if (cached is not None and (cached.get("latency") or not with_latency)
                     and (cached.get("layer_latency_ms") or not with_layer_latency)):
                 return cached
+            return None
+
+        if use_cache and (hit := cached_enough()) is not None:
+            return hit
+        # Sessions asking for the same variant at once (browser tabs) compute it once:
+        # the second waits for the first and then reads its result.
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            if use_cache and (hit := cached_enough()) is not None:
+                return hit
+            return self._measure(method, config, finetune, key, path, with_latency, with_layer_latency, on_progress)
+
+    def _measure(self, method, config, finetune, key, path, with_latency, with_layer_latency, on_progress) -> dict:
         params, facts = self.build(method, config, finetune, on_progress)
         if measure.same_convolutions(params, self.params):
             predictions = measure.predict_from_features(params, self.test_features)

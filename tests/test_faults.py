@@ -142,3 +142,28 @@ def test_unwritable_artifacts_keep_working_from_memory(tiny_setup, tmp_path, mon
     assert eng.write_problem and "cannot write the cache" in eng.write_problem
     assert eng.cached_result("quantize") == result
     assert result in eng.cached_results()
+
+
+def test_concurrent_sessions_compute_a_variant_once(tiny_setup):
+    import threading
+
+    archive, ck = tiny_setup
+    eng = engine.Engine(ck, data_lib.load_cifar10(archive))
+    calls = []
+    real_build = eng.build
+
+    def counting_build(*args, **kwargs):
+        calls.append(args[0])
+        time.sleep(0.5)  # long enough for the other session to arrive meanwhile
+        return real_build(*args, **kwargs)
+
+    eng.build = counting_build
+    config = compress.SvdConfig(0.15, "factorized")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(eng.evaluate("svd", config, with_latency=False)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["svd"] and len(results) == 3 and all(r == results[0] for r in results)
