@@ -15,7 +15,7 @@ import pathlib
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import checkpoint, compress, data, engine, paths
+from lowrank_core import checkpoint, data, engine, paths
 from lowrank_core.errors import LowrankError
 from lowrank_core.finetune import FinetuneConfig
 
@@ -74,12 +74,6 @@ def evaluate(checkpoint_path: str, data_source: str | None, method: str, config,
     finetune = FinetuneConfig(steps=finetune_steps) if finetune_steps else None
     return _engine(checkpoint_path, data_source).evaluate(method, config, finetune=finetune,
                                                           with_latency=with_latency)
-
-
-def svd_result(checkpoint_path: str, data_source: str | None, fraction: float, form: str,
-               include_output: bool, with_latency: bool) -> dict:
-    config = compress.SvdConfig(rank_fraction=fraction, form=form, include_output=include_output)
-    return evaluate(checkpoint_path, data_source, "svd", config, 0, with_latency)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

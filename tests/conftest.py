@@ -79,3 +79,16 @@ def shared_archive() -> pathlib.Path:
     if not path.exists():
         pytest.skip("real CIFAR-10 not available (set LOWRANK_CIFAR10)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+    """(synthetic archive, checkpoint trained on it with the ``tiny`` preset), made once per run."""
+    from lowrank_core import configs, train
+
+    root = tmp_path_factory.mktemp("tiny")
+    with pytest.MonkeyPatch.context() as patch:  # session scope: keep its caches out of the repository too
+        patch.setenv("LOWRANK_ARTIFACTS", str(root / "artifacts"))
+        archive = write_archive(root / data_lib.ARCHIVE_NAME, write_folder(root / "src", n_per_batch=40))
+        train.train_and_save(configs.get_preset("tiny"), data_lib.load_cifar10(archive), root / "ck")
+    return archive, root / "ck"

@@ -3,22 +3,12 @@
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lowrank_core import configs, data as data_lib, train
-
-
-@pytest.fixture(scope="module")
-def app_env(tmp_path_factory):
-    from conftest import write_archive, write_folder
-
-    root = tmp_path_factory.mktemp("app")
-    archive = write_archive(root / data_lib.ARCHIVE_NAME, write_folder(root / "src", n_per_batch=40))
-    train.train_and_save(configs.get_preset("tiny"), data_lib.load_cifar10(archive), root / "ck")
-    return archive, root / "ck"
+from lowrank_core import data as data_lib
 
 
 @pytest.fixture
-def env(app_env, monkeypatch):
-    archive, ck = app_env
+def env(tiny_checkpoint, monkeypatch):
+    archive, ck = tiny_checkpoint
     monkeypatch.setenv(data_lib.ENV_VAR, str(archive))
     monkeypatch.setenv("LOWRANK_CHECKPOINT", str(ck))
     # Each test has its own artifacts folder (conftest): start from empty Streamlit caches too.
@@ -26,7 +16,7 @@ def env(app_env, monkeypatch):
 
     st.cache_resource.clear()
     st.cache_data.clear()
-    return app_env
+    return tiny_checkpoint
 
 
 def test_overview_page(env):

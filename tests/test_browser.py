@@ -12,16 +12,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # Each page, and an element that shows it has finished drawing.
 PAGES = {"": ".js-plotly-plot", "low_rank": '[data-testid="stMetric"]', "spectra": ".js-plotly-plot",
          "pruning": ".js-plotly-plot", "layer_removal": '[data-testid="stButton"], [data-testid="stMetric"]',
@@ -30,36 +26,18 @@ PAGES = {"": ".js-plotly-plot", "low_rank": '[data-testid="stMetric"]', "spectra
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_server(shared_archive, tmp_path_factory):
     import psutil
 
-    port = _free_port()
+    from soak import start_server
+
     env = dict(os.environ, LOWRANK_CIFAR10=str(shared_archive),
                LOWRANK_ARTIFACTS=str(tmp_path_factory.mktemp("artifacts")))
     env.pop("LOWRANK_CHECKPOINT", None)
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + (proc.stdout.read() if proc.stdout else ""))
-    yield {"url": f"http://127.0.0.1:{port}", "started": started, "process": psutil.Process(proc.pid)}
+    proc, url = start_server(env)
+    yield {"url": url, "started": started, "process": psutil.Process(proc.pid)}
     proc.terminate()
     try:
         proc.wait(10)

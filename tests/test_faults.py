@@ -12,7 +12,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from lowrank_core import checkpoint, compress, configs, data as data_lib, engine, train
 
@@ -24,18 +23,8 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory):
-    from conftest import write_archive, write_folder
-
-    root = tmp_path_factory.mktemp("faults")
-    archive = write_archive(root / data_lib.ARCHIVE_NAME, write_folder(root / "src", n_per_batch=40))
-    train.train_and_save(configs.get_preset("tiny"), data_lib.load_cifar10(archive), root / "ck")
-    return archive, root / "ck"
-
-
-def test_kill_during_training_keeps_checkpoint_and_resumes(tiny_setup, tmp_path):
-    archive, previous = tiny_setup
+def test_kill_during_training_keeps_checkpoint_and_resumes(tiny_checkpoint, tmp_path):
+    archive, previous = tiny_checkpoint
     out = tmp_path / "run"
     out.parent.mkdir(exist_ok=True)
     import shutil
@@ -103,8 +92,8 @@ def test_kill_during_cache_write_leaves_nothing_trusted(tmp_path):
     assert all(p.name.startswith(".entry.json.") for p in target.parent.iterdir() if p != target)
 
 
-def test_engine_recomputes_an_entry_left_half_written(tiny_setup):
-    archive, ck = tiny_setup
+def test_engine_recomputes_an_entry_left_half_written(tiny_checkpoint):
+    archive, ck = tiny_checkpoint
     eng = engine.Engine(ck, data_lib.load_cifar10(archive))
     config = compress.SvdConfig(0.2, "factorized")
     good = eng.evaluate("svd", config, with_latency=False)
@@ -115,8 +104,8 @@ def test_engine_recomputes_an_entry_left_half_written(tiny_setup):
     assert eng.cached_result("svd", config) is not None
 
 
-def test_two_processes_on_one_variant_make_one_good_entry(tiny_setup, tmp_path):
-    archive, ck = tiny_setup
+def test_two_processes_on_one_variant_make_one_good_entry(tiny_checkpoint, tmp_path):
+    archive, ck = tiny_checkpoint
     env = dict(os.environ, LOWRANK_ARTIFACTS=str(tmp_path / "shared_artifacts"))
     args = ("evaluate", "--checkpoint", str(ck), "--data", str(archive), "--method", "svd", "--rank-fraction",
             "0.3", "--form", "factorized", "--no-latency", "--json")
@@ -132,8 +121,8 @@ def test_two_processes_on_one_variant_make_one_good_entry(tiny_setup, tmp_path):
     assert not [p for p in entries[0].parent.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_unwritable_artifacts_keep_working_from_memory(tiny_setup, tmp_path, monkeypatch):
-    archive, ck = tiny_setup
+def test_unwritable_artifacts_keep_working_from_memory(tiny_checkpoint, tmp_path, monkeypatch):
+    archive, ck = tiny_checkpoint
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the artifacts folder should be")
     eng = engine.Engine(ck, data_lib.load_cifar10(archive), cache_root=blocker / "cache")
@@ -144,10 +133,10 @@ def test_unwritable_artifacts_keep_working_from_memory(tiny_setup, tmp_path, mon
     assert result in eng.cached_results()
 
 
-def test_concurrent_sessions_compute_a_variant_once(tiny_setup):
+def test_concurrent_sessions_compute_a_variant_once(tiny_checkpoint):
     import threading
 
-    archive, ck = tiny_setup
+    archive, ck = tiny_checkpoint
     eng = engine.Engine(ck, data_lib.load_cifar10(archive))
     calls = []
     real_build = eng.build
