@@ -158,6 +158,10 @@ def environment() -> dict:
             "device": str(jax.devices()[0])}
 
 
+def _duration(minutes: float) -> str:
+    return f"{minutes:.1f} min" if minutes >= 1 else f"{60 * minutes:.1f} s"
+
+
 def to_markdown(report: dict) -> str:
     """The report as markdown tables: ratios first, absolute figures beside them."""
     lines = [f"Machine: {report['environment']['cpus']} CPUs, {report['environment']['backend']} "
@@ -181,9 +185,9 @@ def to_markdown(report: dict) -> str:
     if tr:
         lines.append(f"| training: default preset vs seed preset (projected from alternately timed steps) "
                      f"| **{tr['projected_speedup']:.1f}×** | ≥ 5×, default ≤ 4 min "
-                     f"| {tr['default']['projected_minutes']:.1f} min ({tr['default']['steps']} steps × "
-                     f"{tr['default']['step_s']['median_s']:.3f} s) vs {tr['seed']['projected_minutes']:.1f} min "
-                     f"({tr['seed']['steps']} × {tr['seed']['step_s']['median_s']:.3f} s) | n/a |")
+                     f"| {_duration(tr['default']['projected_minutes'])} ({tr['default']['steps']} steps × "
+                     f"{1e3 * tr['default']['step_s']['median_s']:.1f} ms) vs {_duration(tr['seed']['projected_minutes'])} "
+                     f"({tr['seed']['steps']} × {1e3 * tr['seed']['step_s']['median_s']:.1f} ms) | n/a |")
     if report.get("scaling"):
         lines += ["", "| batch size | median latency (ms) | IQR (ms) | per image (ms) |", "|---|---|---|---|"]
         for row in report["scaling"]:

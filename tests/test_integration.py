@@ -34,7 +34,7 @@ def test_product_path_equals_plain_haiku_apply(real_data):
 def test_ragged_last_batch_is_counted(real_data):
     params, _ = checkpoint.load(paths.BASELINE_DIR)
     images, labels = real_data.x_test[:2600], real_data.y_test[:2600]
-    padded = measure.predict_full(params, images)  # ten batches of 250, then 100 padded to 250
+    padded = measure.predict_full(params, images)  # five batches of 500, then 100 padded to 500
     assert padded.shape == (2600,)
     np.testing.assert_array_equal(padded[2500:], measure.predict_full(params, images[2500:], batch_size=100))
     assert evaluation.accuracy(params, images, labels) == float(np.mean(padded == labels))

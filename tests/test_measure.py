@@ -1,0 +1,35 @@
+"""The measuring helpers: the chunked inference path and the latency record."""
+
+import jax
+import numpy as np
+import pytest
+
+from lowrank_core import measure, model
+
+
+@pytest.fixture(scope="module")
+def params():
+    return model.init_params(jax.random.PRNGKey(1))
+
+
+@pytest.mark.parametrize("batch", [2 * measure.CONV_CHUNK, measure.CONV_CHUNK + 7, 3])
+def test_chunked_path_equals_model_forward(params, batch):
+    # Divisible batches run the convolutions chunk by chunk; others in one piece.
+    images = np.random.default_rng(batch).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(np.asarray(measure.fast_forward(params, images)),
+                               np.asarray(model.forward(params, images)), rtol=1e-4, atol=1e-5)
+
+
+def test_conv_features_in_batches_equal_one_call(params):
+    images = np.random.default_rng(2).integers(0, 256, (130, 32, 32, 3), dtype=np.uint8)
+    batched = measure.conv_features(params, images, batch_size=2 * measure.CONV_CHUNK)  # 100, then 30 padded
+    np.testing.assert_allclose(batched, np.asarray(model.conv_features(params, images)), rtol=1e-4, atol=1e-5)
+
+
+def test_latency_reports_median_and_spread_per_batch(params):
+    images = np.zeros((4, 32, 32, 3), np.uint8)
+    record = measure.latency(params, images, batch_sizes=(1, 4), repeats=3)
+    assert set(record) == {"1", "4"}
+    for stats in record.values():
+        assert stats["repeats"] == 3 and stats["median_ms"] > 0 and stats["iqr_ms"] >= 0
+        assert stats["compile_s"] > 0
