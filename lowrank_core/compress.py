@@ -269,8 +269,17 @@ def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarra
     kernels = {name: np.asarray(params[name]["w"]) for name in config.layers if name in params and "w" in params[name]}
 
     def keep_top(values: np.ndarray, n_prune: int) -> np.ndarray:
-        keep = np.ones(values.size, bool)
-        keep[np.argsort(np.abs(values).ravel(), kind="stable")[:n_prune]] = False
+        # The same set a stable argsort's first n_prune would give (smallest
+        # magnitudes, ties at the threshold taken in position order), found by
+        # a linear-time partition: a sort of 21 M weights took seconds.
+        magnitude = np.abs(values).ravel()
+        keep = np.ones(magnitude.size, bool)
+        if n_prune <= 0:
+            return keep
+        threshold = np.partition(magnitude, n_prune - 1)[n_prune - 1]
+        below = magnitude < threshold
+        keep[below] = False
+        keep[np.flatnonzero(magnitude == threshold)[:n_prune - int(below.sum())]] = False
         return keep
 
     if config.scope == "layer":

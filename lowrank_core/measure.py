@@ -95,25 +95,54 @@ def dense_params(params: Mapping) -> dict:
     return {name: params[name] for name in model.dense_layer_names(params)}
 
 
+WIDTH_BUCKET = 128  # hidden widths are padded up to a multiple of this after dead units are dropped
+
+
+def _slim(params: Mapping) -> dict:
+    """``params`` on the device with dead hidden units dropped (lossless), then
+    each hidden width padded with zero units up to a multiple of WIDTH_BUCKET.
+
+    A zero unit (zero column, zero bias, zero outgoing row) adds exact zeros,
+    so the logits do not change; the padding makes variants of nearby sparsity
+    or rank share one compiled program instead of compiling (seconds under
+    load) for every new set of widths.
+    """
+    from lowrank_core.compress import drop_dead_units
+
+    out = dict(drop_dead_units(jax.device_put(params)))
+    names = model.dense_layer_names(out)
+    for name, nxt in zip(names[:-1], names[1:]):
+        layer, following = dict(out[name]), dict(out[nxt])
+        if "w" not in layer:
+            continue
+        width = layer["w"].shape[1]
+        extra = -width % WIDTH_BUCKET
+        if not extra:
+            continue
+        layer["w"] = jnp.pad(layer["w"], ((0, 0), (0, extra)))
+        layer["b"] = jnp.pad(layer["b"], (0, extra))
+        into = "w" if "w" in following else "u"
+        following[into] = jnp.pad(following[into], ((0, extra), (0, 0)))
+        out[name], out[nxt] = layer, following
+    return out
+
+
 def predict_from_features(params: Mapping, features: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """Predictions of a variant whose convolutions equal those that made ``features``
     (dead hidden units dropped first: lossless, see :func:`predict_full`)."""
-    from lowrank_core.compress import drop_dead_units
-
-    return _batched(_dense_predict, drop_dead_units(jax.device_put(dense_params(params))), features, batch_size)
+    return _batched(_dense_predict, _slim(dense_params(params)), features, batch_size)
 
 
 def predict_full(params: Mapping, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """Predictions through the whole network: the product's test-set path.
 
     Dead hidden units are dropped first (:func:`compress.drop_dead_units`,
-    lossless, on the device); on a CPU the first convolution runs as one tiled
-    matmul (:func:`model.conv_features`) over cache-sized chunks. Tests check
-    the argmax equals a plain ``network.apply`` on real images.
+    lossless, on the device; widths then padded to shared sizes, see
+    :func:`_slim`); on a CPU the first convolution runs as one tiled matmul
+    (:func:`model.conv_features`) over cache-sized chunks. Tests check the
+    argmax equals a plain ``network.apply`` on real images.
     """
-    from lowrank_core.compress import drop_dead_units
-
-    return _batched(_full_predict, drop_dead_units(jax.device_put(params)), images, batch_size)
+    return _batched(_full_predict, _slim(params), images, batch_size)
 
 
 def same_convolutions(a: Mapping, b: Mapping) -> bool:

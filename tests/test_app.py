@@ -25,9 +25,11 @@ def test_overview_page(env):
     labels = [m.label for m in at.metric]
     assert "Test accuracy" in labels and "Parameters" in labels
     assert [m.value for m in at.metric if m.label == "Parameters"] == ["21,257,026"]
-    assert "latency" in at.get("plotly_chart")[0].proto.spec
-    at.radio(key="overview_axis").set_value("stored size (MiB)").run()
-    assert not at.exception and "stored size" in at.get("plotly_chart")[0].proto.spec
+    latency = [m.value for m in at.metric if m.label == "Latency, batch 1,000"]
+    assert latency and latency[0].endswith(" ms")  # filled in after the chart is drawn
+    assert "stored size" in at.get("plotly_chart")[0].proto.spec
+    at.radio(key="overview_axis").set_value("latency (ms per 1,000 images)").run()
+    assert not at.exception and "latency" in at.get("plotly_chart")[0].proto.spec
 
 
 def test_low_rank_page_slider_changes_metrics(env):

@@ -236,3 +236,18 @@ def test_energy_budget_and_layer_settings_are_validated(value, names):
         else:
             with pytest.raises(ConfigError):
                 make()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from([0.0, -0.0, 0.5, -0.5, 1.0, 2.0, -3.0]), min_size=1, max_size=60),
+       st.floats(min_value=0.0, max_value=0.99))
+def test_magnitude_mask_equals_stable_sort_definition(values, sparsity):
+    # Heavy ties (the shipped checkpoint has millions of exact zeros): the
+    # pruned set must be the stable argsort's first n, i.e. ties in position order.
+    w = np.asarray(values, np.float32).reshape(-1, 1)
+    config = compress.PruneConfig(sparsity=sparsity, only=("linear",))
+    mask = compress.magnitude_masks({"linear": {"w": w}}, config)["linear"].ravel()
+    n_prune = int(round(sparsity * w.size))
+    expected = np.ones(w.size, bool)
+    expected[np.argsort(np.abs(w).ravel(), kind="stable")[:n_prune]] = False
+    np.testing.assert_array_equal(mask, expected)

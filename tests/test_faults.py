@@ -156,3 +156,35 @@ def test_concurrent_sessions_compute_a_variant_once(tiny_checkpoint):
     for t in threads:
         t.join()
     assert calls == ["svd"] and len(results) == 3 and all(r == results[0] for r in results)
+
+
+FULL_DISK_RUN = r"""
+import json, resource, signal, sys
+from lowrank_core import data as data_lib, engine
+archive, ck, cache = sys.argv[1:4]
+# Every write past 64 bytes now fails in the kernel, as on a full disk.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+eng = engine.Engine(ck, data_lib.load_cifar10(archive), cache_root=__import__("pathlib").Path(cache))
+result = eng.evaluate("quantize", with_latency=False)
+print(json.dumps({"accuracy": result["accuracy"], "problem": eng.write_problem,
+                  "again": eng.evaluate("quantize", with_latency=False)["accuracy"]}))
+"""
+
+
+def test_full_disk_keeps_results_in_memory_and_old_entries_intact(tiny_checkpoint, tmp_path):
+    archive, ck = tiny_checkpoint
+    cache = tmp_path / "cache"
+    good = engine.Engine(ck, data_lib.load_cifar10(archive), cache_root=cache)
+    good.evaluate("baseline", with_latency=False)
+    entries = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+    assert entries
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    run = subprocess.run([sys.executable, "-c", FULL_DISK_RUN, str(archive), str(ck), str(cache)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "cannot write the cache" in out["problem"] and out["again"] == out["accuracy"]
+    # What was there is untouched, nothing half-written was left beside it.
+    assert {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} == entries
+    assert engine.Engine(ck, data_lib.load_cifar10(archive), cache_root=cache).cached_result("quantize") is None

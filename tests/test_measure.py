@@ -33,3 +33,17 @@ def test_latency_reports_median_and_spread_per_batch(params):
     for stats in record.values():
         assert stats["repeats"] == 3 and stats["median_ms"] > 0 and stats["iqr_ms"] >= 0
         assert stats["compile_s"] > 0
+
+
+def test_slim_params_give_the_same_logits_with_bucketed_widths(params):
+    from lowrank_core import compress
+
+    pruned = compress.prune_unstructured(params, compress.PruneConfig(sparsity=0.9, structured=False))
+    pruned = compress.prune_structured(pruned, compress.PruneConfig(sparsity=0.37, structured=True))
+    slim = measure._slim(pruned)
+    widths = [slim[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]]
+    assert all(w % measure.WIDTH_BUCKET == 0 for w in widths)
+    assert widths[0] < params["linear"]["w"].shape[1]  # structured pruning's dropped units stay dropped
+    features = np.random.default_rng(3).normal(size=(64, 3072)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model.dense_forward(slim, features)),
+                               np.asarray(model.dense_forward(pruned, features)), rtol=1e-4, atol=1e-4)
