@@ -348,10 +348,8 @@ def drop_dead_units(params: Mapping) -> Params:
         for name, nxt in zip(names[:-1], names[1:]):
             if "w" not in out[name] or "w" not in out[nxt]:
                 continue
-            w, b, w_next = out[name]["w"], out[name]["b"], out[nxt]["w"]
-            # Works on numpy or device arrays (on a GPU the scan stays there;
-            # only the small mask comes back to pick the kept units).
-            dead = np.asarray(((w == 0).all(axis=0) & (b <= 0)) | (w_next == 0).all(axis=1))
+            w, b, w_next = np.asarray(out[name]["w"]), np.asarray(out[name]["b"]), np.asarray(out[nxt]["w"])
+            dead = ((w == 0).all(axis=0) & (b <= 0)) | (w_next == 0).all(axis=1)
             if dead.any() and not dead.all():
                 keep = np.flatnonzero(~dead)
                 out[name] = {"w": w[:, keep], "b": b[keep]}

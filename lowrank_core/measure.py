@@ -99,8 +99,8 @@ WIDTH_BUCKET = 128  # hidden widths are padded up to a multiple of this after de
 
 
 def _slim(params: Mapping) -> dict:
-    """``params`` on the device with dead hidden units dropped (lossless), then
-    each hidden width padded with zero units up to a multiple of WIDTH_BUCKET.
+    """``params`` with dead hidden units dropped (lossless), then each hidden
+    width padded with zero units up to a multiple of WIDTH_BUCKET.
 
     A zero unit (zero column, zero bias, zero outgoing row) adds exact zeros,
     so the logits do not change; the padding makes variants of nearby sparsity
@@ -109,7 +109,8 @@ def _slim(params: Mapping) -> dict:
     """
     from lowrank_core.compress import drop_dead_units
 
-    out = dict(drop_dead_units(jax.device_put(params)))
+    # On the host: eager device ops would each compile for every new shape.
+    out = dict(drop_dead_units({m: {k: np.asarray(v) for k, v in ps.items()} for m, ps in params.items()}))
     names = model.dense_layer_names(out)
     for name, nxt in zip(names[:-1], names[1:]):
         layer, following = dict(out[name]), dict(out[nxt])
@@ -119,10 +120,10 @@ def _slim(params: Mapping) -> dict:
         extra = -width % WIDTH_BUCKET
         if not extra:
             continue
-        layer["w"] = jnp.pad(layer["w"], ((0, 0), (0, extra)))
-        layer["b"] = jnp.pad(layer["b"], (0, extra))
+        layer["w"] = np.pad(layer["w"], ((0, 0), (0, extra)))
+        layer["b"] = np.pad(layer["b"], (0, extra))
         into = "w" if "w" in following else "u"
-        following[into] = jnp.pad(following[into], ((0, extra), (0, 0)))
+        following[into] = np.pad(following[into], ((0, extra), (0, 0)))
         out[name], out[nxt] = layer, following
     return out
 
@@ -137,7 +138,7 @@ def predict_full(params: Mapping, images: np.ndarray, batch_size: int | None = N
     """Predictions through the whole network: the product's test-set path.
 
     Dead hidden units are dropped first (:func:`compress.drop_dead_units`,
-    lossless, on the device; widths then padded to shared sizes, see
+    lossless; widths then padded to shared sizes, see
     :func:`_slim`); on a CPU the first convolution runs as one tiled matmul
     (:func:`model.conv_features`) over cache-sized chunks. Tests check the
     argmax equals a plain ``network.apply`` on real images.
