@@ -63,21 +63,23 @@ async def _idle(page, timeout_s: float) -> None:
         if not running and not spinners:
             return
         await page.wait_for_timeout(50)
-    raise TimeoutError("the script kept running")
+    raise TimeoutError(f"the script kept running for {timeout_s:.0f} s")
 
 
 async def _session(browser, url: str, index: int, seconds: float, rng: random.Random, report: dict) -> None:
     context = await browser.new_context(viewport={"width": 1200, "height": 900})
     page = await context.new_page()
     page.on("pageerror", lambda exc: report["errors"].append(f"session {index}: {exc}"))
+    name = PAGES[index % len(PAGES)]
+    phase = "first load"
     try:
-        name = PAGES[index % len(PAGES)]
         await page.goto(f"{url}/{name}")
         await _idle(page, 300)
         thumb = page.get_by_role("slider").first  # each page's main slider comes first
         await thumb.wait_for(timeout=300_000)
         await _idle(page, 300)
         stop_at = time.time() + seconds  # the first load (data, compile) is not part of the soak
+        phase = "slider moves"
         while time.time() < stop_at:
             await thumb.focus()
             started = time.perf_counter()
@@ -91,7 +93,7 @@ async def _session(browser, url: str, index: int, seconds: float, rng: random.Ra
             if await page.locator('[data-testid="stAlertContentError"]').count():
                 report["errors"].append(f"session {index}: st.error on {name}")
     except Exception as exc:  # a timeout or a crash is an error of the run, not of the script
-        report["errors"].append(f"session {index}: {type(exc).__name__}: {exc}".splitlines()[0])
+        report["errors"].append(f"session {index} ({name}, {phase}): {type(exc).__name__}: {exc}".splitlines()[0])
     finally:
         await context.close()
 
