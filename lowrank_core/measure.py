@@ -100,7 +100,8 @@ WIDTH_BUCKET = 128  # hidden widths are padded up to a multiple of this after de
 
 def _slim(params: Mapping) -> dict:
     """``params`` with dead hidden units dropped (lossless), then each hidden
-    width padded with zero units up to a multiple of WIDTH_BUCKET.
+    width padded with zero units up to a multiple of WIDTH_BUCKET (at most
+    back to its original width).
 
     A zero unit (zero column, zero bias, zero outgoing row) adds exact zeros,
     so the logits do not change; the padding makes variants of nearby sparsity
@@ -117,7 +118,7 @@ def _slim(params: Mapping) -> dict:
         if "w" not in layer:
             continue
         width = layer["w"].shape[1]
-        extra = -width % WIDTH_BUCKET
+        extra = min(-width % WIDTH_BUCKET, np.shape(params[name]["w"])[1] - width)  # never wider than before
         if not extra:
             continue
         layer["w"] = np.pad(layer["w"], ((0, 0), (0, extra)))

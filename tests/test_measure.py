@@ -42,7 +42,10 @@ def test_slim_params_give_the_same_logits_with_bucketed_widths(params):
     pruned = compress.prune_structured(pruned, compress.PruneConfig(sparsity=0.37, structured=True))
     slim = measure._slim(pruned)
     widths = [slim[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]]
-    assert all(w % measure.WIDTH_BUCKET == 0 for w in widths)
+    assert [measure._slim(params)[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]] == [3000, 2000, 2000, 1000]
+    originals = [pruned[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]]
+    assert all(w % measure.WIDTH_BUCKET == 0 or w == o for w, o in zip(widths, originals))
+    assert all(w <= o for w, o in zip(widths, originals))  # never wider than the variant itself
     assert widths[0] < params["linear"]["w"].shape[1]  # structured pruning's dropped units stay dropped
     features = np.random.default_rng(3).normal(size=(64, 3072)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(model.dense_forward(slim, features)),
