@@ -282,8 +282,7 @@ def run(engine, config: BenchConfig, log: Callable[[str], None] = print) -> dict
         report["to_accuracy"] = []
         for preset in config.to_accuracy_presets:
             log(f"training {preset} to 0.66 test accuracy …")
-            report["to_accuracy"].append(bench_time_to_accuracy(
-                engine.data, preset, eval_every=100 if preset == "default" else 500, log=log))
+            report["to_accuracy"].append(bench_time_to_accuracy(engine.data, preset, eval_every=100, log=log))
     if "scaling" in config.rows:
         log("latency vs batch size …")
         report["scaling"] = bench_scaling(engine.params, engine.data.x_test,
