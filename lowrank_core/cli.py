@@ -6,6 +6,7 @@ User errors print one line to stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -20,8 +21,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from lowrank_core import configs, data, train
 
     config = configs.get_preset(args.preset)
-    import dataclasses
-
     if args.steps:
         config = dataclasses.replace(config, num_steps=args.steps)
     if args.eval_every:
@@ -130,7 +129,6 @@ def _parse_grid(text: str) -> list[float]:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import csv
-    import dataclasses
     import io
 
     from tqdm.auto import tqdm

@@ -137,7 +137,7 @@ class Engine:
         try:
             atomic_write_bytes(path, buffer.getvalue())
         except OSError as exc:
-            self.write_problem = f"cannot write the cache under {self.cache_dir} ({exc.strerror or exc}); working from memory"
+            self._note_write_failure(exc)
         return svds
 
     def init_singular_values(self) -> dict[str, np.ndarray]:
@@ -164,8 +164,7 @@ class Engine:
                 try:
                     atomic_write_bytes(path, buffer.getvalue())
                 except OSError as exc:
-                    self.write_problem = (f"cannot write the cache under {self.cache_dir} "
-                                          f"({exc.strerror or exc}); working from memory")
+                    self._note_write_failure(exc)
             return self._init_s
 
     def spectra(self) -> dict[str, dict]:
@@ -254,27 +253,18 @@ class Engine:
         """Measures a variant (cached): accuracy on every test image, size, latency."""
         config = config if config is not None else CONFIG_TYPES[method]()
         key = result_key(self.checkpoint_hash, method, config, finetune)
-        path = self.cache_dir / "results" / f"{key}.json"
-
-        def cached_enough() -> dict | None:
-            cached = self._memory.get(key) or self._read_result(path)
-            if (cached is not None and (cached.get("latency") or not with_latency)
-                    and (cached.get("layer_latency_ms") or not with_layer_latency)):
-                return cached
-            return None
-
-        if use_cache and (hit := cached_enough()) is not None:
+        if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency)) is not None:
             return hit
         # Sessions asking for the same variant at once (browser tabs) compute it once:
         # the second waits for the first and then reads its result.
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
-            if use_cache and (hit := cached_enough()) is not None:
+            if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency)) is not None:
                 return hit
-            return self._measure(method, config, finetune, key, path, with_latency, with_layer_latency, on_progress)
+            return self._measure(method, config, finetune, key, with_latency, with_layer_latency, on_progress)
 
-    def _measure(self, method, config, finetune, key, path, with_latency, with_layer_latency, on_progress) -> dict:
+    def _measure(self, method, config, finetune, key, with_latency, with_layer_latency, on_progress) -> dict:
         params, facts = self.build(method, config, finetune, on_progress)
         if measure.same_convolutions(params, self.params):
             predictions = measure.predict_from_features(params, self.test_features)
@@ -304,7 +294,7 @@ class Engine:
             result["latency_batch1_ms"] = lat["1"]["median_ms"]
             if with_layer_latency:  # a few seconds more: the CLI asks for it, the app on demand
                 result["layer_latency_ms"] = measure.layer_latency(params, self.data.x_test)
-        if not self._write_result(path, result):
+        if not self._write_result(self._result_path(key), result):
             self._memory[key] = result  # unwritable cache: keep it for this session
         return result
 
@@ -312,9 +302,13 @@ class Engine:
                       with_latency: bool = False) -> dict | None:
         """The cached result of a variant, or None if it was never measured (nothing is computed)."""
         config = config if config is not None else CONFIG_TYPES[method]()
-        key = result_key(self.checkpoint_hash, method, config, finetune)
-        cached = self._memory.get(key) or self._read_result(self.cache_dir / "results" / f"{key}.json")
-        if cached is not None and (cached.get("latency") or not with_latency):
+        return self._lookup(result_key(self.checkpoint_hash, method, config, finetune), with_latency)
+
+    def _lookup(self, key: str, with_latency: bool, with_layer_latency: bool = False) -> dict | None:
+        """The stored result under ``key`` (memory, then disk) if it holds what is asked for."""
+        cached = self._memory.get(key) or self._read_result(self._result_path(key))
+        if (cached is not None and (cached.get("latency") or not with_latency)
+                and (cached.get("layer_latency_ms") or not with_layer_latency)):
             return cached
         return None
 
@@ -338,6 +332,12 @@ class Engine:
         params, _ = self.build(method, config, finetune)
         return checkpoint.params_to_npz_bytes(params)
 
+    def _result_path(self, key: str) -> pathlib.Path:
+        return self.cache_dir / "results" / f"{key}.json"
+
+    def _note_write_failure(self, exc: OSError) -> None:
+        self.write_problem = f"cannot write the cache under {self.cache_dir} ({exc.strerror or exc}); working from memory"
+
     def _read_result(self, path: pathlib.Path) -> dict | None:
         try:
             stored = json.loads(path.read_text())
@@ -353,7 +353,7 @@ class Engine:
             atomic_write_json(path, {"sha256": _payload_hash(payload), "payload": payload})
             return True
         except OSError as exc:
-            self.write_problem = f"cannot write the cache under {self.cache_dir} ({exc.strerror or exc}); working from memory"
+            self._note_write_failure(exc)
             return False
 
     def sensitivity(self, method: str, grid: list[float], layers: tuple[str, ...] | None = None,

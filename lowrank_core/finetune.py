@@ -96,19 +96,13 @@ def gradual_prune_dense(dense: dict, features: np.ndarray, labels: np.ndarray, c
     from lowrank_core import compress
 
     end = max(1, (3 * config.steps) // 4)
-    final_masks: dict = {}
 
     def schedule(step: int, params) -> dict | None:
-        if step % every and step != end:
-            return None
-        if step > end:
-            return None
+        if step > end or (step % every and step != end):
+            return None  # masks held between updates and after the ramp
         target = compress.zhu_gupta_sparsity(step, prune_config.sparsity, 0, end)
-        current = jax.tree.map(np.asarray, params)
-        masks = compress.magnitude_masks(current, dataclasses.replace(prune_config, sparsity=target))
-        final_masks.clear()
-        final_masks.update(masks)
-        return masks
+        return compress.magnitude_masks(jax.tree.map(np.asarray, params),
+                                        dataclasses.replace(prune_config, sparsity=target))
 
     params = finetune_dense(dense, features, labels, config, on_progress=on_progress, mask_schedule=schedule)
     # The last schedule step applied the target; make it exact on the returned weights.

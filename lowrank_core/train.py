@@ -14,6 +14,9 @@ with their sign (``apply_updates(params, updates)``).
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
+import pathlib
 import time
 from typing import Callable, NamedTuple
 
@@ -181,20 +184,15 @@ def train(config: TrainConfig, data: Cifar10,
     return TrainResult(kept, state.params, state.avg_params, tuple(history), seconds)
 
 
-def resume_path(out_dir) -> "pathlib.Path":
+def resume_path(out_dir) -> pathlib.Path:
     """Where periodic resume points of a run writing ``out_dir`` live (beside it,
     so the checkpoint folder swap never touches them)."""
-    import pathlib
-
     out_dir = pathlib.Path(out_dir)
     return out_dir.with_name(out_dir.name + ".resume.npz")
 
 
 def save_resume_point(path, step: int, state: TrainState, config: TrainConfig) -> None:
     """The whole training state (params, EMA, optimizer, rng) at ``step``, written atomically."""
-    import io
-    import json
-
     from lowrank_core.fileio import atomic_write_bytes
 
     leaves = jax.tree.leaves(state)
@@ -207,8 +205,6 @@ def save_resume_point(path, step: int, state: TrainState, config: TrainConfig) -
 
 def load_resume_point(path, config: TrainConfig) -> tuple[int, TrainState] | None:
     """(step, state) from a resume point made under the same config, else None."""
-    import json
-
     try:
         with np.load(path, allow_pickle=False) as npz:
             if json.loads(npz["config"].tobytes()) != json.loads(json.dumps(config.to_dict(), sort_keys=True)):

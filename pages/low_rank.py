@@ -72,7 +72,7 @@ if eng is not None:
             points[(c["form"], c["rank_fraction"])] = r
     missing = [(fm, f) for fm in ("reconstructed", "factorized") for f in CURVE_GRID
                if "latency_ms" not in points.get((fm, f), {})]
-    if missing and st.button(f"Measure curves ({len(missing)} points, ≈ {8 * len(missing)} s)", key="svd_curves"):
+    if missing and st.button(f"Measure curves ({len(missing)} points, with latency)", key="svd_curves"):
         on_progress, bar = progress_callback("Measuring")
         for i, (fm, f) in enumerate(missing):
             points[(fm, f)] = eng.evaluate("svd", dataclasses.replace(config, rank_fraction=f, form=fm, energy=None,

@@ -27,11 +27,12 @@ if eng is not None:
     axis = st.radio("Cost axis", ["stored size (MiB)", "latency (ms per 1,000 images)"], horizontal=True,
                     key="overview_axis")
     by_latency = axis.startswith("latency")
-    results = cached_results(*keys())
+    measured = cached_results(*keys())
+    timed = [r for r in measured if "latency_ms" in r]
     if by_latency:
-        results = [r for r in results if "latency_ms" in r] or [baseline_result(*keys())]
+        results = timed or [baseline_result(*keys())]
     else:
-        results = results or [base]
+        results = measured or [base]
     cost_of = (lambda r: r["latency_ms"]) if by_latency else (lambda r: r["bytes"] / 2**20)
     front = report.pareto_mask([cost_of(r) for r in results], [r["accuracy"] for r in results])
     fig = go.Figure()
@@ -61,7 +62,7 @@ if eng is not None:
                              f"{base['latency']['1000']['iqr_ms']:.1f} ms; batch 1: {base['latency_batch1_ms']:.2f} ms")
 
     st.subheader("Does rank truncation save time?")
-    headlines = report.svd_headlines([r for r in cached_results(*keys()) if "latency_ms" in r], base)
+    headlines = report.svd_headlines(timed, base)
     if headlines:
         for line in headlines:
             st.markdown("- " + line)

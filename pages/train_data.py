@@ -1,5 +1,6 @@
 """Train / data: where the data comes from, retrain with live curves, manage the cache."""
 
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -23,15 +24,15 @@ if eng is not None:
     st.subheader("Retrain")
     c1, c2 = st.columns(2)
     preset = c1.selectbox("Preset", ["default", "tiny", "seed", "baseline"], key="train_preset",
-                          help="default: ≈ 0.70 test accuracy; seed: the notebook's recipe (slow on a CPU)")
+                          help="; ".join(f"{name}: {c.num_steps:,} steps of {c.batch_size}, {c.lr_schedule} "
+                                         f"learning rate, augment {c.augment}"
+                                         for name, c in configs.PRESETS.items()))
     base_config = configs.get_preset(preset)
     steps = c2.number_input("Steps", 1, 50_000, base_config.num_steps, 100, key=f"train_steps_{preset}")
     out_dir = paths.artifacts_dir() / "checkpoints" / preset
     st.caption(f"Writes {out_dir} (the previous checkpoint there stays intact until the new one is complete). "
                "Use it by typing that folder into the sidebar's checkpoint field.")
     if st.button("Start training", type="primary", key="train_start"):
-        import dataclasses
-
         config = dataclasses.replace(base_config, num_steps=int(steps))
         bar = st.progress(0.0, text="training")
         chart = st.empty()

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from lowrank_core import checkpoint, compress, data as data_lib, engine, measure, model, paths
+from lowrank_core import compress, data as data_lib, engine, measure, paths
 
 
 @pytest.fixture(scope="module")
