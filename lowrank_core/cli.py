@@ -265,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--quick", action="store_true", help="fewer repeats, 2,000 images (a smoke run)")
     p_bench.add_argument("--rows", default="inference,factorized,training,scaling,sweep",
                          help="comma list of rows to run; add to_accuracy to train the default and seed "
-                              "presets to 0.66 test accuracy (minutes)")
+                              "presets to 0.66 test accuracy (minutes), recipes for 21 short schedules "
+                              "trained towards it (about an hour on a CPU)")
     p_bench.add_argument("--out", help="output path without extension (default artifacts/bench/bench)")
     p_bench.set_defaults(func=_cmd_bench)
     return parser
