@@ -244,7 +244,8 @@ def to_markdown(report: dict) -> str:
     """The report as markdown tables: ratios first, absolute figures beside them."""
     lines = [f"Machine: {report['environment']['cpus']} CPUs, {report['environment']['backend']} "
              f"({report['environment']['device']}), jax {report['environment']['jax']}", ""]
-    lines += ["| comparison | ratio (median, IQR) | target | absolute | same predictions |", "|---|---|---|---|---|"]
+    comparison_header = ["| comparison | ratio (median, IQR) | target | absolute | same predictions |", "|---|---|---|---|---|"]
+    lines += comparison_header
     inf = report.get("inference")
     if inf:
         s = inf["speedup"]
@@ -281,6 +282,8 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| training to {runs[0]['target']:.2f} test accuracy (measured: whole test set evaluated "
                      f"periodically, evaluation off the clock) | {ratio or 'n/a'} "
                      f"| default ≤ 4 min, ≥ 5× faster than seed | {'; '.join(parts)} | n/a |")
+    if lines[-2:] == comparison_header:  # no comparison rows in this report
+        del lines[-2:]
     if report.get("recipes"):
         lines += ["", f"| recipe (Adam, cosine to 0 at the horizon) | steps | first reaches {report['recipes'][0]['target']:.2f} "
                   "at (epochs) | accuracy there, or at the end | training time |", "|---|---|---|---|---|"]

@@ -59,3 +59,4 @@ def test_recipes_row_runs_each_config_and_tabulates(tiny_data):
     assert [[p["step"] for p in r["curve"]] for r in runs] == [[1, 2], [2, 4]]
     table = bench.to_markdown({"environment": bench.environment(), "recipes": runs})
     assert table.count("not reached") == 2 and "bs8 lr0.0005 flip 1ep" in table
+    assert "| comparison |" not in table  # no empty comparison table above the recipes
