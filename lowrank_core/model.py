@@ -69,6 +69,7 @@ def preprocess(images: jnp.ndarray) -> jnp.ndarray:
     return (images.astype(jnp.float32) / 255.0 - MEAN) / STD
 
 
+@jax.jit  # one compiled program instead of dispatching 21 M truncated-normal draws op by op
 def init_params(key: jax.Array) -> hk.Params:
     """Fresh parameters, as Haiku initializes the seed's network."""
     return network.init(key, jnp.zeros((1, 32, 32, 3), jnp.float32))

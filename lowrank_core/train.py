@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lowrank_core import evaluation, model
+from lowrank_core import evaluation, initializers, model
 from lowrank_core.configs import TrainConfig
 from lowrank_core.data import Cifar10
 
@@ -116,9 +116,17 @@ def make_update(config: TrainConfig, optimizer: optax.GradientTransformation):
     return update
 
 
-def init_state(config: TrainConfig, optimizer: optax.GradientTransformation) -> TrainState:
+def init_state(config: TrainConfig, optimizer: optax.GradientTransformation,
+               train_images: np.ndarray | None = None) -> TrainState:
+    """The state before the first step. The ``whitened`` init estimates its
+    scales from ``train_images`` (uint8 NHWC training images, never test images)."""
     init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = model.init_params(init_key)
+    if config.init == "whitened":
+        if train_images is None or train_images.shape[0] == 0:
+            raise ValueError("the whitened init needs training images")
+        params = initializers.whitened_init(init_key, train_images)
+    else:
+        params = model.init_params(init_key)
     return TrainState(params, params, optimizer.init(params), rng)
 
 
@@ -155,12 +163,12 @@ def train(config: TrainConfig, data: Cifar10,
     """
     optimizer = make_optimizer(config)
     update = make_update(config, optimizer)
-    if state is None:
-        state = init_state(config, optimizer)
     x_train, y_train, x_val, y_val = split_train_validation(data, config)
+    started = time.perf_counter()  # a data-dependent init is part of the training time
+    if state is None:
+        state = init_state(config, optimizer, x_train)
     stream = batches(x_train, y_train, config.batch_size, config.seed + start_step)
     history: list[dict] = []
-    started = time.perf_counter()
     loss = None
     for step in range(start_step + 1, config.num_steps + 1):
         images, labels = next(stream)
@@ -209,7 +217,8 @@ def load_resume_point(path, config: TrainConfig) -> tuple[int, TrainState] | Non
         with np.load(path, allow_pickle=False) as npz:
             if json.loads(npz["config"].tobytes()) != json.loads(json.dumps(config.to_dict(), sort_keys=True)):
                 return None
-            template = init_state(config, make_optimizer(config))
+            # Only the tree's structure, shapes and dtypes matter here, which every init shares.
+            template = init_state(dataclasses.replace(config, init="haiku"), make_optimizer(config))
             leaves, treedef = jax.tree.flatten(template)
             loaded = [npz[f"leaf_{i:04d}"] for i in range(len(leaves))]
             if any(a.shape != np.shape(b) for a, b in zip(loaded, leaves)):

@@ -25,7 +25,7 @@ if eng is not None:
     c1, c2 = st.columns(2)
     preset = c1.selectbox("Preset", ["default", "tiny", "seed", "baseline"], key="train_preset",
                           help="; ".join(f"{name}: {c.num_steps:,} steps of {c.batch_size}, {c.lr_schedule} "
-                                         f"learning rate, augment {c.augment}"
+                                         f"learning rate, augment {c.augment}, {c.init} init"
                                          for name, c in configs.PRESETS.items()))
     base_config = configs.get_preset(preset)
     steps = c2.number_input("Steps", 1, 50_000, base_config.num_steps, 100, key=f"train_steps_{preset}")

@@ -25,6 +25,8 @@ def test_presets_are_frozen_hashable_and_seed_recipe():
         configs.get_preset("fast")
     with pytest.raises(ConfigError):
         configs.TrainConfig(augment="rotate")
+    with pytest.raises(ConfigError, match="init must be one of"):
+        configs.TrainConfig(init="xavier")
 
 
 def test_l2_penalty_is_half_sum_of_squares():
@@ -89,3 +91,15 @@ def test_train_and_save_writes_a_loadable_checkpoint(tmp_path, tiny_data):
     assert saved["n_test"] == tiny_data.x_test.shape[0] == meta["n_test"]
     assert 0 <= saved["test_accuracy"] <= 1 and saved["data_sha256"] == tiny_data.sha256
     assert saved["config"]["preset"] == "tiny" and saved["storage_dtype"] in ("float16", "float32")
+
+
+def test_whitened_init_needs_training_images_and_trains_deterministically(tiny_data):
+    config = dataclasses.replace(configs.get_preset("tiny"), init="whitened")
+    with pytest.raises(ValueError, match="needs training images"):
+        train.init_state(config, train.make_optimizer(config))
+    first = train.train(config, tiny_data)
+    second = train.train(config, tiny_data)
+    jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
+    haiku = train.train(configs.get_preset("tiny"), tiny_data)
+    assert not np.allclose(first.params["conv2_d"]["w"], haiku.params["conv2_d"]["w"])
+    assert all(np.isfinite(row["loss"]) for row in first.history)
