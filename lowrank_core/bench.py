@@ -316,6 +316,9 @@ class BenchConfig:
     # Opt-in rows (training runs towards the target accuracy: minutes to an hour on a CPU).
     optional_rows: tuple[str, ...] = ("to_accuracy", "recipes")
     to_accuracy_presets: tuple[str, ...] = ("default", "seed")
+    # Whole test set evaluated every this many training images, so presets of
+    # different batch sizes are timed to the same resolution in images.
+    to_accuracy_eval_images: int = 3200
 
 
 def run(engine, config: BenchConfig, log: Callable[[str], None] = print) -> dict:
@@ -338,7 +341,9 @@ def run(engine, config: BenchConfig, log: Callable[[str], None] = print) -> dict
         report["to_accuracy"] = []
         for preset in config.to_accuracy_presets:
             log(f"training {preset} to 0.66 test accuracy …")
-            report["to_accuracy"].append(bench_time_to_accuracy(engine.data, preset, eval_every=100, log=log))
+            batch_size = configs.get_preset(preset).batch_size
+            report["to_accuracy"].append(bench_time_to_accuracy(
+                engine.data, preset, eval_every=max(1, config.to_accuracy_eval_images // batch_size), log=log))
     if "recipes" in config.rows:
         report["recipes"] = bench_recipes(engine.data, recipe_grid(), log=log)
     if "scaling" in config.rows:
