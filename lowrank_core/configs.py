@@ -76,7 +76,8 @@ PRESETS: dict[str, TrainConfig] = {
         preset="default", batch_size=128, num_steps=703, learning_rate=1e-3, lr_schedule="cosine",
         warmup_steps=70, ema_step_size=0.02, eval_params="ema", augment="flip", init="whitened", eval_every=200,
     ),
-    # The shipped checkpoint: the default recipe run longer with shifts too.
+    # The shipped checkpoint: the earlier default recipe (Haiku's init, raw
+    # params) run 15,000 steps with shifts too.
     # (≈ 38 epochs: about 80 minutes on a 2-core CPU, about a minute on a GPU.)
     "baseline": TrainConfig(
         preset="baseline", batch_size=128, num_steps=15_000, learning_rate=1e-3, lr_schedule="cosine",
