@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowrank_core import compress, configs, measure, model, train
+from lowrank_core import configs, measure, model, train
+from lowrank_core.methods import svd
 from lowrank_core.data import Cifar10
 
 FRACTIONS = (1.0, 0.5, 0.25, 0.1, 0.05)
@@ -72,14 +73,14 @@ def bench_factorized(params, features: np.ndarray, svds, fractions=FRACTIONS, ba
     dense_fn = jax.jit(model.dense_forward)
     dense = jax.device_put(measure.dense_params(params))
     rows = []
-    dense_macs = measure.macs_per_image(params) - measure.CONV_MACS
+    dense_macs = measure.macs_per_image(params) - measure.conv_macs(params)
     for fraction in fractions:
-        variant = compress.svd_compress(params, compress.SvdConfig(fraction, "factorized"), svds)
+        variant = svd.svd_compress(params, svd.SvdConfig(fraction, "factorized"), svds)
         factorized = jax.device_put(measure.dense_params(variant))
         # The same rank as one dense matrix per layer: the function the factorized form must match.
         reconstructed = jax.device_put(measure.dense_params(
-            compress.svd_compress(params, compress.SvdConfig(fraction, "reconstructed"), svds)))
-        theoretical = dense_macs / (measure.macs_per_image(variant) - measure.CONV_MACS)
+            svd.svd_compress(params, svd.SvdConfig(fraction, "reconstructed"), svds)))
+        theoretical = dense_macs / (measure.macs_per_image(variant) - measure.conv_macs(params))
         for batch_size in batch_sizes:
             x = jax.device_put(features[:batch_size])
             same = float(np.mean(np.argmax(dense_fn(reconstructed, x), -1) == np.argmax(dense_fn(factorized, x), -1)))
@@ -226,7 +227,7 @@ def bench_sweep_scaling(engine, points=(1, 2, 4)) -> list[dict]:
         grid = np.linspace(0.3, 0.9, n)
         started = time.perf_counter()
         for f in grid:
-            engine.evaluate("svd", compress.SvdConfig(float(round(f, 6)), "factorized"), with_latency=False,
+            engine.evaluate("svd", svd.SvdConfig(float(round(f, 6)), "factorized"), with_latency=False,
                             use_cache=False)
         rows.append({"row": "sweep time vs points", "points": n, "seconds": time.perf_counter() - started})
     return rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -48,10 +49,37 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndar
     return params
 
 
-def params_to_npz_bytes(params: model.Params, dtype: np.dtype | str = np.float32) -> bytes:
-    """The bytes of a ``params.npz`` holding ``params`` stored as ``dtype``."""
+def _stored_dtype(key: str, value: np.ndarray, float_dtype) -> np.dtype:
+    # int8 matrices stay int8 and their scales float32; every other float takes the storage dtype.
+    if not np.issubdtype(value.dtype, np.floating) or key.endswith("_scale"):
+        return value.dtype if not key.endswith("_scale") else np.dtype(np.float32)
+    return np.dtype(float_dtype)
+
+
+def as_stored(params: model.Params, float_dtype: np.dtype | str = np.float32,
+              float32_modules: tuple[str, ...] = ()) -> dict[str, dict[str, np.ndarray]]:
+    """``params`` exactly as :func:`params_to_npz_bytes` stores them, read back
+    (floats rounded to ``float_dtype``, computed in float32): what a variant is measured as."""
+    out = {}
+    for module, layer in params.items():
+        out[module] = {}
+        for key, value in layer.items():
+            value = np.asarray(value)
+            dtype = _stored_dtype(key, value, np.float32 if module in float32_modules else float_dtype)
+            stored = value.astype(dtype)
+            out[module][key] = stored.astype(np.float32) if np.issubdtype(dtype, np.floating) else stored
+    return out
+
+
+def params_to_npz_bytes(params: model.Params, dtype: np.dtype | str = np.float32,
+                        float32_modules: tuple[str, ...] = ()) -> bytes:
+    """The bytes of a ``params.npz`` holding ``params`` (the product's stored format):
+    one array per ``<module>/<param>``; float arrays as ``dtype`` (float32 in
+    ``float32_modules``), int8 matrices (``<key>_q``) as int8 with float32 ``<key>_scale``."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: v.astype(dtype) for k, v in flatten_params(params).items()})
+    np.savez(buffer, **{k: v.astype(_stored_dtype(k, v, np.float32 if k.rpartition("/")[0] in float32_modules
+                                                   else dtype))
+                        for k, v in flatten_params(params).items()})
     return buffer.getvalue()
 
 
@@ -102,13 +130,21 @@ def load_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     return metadata
 
 
-def load_params(directory: str | os.PathLike, *, check: bool = True) -> dict[str, dict[str, np.ndarray]]:
-    """Reads ``params.npz`` as float32, checking finiteness and (if ``check``) the architecture."""
+def load_params(directory: str | os.PathLike, *, check: bool = True,
+                with_digest: bool = False):
+    """Reads ``params.npz`` as float32, checking finiteness and (if ``check``) that
+    the shapes form one network (:func:`model.spec_of`).
+
+    The file is read once; with ``with_digest`` the sha256 of exactly those
+    bytes comes back too, so a cache keyed by it can never describe other
+    weights than the ones loaded. Returns params, or (params, digest).
+    """
     path = pathlib.Path(directory) / PARAMS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; is {directory} a checkpoint folder?")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        blob = path.read_bytes()
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             flat = {key: npz[key] for key in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise CheckpointError(f"{path} is unreadable or truncated ({exc}); retrain or restore it") from None
@@ -120,15 +156,22 @@ def load_params(directory: str | os.PathLike, *, check: bool = True) -> dict[str
     params = {m: {p: v.astype(np.float32) for p, v in ps.items()} for m, ps in unflatten_params(flat).items()}
     if check:
         try:
-            model.check_params(params)
+            model.spec_of(params)
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-    return params
+    return (params, hashlib.sha256(blob).hexdigest()) if with_digest else params
 
 
 def load(directory: str | os.PathLike) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """(params, metadata) of a checkpoint folder of the seed architecture."""
+    """(params, metadata) of a checkpoint folder."""
+    params, metadata, _ = load_with_digest(directory)
+    return params, metadata
+
+
+def load_with_digest(directory: str | os.PathLike) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any], str]:
+    """(params, metadata, sha256 of the params bytes read) of a checkpoint folder."""
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
-    return load_params(directory), load_metadata(directory)
+    params, digest = load_params(directory, with_digest=True)
+    return params, load_metadata(directory), digest

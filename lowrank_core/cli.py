@@ -41,53 +41,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise LowrankError(f"not a number: {text!r}") from None
-    return value
+def _variant(args: argparse.Namespace):
+    """The variant the options describe: ``--method svd`` or a pipeline ``--method svd+quantize``."""
+    from lowrank_core import methods
+    from lowrank_core.finetune import FinetuneConfig
 
-
-def _method_config(args: argparse.Namespace):
-    from lowrank_core import compress, engine
-    from lowrank_core.errors import ConfigError
-
-    if args.method == "svd":
-        layer_ranks = ()
-        if args.layer_ranks:
-            pairs = []
-            for item in args.layer_ranks.split(","):
-                name, _, rank = item.partition("=")
-                if not (rank.strip().isascii() and rank.strip().isdigit()):
-                    raise ConfigError(f"--layer-ranks wants name=rank pairs, got {item!r}")
-                pairs.append((name.strip(), int(rank)))
-            layer_ranks = tuple(pairs)
-        layer_fractions = []
-        for item in (getattr(args, "layer_fractions", None) or "").split(","):
-            if item.strip():
-                name, _, value = item.partition("=")
-                layer_fractions.append((name.strip(), _parse_fraction(value)))
-        budget = getattr(args, "param_budget", None)
-        return compress.SvdConfig(rank_fraction=_parse_fraction(args.rank_fraction), form=args.form,
-                                  energy=None if args.energy is None else _parse_fraction(args.energy),
-                                  layer_ranks=layer_ranks, include_output=not args.exclude_output,
-                                  layer_fractions=tuple(layer_fractions),
-                                  param_budget=None if budget is None else _parse_fraction(budget))
-    if args.method == "prune":
-        return compress.PruneConfig(sparsity=_parse_fraction(args.sparsity), scope=args.scope,
-                                    structured=args.structured, schedule=args.schedule,
-                                    gradual_steps=args.gradual_steps)
-    if args.method == "remove":
-        layers = tuple(name.strip() for name in (args.remove or "").split(",") if name.strip())
-        return engine.RemoveConfig(layers=layers, retrain_steps=args.retrain_steps)
-    return engine.CONFIG_TYPES[args.method]()
+    names = [n.strip() for n in args.method.split("+")]
+    steps = tuple((name, methods.get(name).config_from(args)) for name in names)
+    finetune = FinetuneConfig(steps=args.finetune_steps) if args.finetune_steps else None
+    return methods.Variant(steps, finetune)
 
 
 def _make_engine(args: argparse.Namespace):
-    from lowrank_core import data, engine
-
-    from lowrank_core import checkpoint
+    from lowrank_core import checkpoint, data, engine
 
     ckpt_dir = pathlib.Path(args.checkpoint) if args.checkpoint else paths.BASELINE_DIR
     checkpoint.load_metadata(ckpt_dir)  # a bad checkpoint fails before any data is fetched
@@ -95,20 +61,29 @@ def _make_engine(args: argparse.Namespace):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lowrank_core.finetune import FinetuneConfig
+    from lowrank_core.errors import ConfigError
+    from lowrank_core.fileio import atomic_write_bytes
 
-    config = _method_config(args)
-    finetune = FinetuneConfig(steps=args.finetune_steps) if args.finetune_steps else None
-    result = _make_engine(args).evaluate(args.method, config, finetune=finetune,
-                                         with_latency=not args.no_latency, use_cache=not args.no_cache,
-                                         with_layer_latency=not args.no_latency)
+    variant = _variant(args)
+    if args.export and not args.export.endswith(".npz"):
+        raise ConfigError(f"--export wants a path ending in .npz, got {args.export!r}")
+    eng = _make_engine(args)
+    result = eng.evaluate(variant, with_latency=not args.no_latency, use_cache=not args.no_cache,
+                          with_layer_latency=not args.no_latency)
+    if args.export:
+        try:
+            atomic_write_bytes(args.export, eng.variant_npz(result))
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.export} ({exc.strerror or exc})") from None
     if args.json:
         print(json.dumps(result))
     else:
-        line = f"{args.method}: test accuracy {result['accuracy']:.4f} on {result['n_test']} images"
-        line += f", {result['params']:,} params, {result['macs']:,} MACs/image, {result['bytes']:,} bytes"
+        line = f"{result['label']}: test accuracy {result['accuracy']:.4f} on {result['n_test']:,} test images"
+        line += f", {result['params']:,} params, {result['macs']:,} MACs/image, {result['bytes']:,} bytes stored"
         if "latency_ms" in result:
-            line += f", {result['latency_ms']:.1f} ms per batch of {result['batch_size']}"
+            line += f", {result['latency_ms']:.1f} ms per batch of {result['batch_size']:,}"
+        if args.export:
+            line += f"; parameters written to {args.export}"
         print(line)
     return 0
 
@@ -135,17 +110,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     from lowrank_core.fileio import atomic_write_bytes, atomic_write_json
 
-    base = _method_config(args)
-    if args.method == "svd":
-        grid = [dataclasses.replace(base, rank_fraction=f) for f in _parse_grid(args.fractions)]
-    elif args.method == "prune":
-        grid = [dataclasses.replace(base, sparsity=s) for s in _parse_grid(args.sparsities)]
+    from lowrank_core.errors import ConfigError
+    from lowrank_core.methods import Variant
+
+    base = _variant(args)
+    if len(base.steps) != 1:
+        raise ConfigError("sweep takes one method (svd or prune), not a pipeline")
+    name, config = base.steps[0]
+    if name == "svd":
+        grid = [dataclasses.replace(config, rank_fraction=f) for f in _parse_grid(args.fractions)]
+    elif name == "prune":
+        grid = [dataclasses.replace(config, sparsity=s) for s in _parse_grid(args.sparsities)]
     else:
-        grid = [base]
+        grid = [config]
     eng = _make_engine(args)
     rows = []
     for config in tqdm(grid, desc=f"sweep[{args.method}]"):
-        result = eng.evaluate(args.method, config, with_latency=not args.no_latency)
+        result = eng.evaluate(Variant(((name, config),), base.finetune), with_latency=not args.no_latency)
         row = {"method": args.method, **{f"config.{k}": v for k, v in result["config"].items()},
                "accuracy": result["accuracy"], "n_test": result["n_test"], "params": result["params"],
                "macs": result["macs"], "bytes": result["bytes"], "latency_ms": result.get("latency_ms"),
@@ -202,31 +183,39 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
+    from lowrank_core import methods
+
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
     p.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
-    p.add_argument("--method", default="baseline", choices=["baseline", "svd", "prune", "remove", "quantize"])
-    p.add_argument("--rank-fraction", default="1.0", help="svd: k = max(1, floor(f·min(m, n)))")
-    p.add_argument("--form", default="reconstructed", choices=["reconstructed", "factorized"])
-    p.add_argument("--energy", help="svd: keep this share of Σσ² per layer instead of a fraction")
-    p.add_argument("--layer-ranks", help="svd: per-layer ranks, e.g. linear=300,linear_1=200")
-    p.add_argument("--exclude-output", action="store_true", help="svd: leave the 1000×10 output layer")
-    p.add_argument("--layer-fractions", help="svd: per-layer fractions, e.g. linear=0.1,linear_4=1")
-    p.add_argument("--param-budget", help="svd: ranks keeping most energy within this share of dense weights")
-    p.add_argument("--sparsity", default="0.5", help="prune: fraction of kernel weights (or units) removed")
-    p.add_argument("--scope", default="layer", choices=["layer", "global"])
-    p.add_argument("--structured", action="store_true", help="prune: drop whole hidden units")
-    p.add_argument("--schedule", default="one-shot", choices=["one-shot", "gradual"],
-                   help="prune: gradual = Zhu & Gupta cubic schedule while fine-tuning the dense stack")
-    p.add_argument("--gradual-steps", type=int, default=600, help="prune: fine-tuning steps of the gradual schedule")
-    p.add_argument("--remove", help="remove: hidden layers to drop, e.g. linear_1,linear_2")
-    p.add_argument("--retrain-steps", type=int, default=300, help="remove: head retraining steps")
-    p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune the dense stack afterwards")
+    p.add_argument("--method", default="baseline", type=_method_name,
+                   help=f"one of {', '.join(methods.REGISTRY)}, or a pipeline such as svd+quantize")
+    for method in methods.REGISTRY.values():
+        method.add_arguments(p)
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="fine-tune the dense stack afterwards (frozen convolutions; structure and int8 grid kept)")
     p.add_argument("--no-latency", action="store_true", help="skip latency timing")
 
 
+def _method_name(text: str) -> str:
+    from lowrank_core import methods
+
+    for name in text.split("+"):
+        if name.strip() not in methods.REGISTRY:
+            raise argparse.ArgumentTypeError(f"unknown method {name.strip()!r}; choose from "
+                                             f"{', '.join(methods.REGISTRY)} (or join them with '+')")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr and exit status 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lowrank_core", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m lowrank_core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p_train = sub.add_parser("train", help="train the seed network and write a checkpoint")
     p_train.add_argument("--preset", default="default", help="seed, default, baseline or tiny")
@@ -242,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_options(p_eval)
     p_eval.add_argument("--json", action="store_true", help="print one JSON object")
     p_eval.add_argument("--no-cache", action="store_true", help="recompute even if cached")
+    p_eval.add_argument("--export", metavar="PATH.npz",
+                        help="write the variant's parameters in the stored format (see the README)")
     p_eval.set_defaults(func=_cmd_evaluate)
 
     p_sweep = sub.add_parser("sweep", help="evaluate a grid of settings; writes CSV and JSON")

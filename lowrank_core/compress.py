@@ -31,65 +31,13 @@ Params = dict[str, dict[str, np.ndarray]]
 FORMS = ("reconstructed", "factorized")
 
 
-def _copy(params: Mapping) -> Params:
+def copy_params(params: Mapping) -> Params:
+    """A new tree of new layer dicts holding the same arrays (methods never mutate their input)."""
     return {m: dict(ps) for m, ps in params.items()}
 
 
 # --------------------------------------------------------------------------
 # Truncated SVD
-
-
-@dataclasses.dataclass(frozen=True)
-class SvdConfig:
-    """How to choose each dense layer's rank and which form to build.
-
-    Exactly one rule applies per layer, first match wins: ``layer_ranks``
-    (explicit ranks), ``layer_fractions`` (per-layer fractions), ``param_budget``
-    (ranks that keep the most spectral energy within that share of the
-    compressed layers' dense parameter count, counted in factorized form),
-    ``energy`` (smallest k keeping that share of Σσ²), else ``rank_fraction``
-    (k = max(1, ⌊f·min(m, n)⌋), the seed's semantics). ``only`` restricts the
-    compression to the named layers (the others keep their weights).
-    """
-
-    rank_fraction: float = 1.0
-    form: str = "reconstructed"
-    energy: float | None = None
-    layer_ranks: tuple[tuple[str, int], ...] = ()
-    include_output: bool = True  # the 1000×10 output layer, as in the seed
-    layer_fractions: tuple[tuple[str, float], ...] = ()
-    param_budget: float | None = None
-    only: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if not (isinstance(self.rank_fraction, (int, float)) and 0 < self.rank_fraction <= 1):
-            raise ConfigError(f"rank fraction must lie in (0, 1], got {self.rank_fraction}")
-        if self.form not in FORMS:
-            raise ConfigError(f"form must be one of {FORMS}, got {self.form!r}")
-        if self.energy is not None and not (0 < self.energy <= 1):
-            raise ConfigError(f"energy must lie in (0, 1], got {self.energy}")
-        shapes = model.expected_shapes()
-        for name, rank in self.layer_ranks:
-            if name not in model.DENSE_LAYERS:
-                raise ConfigError(f"unknown layer {name!r}; dense layers are {', '.join(model.DENSE_LAYERS)}")
-            limit = min(shapes[name]["w"])
-            if not (isinstance(rank, int) and 1 <= rank <= limit):
-                raise ConfigError(f"rank of {name} must be an integer in 1..{limit}, got {rank}")
-        for name, fraction in self.layer_fractions:
-            if name not in model.DENSE_LAYERS:
-                raise ConfigError(f"unknown layer {name!r}; dense layers are {', '.join(model.DENSE_LAYERS)}")
-            if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
-                raise ConfigError(f"rank fraction of {name} must lie in (0, 1], got {fraction}")
-        if self.param_budget is not None and not (0 < self.param_budget <= 1):
-            raise ConfigError(f"parameter budget must lie in (0, 1], got {self.param_budget}")
-        for name in self.only:
-            if name not in model.DENSE_LAYERS:
-                raise ConfigError(f"unknown layer {name!r}; dense layers are {', '.join(model.DENSE_LAYERS)}")
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        layers = model.DENSE_LAYERS if self.include_output else model.HIDDEN_LAYERS
-        return tuple(n for n in layers if n in self.only) if self.only else layers
 
 
 def rank_for_fraction(fraction: float, m: int, n: int) -> int:
@@ -147,43 +95,10 @@ def ranks_for_budget(svds: Mapping[str, LayerSvd], layers: tuple[str, ...], budg
         candidates.extend((share / cost, name, cost) for share in (s2 / s2.sum())[1:])
     for _, name, cost in sorted(candidates, key=lambda c: -c[0]):
         if spent + cost > allowed:
-            break
+            continue  # a cheaper direction of another layer may still fit
         ranks[name] += 1
         spent += cost
     return ranks
-
-
-def choose_ranks(config: SvdConfig, svds: Mapping[str, LayerSvd]) -> dict[str, int]:
-    """The rank the config gives each compressed layer."""
-    explicit = dict(config.layer_ranks)
-    fractions = dict(config.layer_fractions)
-    budget = ranks_for_budget(svds, config.layers, config.param_budget) if config.param_budget else {}
-    ranks = {}
-    for name in config.layers:
-        m, n = svds[name].u.shape[0], svds[name].vt.shape[1]
-        if name in explicit:
-            ranks[name] = explicit[name]
-        elif name in fractions:
-            ranks[name] = rank_for_fraction(fractions[name], m, n)
-        elif name in budget:
-            ranks[name] = budget[name]
-        elif config.energy is not None:
-            ranks[name] = rank_for_energy(svds[name].s, config.energy)
-        else:
-            ranks[name] = rank_for_fraction(config.rank_fraction, m, n)
-    return ranks
-
-
-def svd_compress(params: Mapping, config: SvdConfig, svds: Mapping[str, LayerSvd]) -> Params:
-    """Replaces each chosen dense layer by its rank-k truncation, in the config's form."""
-    out = _copy(params)
-    for name, k in choose_ranks(config, svds).items():
-        u_k, sv_k = rank_approximated_weight(svds[name], k)
-        if config.form == "reconstructed":
-            out[name] = {"w": u_k @ sv_k, "b": params[name]["b"]}
-        else:
-            out[name] = {"u": np.ascontiguousarray(u_k), "v": np.ascontiguousarray(sv_k), "b": params[name]["b"]}
-    return out
 
 
 # --------------------------------------------------------------------------
@@ -217,48 +132,15 @@ def spectrum_curves(s: np.ndarray) -> dict[str, np.ndarray]:
 # Pruning
 
 
-@dataclasses.dataclass(frozen=True)
-class PruneConfig:
-    """Magnitude pruning: ``scope`` "layer" (each kernel to the sparsity) or "global"
-    (one threshold over all kernels); ``structured`` drops whole hidden units."""
-
-    sparsity: float = 0.5
-    scope: str = "layer"
-    structured: bool = False
-    # "gradual": the dense kernels reach the sparsity on Zhu & Gupta's cubic
-    # schedule while the dense stack fine-tunes for ``gradual_steps`` (the
-    # frozen convolutions are pruned at once).
-    schedule: str = "one-shot"
-    gradual_steps: int = 600
-    only: tuple[str, ...] = ()  # prune only these layers (empty: all)
-
-    def __post_init__(self):
-        if not (isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1):
-            raise ConfigError(f"sparsity must lie in [0, 1), got {self.sparsity}")
-        if self.scope not in ("layer", "global"):
-            raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
-        if self.schedule not in ("one-shot", "gradual"):
-            raise ConfigError(f"schedule must be 'one-shot' or 'gradual', got {self.schedule!r}")
-        if self.schedule == "gradual" and self.structured:
-            raise ConfigError("gradual pruning is unstructured; choose one-shot for structured pruning")
-        if not (isinstance(self.gradual_steps, int) and self.gradual_steps >= 1):
-            raise ConfigError(f"gradual_steps must be a positive integer, got {self.gradual_steps}")
-        for name in self.only:
-            if name not in PRUNABLE:
-                raise ConfigError(f"unknown layer {name!r}; prunable layers are {', '.join(PRUNABLE)}")
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return tuple(n for n in PRUNABLE if n in self.only) if self.only else PRUNABLE
-
-
 def zhu_gupta_sparsity(step: int, final: float, begin: int, end: int, initial: float = 0.0) -> float:
     """Zhu & Gupta (2017): s_t = s_f + (s_i − s_f)(1 − (t − t₀)/(t₁ − t₀))³, clipped to [t₀, t₁]."""
     progress = min(1.0, max(0.0, (step - begin) / max(1, end - begin)))
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
-PRUNABLE = model.CONV_LAYERS + model.DENSE_LAYERS
+def prunable_layers(params: Mapping) -> tuple[str, ...]:
+    """Every kernel magnitude pruning may touch: convolutions, then dense layers."""
+    return tuple(model.conv_layer_names(params)) + tuple(model.dense_layer_names(params))
 
 
 def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarray]:
@@ -266,7 +148,7 @@ def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarra
 
     Ties at the threshold are broken by position so the count is exact.
     """
-    kernels = {name: np.asarray(params[name]["w"]) for name in config.layers if name in params and "w" in params[name]}
+    kernels = {name: np.asarray(params[name]["w"]) for name in config.layers_of(params) if "w" in params[name]}
 
     def keep_top(values: np.ndarray, n_prune: int) -> np.ndarray:
         # The same set a stable argsort's first n_prune would give (smallest
@@ -295,7 +177,7 @@ def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarra
 
 def prune_unstructured(params: Mapping, config: PruneConfig) -> Params:
     """Zeroes the smallest-magnitude kernel weights (stored densely: no faster)."""
-    out = _copy(params)
+    out = copy_params(params)
     for name, mask in magnitude_masks(params, config).items():
         out[name]["w"] = np.where(mask, params[name]["w"], 0).astype(np.float32)
     return out
@@ -309,10 +191,10 @@ def prune_structured(params: Mapping, config: PruneConfig) -> Params:
     the matrices are physically smaller. Convolutions and the output layer
     keep their shapes.
     """
-    out = _copy(params)
+    out = copy_params(params)
     names = model.dense_layer_names(params)
     for name, nxt in zip(names[:-1], names[1:]):
-        if name not in config.layers:
+        if name not in config.layers_of(params):
             continue
         w = np.asarray(out[name]["w"])
         n_units = w.shape[1]
@@ -326,7 +208,7 @@ def prune_structured(params: Mapping, config: PruneConfig) -> Params:
 
 def sparsity_of(params: Mapping) -> dict[str, float]:
     """Fraction of exactly-zero kernel weights per layer."""
-    return {n: float(np.mean(np.asarray(params[n]["w"]) == 0)) for n in PRUNABLE if n in params and "w" in params[n]}
+    return {n: float(np.mean(np.asarray(params[n]["w"]) == 0)) for n in prunable_layers(params) if "w" in params[n]}
 
 
 def drop_dead_units(params: Mapping) -> Params:
@@ -340,7 +222,7 @@ def drop_dead_units(params: Mapping) -> Params:
     are shrunk; repeated until nothing changes, because dropping a unit can
     leave a zero row behind.
     """
-    out = _copy(params)
+    out = copy_params(params)
     names = model.dense_layer_names(params)
     changed = True
     while changed:
@@ -372,13 +254,29 @@ def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quantize_dense(params: Mapping) -> Params:
-    """Dense kernels replaced by their int8 round trip (what an int8 kernel computes)."""
-    out = _copy(params)
+    """Every dense matrix (``w``, or factors ``u``, ``v``) stored as int8 ``<key>_q``
+    plus float32 per-column ``<key>_scale`` (see :func:`model.layer_matrix`)."""
+    out = copy_params(params)
     for name in model.dense_layer_names(params):
-        if "w" in params[name]:
-            q, scale = quantize_int8(params[name]["w"])
-            out[name]["w"] = q.astype(np.float32) * scale
+        layer = dict(params[name])
+        for key in model.MATRIX_KEYS:
+            if key in layer:
+                q, scale = quantize_int8(layer.pop(key))
+                layer[f"{key}_q"], layer[f"{key}_scale"] = q, scale
+        out[name] = layer
     return out
+
+
+def dequantize(params: Mapping) -> tuple[Params, dict[str, tuple[str, ...]]]:
+    """(float params, {layer: matrix keys that were int8}): the inverse view of :func:`quantize_dense`."""
+    out, quantized = copy_params(params), {}
+    for name, layer in params.items():
+        keys = tuple(k for k in model.MATRIX_KEYS if f"{k}_q" in layer)
+        if keys:
+            plain = {k: v for k, v in layer.items() if not (k.endswith("_q") or k.endswith("_scale"))}
+            plain.update({k: np.asarray(model.layer_matrix(layer, k), np.float32) for k in keys})
+            out[name], quantized[name] = plain, keys
+    return out, quantized
 
 
 # --------------------------------------------------------------------------
@@ -392,15 +290,16 @@ def remove_layers(params: Mapping, layers: tuple[str, ...], key_seed: int = 0) -
     (re-initialized because their input width changed) and must be retrained.
     """
     for name in layers:
-        if name not in model.HIDDEN_LAYERS:
-            raise ConfigError(f"cannot remove {name!r}; removable layers are {', '.join(model.HIDDEN_LAYERS)}")
+        if name not in model.dense_layer_names(params)[:-1]:
+            hidden = ", ".join(model.dense_layer_names(params)[:-1])
+            raise ConfigError(f"cannot remove {name!r}; removable layers are {hidden}")
     if len(set(layers)) != len(layers):
         raise ConfigError("each layer may be removed once")
     out = {m: dict(ps) for m, ps in params.items() if m not in layers}
     kept = model.dense_layer_names(out)
     rng = np.random.default_rng(key_seed)
     changed = []
-    in_dim = model.FEATURE_DIM
+    in_dim = model.spec_of(params).feature_dim
     for name in kept:
         w = np.asarray(out[name]["w"])
         if w.shape[0] != in_dim:
@@ -413,8 +312,8 @@ def remove_layers(params: Mapping, layers: tuple[str, ...], key_seed: int = 0) -
     return out, tuple(changed)
 
 
-def break_even_fraction(layers: tuple[str, ...] = model.DENSE_LAYERS) -> float:
-    """The global rank fraction at which the factorized layers hold as many
-    weights (and MACs) as the dense ones: Σ mn / Σ min(m, n)(m + n)."""
-    shapes = [model.expected_shapes()[n]["w"] for n in layers]
+def break_even_fraction(shapes) -> float:
+    """The global rank fraction at which factorized layers of these (m, n)
+    kernel shapes hold as many weights (and MACs) as the dense ones:
+    Σ mn / Σ min(m, n)(m + n)."""
     return sum(m * n for m, n in shapes) / sum(min(m, n) * (m + n) for m, n in shapes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from lowrank_core.errors import ConfigError
+from lowrank_core.model import SEED_SPEC, TINY_SPEC, NetworkSpec
 
 LR_SCHEDULES = ("constant", "cosine")
 AUGMENTATIONS = ("none", "flip", "flip_crop")
@@ -36,6 +37,7 @@ class TrainConfig:
     validation_size: int = 5000  # carved from the end of the shuffled training set
     seed: int = 42
     eval_every: int = 400  # steps between validation evaluations (and resume points)
+    network: NetworkSpec = SEED_SPEC  # the architecture trained
 
     def __post_init__(self):
         if self.batch_size < 1 or self.num_steps < 1:
@@ -57,6 +59,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """The config a checkpoint's metadata records (older ones: no ``network``, the seed's)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        if isinstance(values.get("network"), dict):
+            values["network"] = NetworkSpec(**{k: tuple(v) if isinstance(v, list) else v
+                                               for k, v in values["network"].items()})
+        return cls(**values)
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -83,11 +95,11 @@ PRESETS: dict[str, TrainConfig] = {
         preset="baseline", batch_size=128, num_steps=15_000, learning_rate=1e-3, lr_schedule="cosine",
         warmup_steps=500, ema_step_size=0.01, eval_params="raw", augment="flip_crop", eval_every=1000,
     ),
-    # Smoke tests: seconds on synthetic data.
+    # Smoke tests: seconds on synthetic data, with a small network of the same shape of layers.
     "tiny": TrainConfig(
         preset="tiny", batch_size=16, num_steps=6, learning_rate=1e-3, lr_schedule="constant",
         warmup_steps=0, ema_step_size=0.1, eval_params="raw", augment="flip_crop",
-        validation_size=16, eval_every=3,
+        validation_size=16, eval_every=3, network=TINY_SPEC,
     ),
 }
 

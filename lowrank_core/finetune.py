@@ -88,24 +88,35 @@ def finetune_dense(dense: dict, features: np.ndarray, labels: np.ndarray, config
 
 
 def gradual_prune_dense(dense: dict, features: np.ndarray, labels: np.ndarray, config: FinetuneConfig,
-                        prune_config, every: int = 50,
+                        prune_config, frozen: dict | None = None, every: int = 50,
                         on_progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
-    """Fine-tunes ``dense`` while its kernels reach ``prune_config.sparsity`` on
+    """Fine-tunes ``dense`` while the pruned kernels reach ``prune_config.sparsity`` on
     Zhu & Gupta's cubic schedule (masks recomputed by magnitude every ``every``
-    steps over the first 3/4 of training, then held). Returns (params, final masks)."""
+    steps over the first 3/4 of training, then held).
+
+    ``frozen`` holds pruned layers that do not train (the convolutions): with a
+    global scope they take part in every threshold, so one magnitude threshold
+    covers every pruned kernel, as the config says. Returns (dense params,
+    final masks of every pruned kernel, frozen ones included).
+    """
     from lowrank_core import compress
 
+    frozen = frozen or {}
+    chosen = set(prune_config.layers_of({**frozen, **dense}))
     end = max(1, (3 * config.steps) // 4)
+
+    def masks_at(sparsity: float, params) -> dict:
+        kernels = {n: {"w": np.asarray(v["w"])} for n, v in {**frozen, **params}.items() if n in chosen}
+        return compress.magnitude_masks(kernels, dataclasses.replace(prune_config, sparsity=sparsity, only=()))
 
     def schedule(step: int, params) -> dict | None:
         if step > end or (step % every and step != end):
             return None  # masks held between updates and after the ramp
-        target = compress.zhu_gupta_sparsity(step, prune_config.sparsity, 0, end)
-        return compress.magnitude_masks(jax.tree.map(np.asarray, params),
-                                        dataclasses.replace(prune_config, sparsity=target))
+        masks = masks_at(compress.zhu_gupta_sparsity(step, prune_config.sparsity, 0, end), params)
+        return {n: m for n, m in masks.items() if n in dense}
 
     params = finetune_dense(dense, features, labels, config, on_progress=on_progress, mask_schedule=schedule)
     # The last schedule step applied the target; make it exact on the returned weights.
-    masks = compress.magnitude_masks(params, prune_config)
+    masks = masks_at(prune_config.sparsity, params)
     params = {k: (dict(v, w=v["w"] * masks[k]) if k in masks else v) for k, v in params.items()}
     return params, masks

@@ -20,6 +20,8 @@ at validation or test images.
 
 from __future__ import annotations
 
+import functools
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -66,7 +68,7 @@ def patch_whitening_filters(key: jax.Array, images: np.ndarray, kernel_shape: tu
     return filters.reshape(*kernel_shape, channels, num_filters).astype(np.float32)
 
 
-def _collect_pre_activations(x: jnp.ndarray) -> dict[str, jnp.ndarray]:
+def _collect_pre_activations(x: jnp.ndarray, spec: model.NetworkSpec) -> dict[str, jnp.ndarray]:
     outputs = {}
 
     def record(next_fn, args, kwargs, context):
@@ -76,17 +78,20 @@ def _collect_pre_activations(x: jnp.ndarray) -> dict[str, jnp.ndarray]:
         return out
 
     with hk.intercept_methods(record):
-        model.net_fn(x)
+        model.net_fn(x, spec)
     return outputs
 
 
-_pre_activations = jax.jit(hk.without_apply_rng(hk.transform(_collect_pre_activations)).apply)
+@functools.partial(jax.jit, static_argnums=2)
+def _pre_activations(params: hk.Params, x: jnp.ndarray, spec: model.NetworkSpec) -> dict[str, jnp.ndarray]:
+    transformed = hk.without_apply_rng(hk.transform(functools.partial(_collect_pre_activations, spec=spec)))
+    return transformed.apply(params, x)
 
 
 def pre_activations(params: hk.Params, images: np.ndarray) -> dict[str, jnp.ndarray]:
     """The output of every convolution and linear layer of the reference network
     (before its ReLU) on uint8 ``images``, keyed by Haiku module name."""
-    return _pre_activations(params, model.preprocess(jnp.asarray(images)))
+    return _pre_activations(params, model.preprocess(jnp.asarray(images)), model.spec_of(params))
 
 
 def unit_variance_scaling(params: hk.Params, images: np.ndarray, keep: tuple[str, ...] = ()) -> hk.Params:
@@ -100,20 +105,20 @@ def unit_variance_scaling(params: hk.Params, images: np.ndarray, keep: tuple[str
     params = {name: {**layer, "b": jnp.zeros_like(layer["b"])} for name, layer in params.items()}
     stds = {name: float(jnp.std(out)) for name, out in pre_activations(params, images).items()}
     upstream = 1.0  # product of the scales applied to earlier layers
-    for name in model.CONV_LAYERS + model.DENSE_LAYERS:
+    for name in model.spec_of(params).shapes():  # network order
         scale = 1.0 if name in keep else 1.0 / (stds[name] * upstream)
         params[name]["w"] = params[name]["w"] * scale
         upstream *= scale
     return params
 
 
-def whitened_init(key: jax.Array, images: np.ndarray) -> hk.Params:
-    """Fresh parameters of the seed network: Haiku's init, then patch-whitening
+def whitened_init(key: jax.Array, images: np.ndarray, spec: model.NetworkSpec = model.SEED_SPEC) -> hk.Params:
+    """Fresh parameters of the network of ``spec``: Haiku's init, then patch-whitening
     filters in the first convolution and unit-variance scaling of every later
     layer, both estimated on ``images`` (uint8 NHWC training images)."""
     init_key, patch_key, batch_key = jax.random.split(key, 3)
-    params = model.init_params(init_key)
-    first = model.CONV_LAYERS[0]
+    params = model.init_params(init_key, spec)
+    first = spec.conv_layers[0]
     kh, kw, _, num_filters = params[first]["w"].shape
     params = {**params, first: {**params[first], "w": jnp.asarray(
         patch_whitening_filters(patch_key, images, (kh, kw), num_filters))}}

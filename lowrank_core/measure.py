@@ -7,6 +7,7 @@ reported apart, then warm-up calls, then ``repeats`` timed calls each ended by
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Callable, Mapping
 
@@ -31,9 +32,6 @@ CONV_CHUNK = 50
 def predict_batch() -> int:
     """The batch size whole-set predictions use on this machine's default backend."""
     return PREDICT_BATCH if jax.default_backend() == "cpu" else ACCELERATOR_BATCH
-
-
-CONV_MACS = 32 * 32 * (5 * 5 * 3) * 18 + 16 * 16 * (5 * 5 * 18) * 48  # per image, SAME padding
 
 
 def _chunked_conv_features(params, images):
@@ -92,7 +90,7 @@ def _batched(fn: Callable, params, inputs: np.ndarray, batch_size: int | None) -
 
 def conv_features(params: Mapping, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """(N, 3072) outputs of the convolutional trunk, computed in batches."""
-    conv = {name: params[name] for name in model.CONV_LAYERS}
+    conv = {name: params[name] for name in model.conv_layer_names(params)}
     return _batched(_conv_features, conv, images, batch_size)
 
 
@@ -103,8 +101,9 @@ def dense_params(params: Mapping) -> dict:
 WIDTH_BUCKET = 128  # hidden widths are padded up to a multiple of this after dead units are dropped
 
 
-def _slim(params: Mapping) -> dict:
-    """``params`` with dead hidden units dropped (lossless), then each hidden
+def product_params(params: Mapping) -> dict:
+    """The product's inference form of ``params``, used for accuracy and latency alike:
+    dead hidden units dropped (lossless), then each hidden
     width padded with zero units up to a multiple of WIDTH_BUCKET (at most
     back to its original width).
 
@@ -120,15 +119,15 @@ def _slim(params: Mapping) -> dict:
     names = model.dense_layer_names(out)
     for name, nxt in zip(names[:-1], names[1:]):
         layer, following = dict(out[name]), dict(out[nxt])
-        if "w" not in layer:
-            continue
+        into = next((k for k in ("w", "u") if k in following), None)
+        if "w" not in layer or into is None:
+            continue  # int8 matrices keep their stored shapes
         width = layer["w"].shape[1]
         extra = min(-width % WIDTH_BUCKET, np.shape(params[name]["w"])[1] - width)  # never wider than before
         if not extra:
             continue
         layer["w"] = np.pad(layer["w"], ((0, 0), (0, extra)))
         layer["b"] = np.pad(layer["b"], (0, extra))
-        into = "w" if "w" in following else "u"
         following[into] = np.pad(following[into], ((0, extra), (0, 0)))
         out[name], out[nxt] = layer, following
     return out
@@ -137,7 +136,7 @@ def _slim(params: Mapping) -> dict:
 def predict_from_features(params: Mapping, features: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """Predictions of a variant whose convolutions equal those that made ``features``
     (dead hidden units dropped first: lossless, see :func:`predict_full`)."""
-    return _batched(_dense_predict, _slim(dense_params(params)), features, batch_size)
+    return _batched(_dense_predict, product_params(dense_params(params)), features, batch_size)
 
 
 def predict_full(params: Mapping, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
@@ -145,15 +144,17 @@ def predict_full(params: Mapping, images: np.ndarray, batch_size: int | None = N
 
     Dead hidden units are dropped first (:func:`compress.drop_dead_units`,
     lossless; widths then padded to shared sizes, see
-    :func:`_slim`); on a CPU the first convolution runs as one tiled matmul
+    :func:`product_params`); on a CPU the first convolution runs as one tiled matmul
     (:func:`model.conv_features`) over cache-sized chunks. Tests check the
     argmax equals a plain ``network.apply`` on real images.
     """
-    return _batched(_full_predict, _slim(params), images, batch_size)
+    return _batched(_full_predict, product_params(params), images, batch_size)
 
 
 def same_convolutions(a: Mapping, b: Mapping) -> bool:
-    return all(np.array_equal(np.asarray(a[n][p]), np.asarray(b[n][p])) for n in model.CONV_LAYERS for p in ("w", "b"))
+    names = model.conv_layer_names(a)
+    return names == model.conv_layer_names(b) and all(
+        np.array_equal(np.asarray(a[n][p]), np.asarray(b[n][p])) for n in names for p in ("w", "b"))
 
 
 # --------------------------------------------------------------------------
@@ -161,29 +162,58 @@ def same_convolutions(a: Mapping, b: Mapping) -> bool:
 
 
 def count_params(params: Mapping) -> int:
-    return int(sum(np.asarray(v).size for ps in params.values() for v in ps.values()))
+    """Weights and biases (an int8 matrix counts its entries; its scales are storage, in bytes)."""
+    return int(sum(np.asarray(v).size for ps in params.values() for k, v in ps.items() if not k.endswith("_scale")))
+
+
+def _matrix_size(layer: Mapping, key: str) -> int:
+    for stored in (key, f"{key}_q"):
+        if stored in layer:
+            return int(np.prod(np.shape(layer[stored])))
+    return 0
 
 
 def macs_per_image(params: Mapping) -> int:
-    """Multiply-accumulates per image: both convolutions and every dense matrix."""
-    dense = 0
-    for name in model.dense_layer_names(params):
-        layer = params[name]
-        dense += int(np.prod(layer["w"].shape)) if "w" in layer else int(np.prod(layer["u"].shape) + np.prod(layer["v"].shape))
-    return CONV_MACS + dense
+    """Multiply-accumulates per image: every convolution and every dense matrix."""
+    h = model.IMAGE_SIZE
+    conv = 0
+    for name in model.conv_layer_names(params):
+        kh, kw, cin, cout = np.shape(params[name]["w"])
+        conv += h * h * kh * kw * cin * cout  # SAME padding: one output per input pixel
+        h //= 2
+    dense = sum(_matrix_size(params[n], k) for n in model.dense_layer_names(params) for k in model.MATRIX_KEYS)
+    return conv + dense
 
 
-def stored_bytes(params: Mapping, int8_dense: bool = False) -> int:
-    """Bytes of the stored weights: float32, or int8 kernels plus float32 scales."""
-    total = 0
-    for name, layer in params.items():
-        for key, value in layer.items():
-            value = np.asarray(value)
-            if int8_dense and name in model.DENSE_LAYERS and key == "w":
-                total += value.size + 4 * value.shape[1]
-            else:
-                total += 4 * value.size
-    return total
+def conv_macs(params: Mapping) -> int:
+    """The convolutions' share of :func:`macs_per_image`."""
+    return macs_per_image({n: params[n] for n in model.conv_layer_names(params)})
+
+
+def stored_bytes(params: Mapping, float_dtype="float32") -> int:
+    """Bytes of the variant's stored file (:func:`checkpoint.params_to_npz_bytes`), measured by writing it."""
+    from lowrank_core import checkpoint
+
+    return len(checkpoint.params_to_npz_bytes(params, float_dtype))
+
+
+def environment() -> dict:
+    """Where a latency was measured: backend, device, CPU, jax; ``fingerprint`` hashes them."""
+    import hashlib
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    device = jax.devices()[0]
+    env = {"backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
+           "cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "host": platform.node()}
+    env["fingerprint"] = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
+    return env
 
 
 # --------------------------------------------------------------------------
@@ -208,14 +238,22 @@ def time_calls(fn: Callable[[], jax.Array], repeats: int = 7, warmup: int = 2) -
             "min_ms": 1e3 * min(samples), "repeats": repeats}
 
 
-def latency(params: Mapping, images: np.ndarray, batch_sizes: tuple[int, ...] = (1, EVAL_BATCH),
+def timed_batch_sizes(n_images: int) -> tuple[int, ...]:
+    """1 and EVAL_BATCH, or as many images as there are if fewer (the batch actually timed)."""
+    return tuple(sorted({1, min(EVAL_BATCH, n_images)}))
+
+
+def latency(params: Mapping, images: np.ndarray, batch_sizes: tuple[int, ...] | None = None,
             repeats: int = 7) -> dict:
-    """Whole-network latency (convolutions included) at each batch size, on the
-    product's inference path (:func:`fast_forward`)."""
-    params = jax.device_put(params)
+    """Whole-network latency (convolutions included) at each batch size, keyed by
+    the batch actually timed, on the product's inference path (the same
+    :func:`product_params` the accuracy uses, and :func:`fast_forward`)."""
+    batch_sizes = batch_sizes or timed_batch_sizes(images.shape[0])
+    params = jax.device_put(product_params(params))
     out = {}
     for batch_size in batch_sizes:
         batch = jax.device_put(images[:batch_size])
+        batch_size = int(batch.shape[0])
         stats = time_calls(lambda: _fast_forward(params, batch), repeats=repeats)
         stats["per_image_ms"] = stats["median_ms"] / batch_size
         out[str(batch_size)] = stats
@@ -223,10 +261,12 @@ def latency(params: Mapping, images: np.ndarray, batch_sizes: tuple[int, ...] = 
 
 
 def layer_latency(params: Mapping, images: np.ndarray, batch_size: int = EVAL_BATCH, repeats: int = 5) -> dict:
-    """Median milliseconds of the convolutional trunk and of each dense layer at ``batch_size``."""
-    params = jax.device_put(params)
+    """Median milliseconds of the convolutional trunk and of each dense layer at
+    ``batch_size`` (or all images if fewer; ``batch_size`` in the result), product path."""
+    params = jax.device_put(product_params(params))
     batch = jax.device_put(images[:batch_size])
-    out = {"convolutions": time_calls(lambda: _conv_features(params, batch), repeats=repeats)["median_ms"]}
+    out = {"batch_size": int(batch.shape[0]),
+           "convolutions": time_calls(lambda: _conv_features(params, batch), repeats=repeats)["median_ms"]}
     x = _conv_features(params, batch)
     for name in model.dense_layer_names(params):
         layer, inputs = params[name], x

@@ -1,7 +1,9 @@
-"""The seed notebooks' CIFAR-10 network, and a fast pure-function forward pass.
+"""The seed notebooks' CIFAR-10 network as data, and a fast pure-function forward pass.
 
-:func:`net_fn` is the reference definition in Haiku, exactly the seed's
-(Haiku defaults, SAME padding, Haiku's own module names). The product runs the
+A :class:`NetworkSpec` holds the layer widths (the seed's by default; tests
+use :data:`TINY_SPEC`). :func:`net_fn` is the reference definition in Haiku,
+for the seed spec exactly the seed's (Haiku defaults, SAME padding, Haiku's
+own module names). The product runs the
 same arithmetic through :func:`forward`, a pure function of the params tree:
 
 * the convolutional trunk as a function of its own, so that variants which
@@ -15,6 +17,8 @@ Tests check both against ``network.apply`` on real images.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Mapping
 
 import haiku as hk
@@ -27,11 +31,85 @@ from lowrank_core.errors import CheckpointError
 MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
 NUM_CLASSES = 10
-CONV_LAYERS = ("conv2_d", "conv2_d_1")
-DENSE_LAYERS = ("linear", "linear_1", "linear_2", "linear_3", "linear_4")
-HIDDEN_LAYERS = DENSE_LAYERS[:-1]  # the ones layer removal may drop
-DENSE_WIDTHS = (3000, 2000, 2000, 1000, NUM_CLASSES)
-FEATURE_DIM = 8 * 8 * 48  # flattened output of the convolutional trunk
+IMAGE_SIZE = 32
+
+
+def _haiku_names(prefix: str, count: int) -> tuple[str, ...]:
+    # Haiku names repeated modules "linear", "linear_1", …: checkpoints keep these names.
+    return tuple(prefix if i == 0 else f"{prefix}_{i}" for i in range(count))
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    """The network as data: conv widths, hidden dense widths, classes.
+
+    Each convolution (``kernel``×``kernel``, SAME, relu) is followed by a 2×2
+    average pool; the flattened features feed the dense stack (relu between
+    layers). The default is the seed notebooks' network; tests use small ones.
+    """
+
+    conv_channels: tuple[int, ...] = (18, 48)
+    hidden_widths: tuple[int, ...] = (3000, 2000, 2000, 1000)
+    num_classes: int = NUM_CLASSES
+    kernel: int = 5
+
+    def __post_init__(self):
+        if not self.conv_channels or not self.hidden_widths:
+            raise CheckpointError("a network needs at least one convolution and one hidden dense layer")
+        if any(int(c) < 1 for c in self.conv_channels + self.hidden_widths) or self.kernel < 1:
+            raise CheckpointError("layer widths and the kernel size must be positive")
+        if IMAGE_SIZE % (2 ** len(self.conv_channels)):
+            raise CheckpointError(f"{len(self.conv_channels)} pooling stages do not divide {IMAGE_SIZE}-pixel images")
+
+    @property
+    def conv_layers(self) -> tuple[str, ...]:
+        return _haiku_names("conv2_d", len(self.conv_channels))
+
+    @property
+    def dense_layers(self) -> tuple[str, ...]:
+        return _haiku_names("linear", len(self.hidden_widths) + 1)
+
+    @property
+    def hidden_layers(self) -> tuple[str, ...]:
+        return self.dense_layers[:-1]
+
+    @property
+    def dense_widths(self) -> tuple[int, ...]:
+        return self.hidden_widths + (self.num_classes,)
+
+    @property
+    def feature_dim(self) -> int:
+        side = IMAGE_SIZE // 2 ** len(self.conv_channels)
+        return side * side * self.conv_channels[-1]
+
+    def shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
+        """``{module: {param: shape}}``, in network order (no compute)."""
+        out: dict[str, dict[str, tuple[int, ...]]] = {}
+        channels = 3
+        for name, width in zip(self.conv_layers, self.conv_channels):
+            out[name] = {"w": (self.kernel, self.kernel, channels, width), "b": (width,)}
+            channels = width
+        fan_in = self.feature_dim
+        for name, width in zip(self.dense_layers, self.dense_widths):
+            out[name] = {"w": (fan_in, width), "b": (width,)}
+            fan_in = width
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SEED_SPEC = NetworkSpec()
+# Small enough that a test trains and compresses it end to end in seconds.
+TINY_SPEC = NetworkSpec(conv_channels=(4, 8), hidden_widths=(96, 64, 64, 32))
+
+# The seed network's layer names (every spec with two convolutions and four
+# hidden layers, TINY_SPEC included, shares them).
+CONV_LAYERS = SEED_SPEC.conv_layers
+DENSE_LAYERS = SEED_SPEC.dense_layers
+HIDDEN_LAYERS = SEED_SPEC.hidden_layers
+DENSE_WIDTHS = SEED_SPEC.dense_widths
+FEATURE_DIM = SEED_SPEC.feature_dim
 
 Params = Mapping[str, Mapping[str, jnp.ndarray]]
 
@@ -44,24 +122,28 @@ def _avg_pool_module() -> hk.AvgPool:
     return hk.AvgPool(window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1), padding="VALID")
 
 
-def net_fn(images: jnp.ndarray) -> jnp.ndarray:
-    """The seed's network on normalized NHWC float images; returns logits."""
-    net = hk.Sequential([
-        hk.Conv2D(output_channels=18, kernel_shape=(5, 5)), jax.nn.relu,
-        _avg_pool_module(), jax.nn.relu,
-        hk.Conv2D(output_channels=48, kernel_shape=(5, 5)), jax.nn.relu,
-        _avg_pool_module(),
-        hk.Flatten(),
-        hk.Linear(3000), jax.nn.relu,
-        hk.Linear(2000), jax.nn.relu,
-        hk.Linear(2000), jax.nn.relu,
-        hk.Linear(1000), jax.nn.relu,
-        hk.Linear(NUM_CLASSES),
-    ])
-    return net(images)
+def net_fn(images: jnp.ndarray, spec: NetworkSpec = SEED_SPEC) -> jnp.ndarray:
+    """The network of ``spec`` in Haiku on normalized NHWC float images; returns logits.
+
+    For the seed spec this is exactly the seed's (Haiku defaults, SAME padding,
+    Haiku's module names)."""
+    layers: list = []
+    for channels in spec.conv_channels:
+        layers += [hk.Conv2D(output_channels=channels, kernel_shape=(spec.kernel, spec.kernel)), jax.nn.relu,
+                   _avg_pool_module()]
+    layers.append(hk.Flatten())
+    for width in spec.hidden_widths:
+        layers += [hk.Linear(width), jax.nn.relu]
+    layers.append(hk.Linear(spec.num_classes))
+    return hk.Sequential(layers)(images)
 
 
-network = hk.without_apply_rng(hk.transform(net_fn))
+def make_network(spec: NetworkSpec = SEED_SPEC) -> hk.Transformed:
+    """The Haiku reference network of ``spec`` (init and apply)."""
+    return hk.without_apply_rng(hk.transform(functools.partial(net_fn, spec=spec)))
+
+
+network = make_network(SEED_SPEC)
 
 
 def preprocess(images: jnp.ndarray) -> jnp.ndarray:
@@ -69,30 +151,51 @@ def preprocess(images: jnp.ndarray) -> jnp.ndarray:
     return (images.astype(jnp.float32) / 255.0 - MEAN) / STD
 
 
-@jax.jit  # one compiled program instead of dispatching 21 M truncated-normal draws op by op
-def init_params(key: jax.Array) -> hk.Params:
-    """Fresh parameters, as Haiku initializes the seed's network."""
-    return network.init(key, jnp.zeros((1, 32, 32, 3), jnp.float32))
+@functools.partial(jax.jit, static_argnums=1)  # one compiled program, not 21 M draws op by op
+def init_params(key: jax.Array, spec: NetworkSpec = SEED_SPEC) -> hk.Params:
+    """Fresh parameters, as Haiku initializes the network of ``spec``."""
+    return make_network(spec).init(key, jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32))
 
 
-def expected_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
-    """``{module: {param: shape}}`` of the full architecture (no compute)."""
-    shapes = jax.eval_shape(init_params, jax.random.PRNGKey(0))
-    return {m: {p: tuple(v.shape) for p, v in ps.items()} for m, ps in shapes.items()}
+def expected_shapes(spec: NetworkSpec = SEED_SPEC) -> dict[str, dict[str, tuple[int, ...]]]:
+    """``{module: {param: shape}}`` of the architecture (no compute)."""
+    return spec.shapes()
 
 
-def check_params(params: Params) -> None:
-    """Raises :class:`CheckpointError` naming the first param that does not fit the architecture."""
-    expected = expected_shapes()
+def _ordered(params: Params, prefix: str) -> list[str]:
+    """Names ``prefix``, ``prefix_1``, ``prefix_2``, … present in ``params``, in that order."""
+    found = {0 if n == prefix else int(n[len(prefix) + 1:]): n for n in params
+             if n == prefix or (n.startswith(prefix + "_") and n[len(prefix) + 1:].isdigit())}
+    return [found[i] for i in sorted(found)]
+
+
+def spec_of(params: Params) -> NetworkSpec:
+    """The :class:`NetworkSpec` whose shapes ``params`` has (checked with :func:`check_params`)."""
+    convs, dense = _ordered(params, "conv2_d"), _ordered(params, "linear")
+    try:
+        spec = NetworkSpec(conv_channels=tuple(int(np.shape(params[n]["w"])[-1]) for n in convs),
+                           hidden_widths=tuple(int(np.shape(params[n]["w"])[1]) for n in dense[:-1]),
+                           num_classes=int(np.shape(params[dense[-1]]["w"])[1]),
+                           kernel=int(np.shape(params[convs[0]]["w"])[0]))
+    except (IndexError, KeyError, TypeError, ValueError):
+        raise CheckpointError("parameters do not hold convolutions 'conv2_d…' and dense layers 'linear…' "
+                              "with 'w' kernels") from None
+    check_params(params, spec)
+    return spec
+
+
+def check_params(params: Params, spec: NetworkSpec = SEED_SPEC) -> None:
+    """Raises :class:`CheckpointError` naming the first param that does not fit ``spec``."""
+    expected = spec.shapes()
     for module, module_params in expected.items():
         if module not in params:
-            raise CheckpointError(f"parameters lack module '{module}' of the seed network")
+            raise CheckpointError(f"parameters lack module '{module}' of the network")
         for name, shape in module_params.items():
             if name not in params[module]:
                 raise CheckpointError(f"parameters lack '{module}/{name}'")
             got = tuple(params[module][name].shape)
             if got != shape:
-                raise CheckpointError(f"'{module}/{name}' has shape {got}, the seed network needs {shape}")
+                raise CheckpointError(f"'{module}/{name}' has shape {got}, the network needs {shape}")
     for module in params:
         if module not in expected:
             raise CheckpointError(f"parameters hold unknown module '{module}'")
@@ -152,27 +255,54 @@ def _avg_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
+def conv_layer_names(params: Params) -> list[str]:
+    """The convolutions present in ``params``, in network order."""
+    return _ordered(params, "conv2_d")
+
+
 def conv_features(params: Params, images: jnp.ndarray) -> jnp.ndarray:
-    """The convolutional trunk: uint8 NHWC images -> (N, 3072) flattened features."""
+    """The convolutional trunk: uint8 NHWC images -> (N, feature_dim) flattened features.
+
+    The first convolution runs as one tiled matmul on a CPU (see
+    :func:`_conv_same_tiled`); a ReLU then a 2×2 average pool follow each.
+    """
     x = preprocess(images)
-    x = jax.nn.relu(_conv_same_tiled(x, params["conv2_d"]["w"], params["conv2_d"]["b"]))
-    x = jax.nn.relu(_avg_pool_2x2(x))
-    x = jax.nn.relu(_conv_same(x, params["conv2_d_1"]["w"], params["conv2_d_1"]["b"]))
-    x = _avg_pool_2x2(x)
+    for i, name in enumerate(conv_layer_names(params)):
+        conv = _conv_same_tiled if i == 0 else _conv_same
+        x = _avg_pool_2x2(jax.nn.relu(conv(x, params[name]["w"], params[name]["b"])))
     return x.reshape(x.shape[0], -1)
 
 
 def dense_layer_names(params: Params) -> list[str]:
     """The dense layers present in ``params``, in network order."""
-    return [name for name in DENSE_LAYERS if name in params]
+    return _ordered(params, "linear")
+
+
+# A dense layer's matrices: a plain kernel "w", or a factorized pair "u", "v"
+# (x → (x u) v). Any of them may be stored as int8: "<name>_q" (int8) with
+# per-output-column "<name>_scale" (float32), meaning q · scale.
+MATRIX_KEYS = ("w", "u", "v")
+
+
+def layer_matrix(layer: Mapping[str, jnp.ndarray], name: str):
+    """Matrix ``name`` of a dense layer as floats (dequantized if stored as int8), or None."""
+    if name in layer:
+        return layer[name]
+    if f"{name}_q" in layer:
+        return layer[f"{name}_q"].astype(jnp.float32) * layer[f"{name}_scale"]
+    return None
+
+
+def is_factorized(layer: Mapping) -> bool:
+    return layer_matrix(layer, "u") is not None
 
 
 def dense_layer(layer: Mapping[str, jnp.ndarray], x: jnp.ndarray) -> jnp.ndarray:
-    """One dense layer: ``x @ w + b``, or factorized ``(x @ u) @ v + b``."""
-    if "w" in layer:
-        y = x @ layer["w"]
+    """One dense layer: ``x @ w + b``, or factorized ``(x @ u) @ v + b`` (int8 matrices dequantized)."""
+    if is_factorized(layer):
+        y = (x @ layer_matrix(layer, "u")) @ layer_matrix(layer, "v")
     else:
-        y = (x @ layer["u"]) @ layer["v"]
+        y = x @ layer_matrix(layer, "w")
     return y + layer["b"]
 
 

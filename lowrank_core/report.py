@@ -14,39 +14,45 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-METHOD_LABELS = {"baseline": "Baseline", "svd": "Low-rank (SVD)", "prune": "Pruning", "remove": "Layer removal",
-                 "quantize": "Int8 quantization", "dead_units": "Dead-unit removal (lossless)"}
+
+def method_label(name: str) -> str:
+    """The label of a method, or of a pipeline ("Low-rank (SVD) + Int8 storage")."""
+    from lowrank_core import methods
+
+    return " + ".join(methods.REGISTRY[n].label if n in methods.REGISTRY else n for n in name.split("+"))
+
+
+def method_colour(name: str) -> str:
+    """The colour of a method (a pipeline takes its first step's)."""
+    from lowrank_core import methods
+
+    first = name.split("+")[0]
+    return methods.REGISTRY[first].colour if first in methods.REGISTRY else "#7f7f7f"
 
 
 def describe(result: dict) -> str:
-    """A short human label of a result's method and configuration."""
-    method, config = result["method"], result.get("config", {})
-    if method == "svd":
-        if config.get("layer_ranks"):
-            rule = "ranks " + ", ".join(f"{n}={k}" for n, k in config["layer_ranks"])
-        elif config.get("param_budget"):
-            rule = f"budget {config['param_budget']:.0%} of params"
-        elif config.get("energy"):
-            rule = f"energy {config['energy']:.0%}"
-        else:
-            rule = f"f={config.get('rank_fraction')}"
-        if config.get("layer_fractions"):
-            rule += " (" + ", ".join(f"{n} f={f}" for n, f in config["layer_fractions"]) + ")"
-        if config.get("only"):
-            rule += " on " + "+".join(config["only"])
-        text = f"SVD {config.get('form')} {rule}" + ("" if config.get("include_output", True) else ", output kept")
-    elif method == "prune":
-        kind = "structured" if config.get("structured") else f"{config.get('scope')}-wise"
-        text = f"prune {config.get('sparsity'):.0%} {kind} {config.get('schedule', 'one-shot')}"
-        if config.get("only"):
-            text += " on " + "+".join(config["only"])
-    elif method == "remove":
-        text = f"remove {'+'.join(config.get('layers', ()))}, retrain {config.get('retrain_steps')} steps"
-    else:
-        text = METHOD_LABELS.get(method, method)
-    if result.get("finetune"):
-        text += f", fine-tuned {result['finetune']['steps']} steps"
-    return text
+    """A short human label of a result's steps and fine-tuning."""
+    from lowrank_core import methods
+
+    try:
+        return methods.Variant.from_dict(result).describe()
+    except Exception:  # a record of a method this version no longer has
+        return result.get("label") or result["method"]
+
+
+def unique_labels(results: Sequence[dict]) -> dict[str, dict]:
+    """``{label: result}`` with every result present: a label that would collide
+    with an earlier one (two records described alike) gets a number."""
+    out: dict[str, dict] = {}
+    for result in results:
+        label = describe(result)
+        if label in out:
+            n = 2
+            while f"{label} (#{n})" in out:
+                n += 1
+            label = f"{label} (#{n})"
+        out[label] = result
+    return out
 
 
 def flat_row(result: dict) -> dict:
@@ -55,9 +61,12 @@ def flat_row(result: dict) -> dict:
             "n_test": result["n_test"], "params": result["params"], "nonzero_params": result.get("nonzero_params"),
             "macs_per_image": result["macs"], "bytes": result["bytes"],
             "compression_ratio": result.get("compression_ratio"),
-            "latency_ms_batch1000": result.get("latency_ms"), "latency_ms_batch1": result.get("latency_batch1_ms"),
-            "latency_iqr_ms_batch1000": (result.get("latency") or {}).get("1000", {}).get("iqr_ms"),
-            "config": json.dumps(result.get("config", {}), sort_keys=True),
+            "latency_batch_size": result.get("batch_size"), "latency_ms": result.get("latency_ms"),
+            "latency_iqr_ms": (result.get("latency") or {}).get(str(result.get("batch_size")), {}).get("iqr_ms"),
+            "latency_ms_batch1": result.get("latency_batch1_ms"),
+            "latency_measured_on": (result.get("measured_on") or {}).get("cpu"),
+            "steps": json.dumps(result.get("steps") or [{"method": result["method"], "config": result.get("config")}],
+                                sort_keys=True),
             "finetune": json.dumps(result.get("finetune")), "checkpoint": result.get("checkpoint")}
 
 
@@ -82,31 +91,43 @@ def pareto_mask(cost: Sequence[float], accuracy: Sequence[float]) -> np.ndarray:
     return mask
 
 
-def svd_headlines(results: Iterable[dict], baseline: dict) -> list[str]:
-    """The seed's questions answered from measured SVD results (global fraction, all layers, no fine-tuning)."""
-    points = {}
+def global_fraction_points(results: Iterable[dict]) -> dict[tuple[str, bool], list[dict]]:
+    """Measured plain SVD results on a global rank fraction (no other rule, no
+    fine-tuning, one step), grouped by (form, output layer included), each
+    group sorted by fraction: the only points that are comparable on one curve."""
+    groups: dict[tuple[str, bool], dict[float, dict]] = {}
     for r in results:
-        c = r.get("config", {})
-        if (r["method"] != "svd" or r.get("finetune") or "latency_ms" not in r or c.get("energy")
-                or c.get("layer_ranks") or c.get("layer_fractions") or c.get("param_budget") or c.get("only")):
+        c = r.get("config") or {}
+        if (r["method"] != "svd" or r.get("finetune") or c.get("energy") or c.get("layer_ranks")
+                or c.get("layer_fractions") or c.get("param_budget") or c.get("only")):
             continue
-        points[(c["form"], c["rank_fraction"])] = r
-    lines = []
+        groups.setdefault((c["form"], bool(c["include_output"])), {})[c["rank_fraction"]] = r
+    return {key: [points[f] for f in sorted(points)] for key, points in groups.items()}
+
+
+def svd_headlines(results: Iterable[dict], baseline: dict) -> list[str]:
+    """Does truncation save time? Answered per comparable group of measured
+    points (same form, output layer in or out), naming the points it used and
+    never claiming anything between or beyond them."""
     if "latency_ms" not in baseline:
-        return lines
-    base_ms = baseline["latency_ms"]
-    for form in ("factorized", "reconstructed"):
-        measured = sorted((f, r) for (fm, f), r in points.items() if fm == form)
-        if len(measured) < 2:
+        return []
+    base_ms, batch = baseline["latency_ms"], baseline["batch_size"]
+    lines = []
+    for (form, with_output), points in sorted(global_fraction_points(results).items()):
+        timed = [r for r in points if "latency_ms" in r and r.get("batch_size") == batch]
+        if len(timed) < 2:
             continue
-        faster = [f for f, r in measured if r["latency_ms"] < 0.95 * base_ms]
-        slowest_ok = max(faster) if faster else None
-        if slowest_ok is None:
-            lines.append(f"**{form.capitalize()}**: no measured rank fraction ({len(measured)} points) runs ≥ 5 % "
-                         f"faster than the baseline ({base_ms:.0f} ms per 1,000 images).")
-        else:
-            r = dict(measured)[slowest_ok]
-            lines.append(f"**{form.capitalize()}**: saves time at rank fraction ≤ {slowest_ok} (measured: "
-                         f"{r['latency_ms']:.0f} ms vs {base_ms:.0f} ms per 1,000 images, accuracy "
-                         f"{r['accuracy']:.1%} vs {baseline['accuracy']:.1%}).")
+        fractions = ", ".join(f"{r['config']['rank_fraction']:g}" for r in timed)
+        which = (f"{form}, output layer {'truncated too' if with_output else 'kept'}; "
+                 f"{len(timed)} measured fractions {fractions}")
+        faster = [r for r in timed if r["latency_ms"] < 0.95 * base_ms]
+        if not faster:
+            lines.append(f"**{which}**: none runs ≥ 5 % faster than the baseline "
+                         f"({base_ms:.0f} ms per batch of {batch:,}).")
+            continue
+        best = max(faster, key=lambda r: r["config"]["rank_fraction"])
+        lines.append(f"**{which}**: {len(faster)} of them run ≥ 5 % faster than the baseline; the largest is "
+                     f"f = {best['config']['rank_fraction']:g} ({best['latency_ms']:.0f} ms vs {base_ms:.0f} ms per "
+                     f"batch of {batch:,}, accuracy {best['accuracy']:.2%} vs {baseline['accuracy']:.2%} on "
+                     f"{best['n_test']:,} test images).")
     return lines

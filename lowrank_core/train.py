@@ -43,7 +43,7 @@ class TrainProgress:
 
     step: int  # steps done
     num_steps: int
-    loss: float | None  # training loss of the last step (None between reports)
+    loss: float | None  # mean training loss (batches, with L2) since the previous evaluation; None between them
     val_accuracy: float | None  # set on evaluation steps
     seconds: float  # wall time so far (compile included)
 
@@ -124,10 +124,17 @@ def init_state(config: TrainConfig, optimizer: optax.GradientTransformation,
     if config.init == "whitened":
         if train_images is None or train_images.shape[0] == 0:
             raise ValueError("the whitened init needs training images")
-        params = initializers.whitened_init(init_key, train_images)
+        params = initializers.whitened_init(init_key, train_images, config.network)
     else:
-        params = model.init_params(init_key)
+        params = model.init_params(init_key, config.network)
     return TrainState(params, params, optimizer.init(params), rng)
+
+
+def initial_params(config: TrainConfig, data: Cifar10) -> model.Params:
+    """The parameters ``config`` starts training from on ``data`` (its init, its seed,
+    its training split): what a spectrum "at initialization" must show."""
+    x_train = split_train_validation(data, config)[0]
+    return init_state(config, make_optimizer(config), x_train).params
 
 
 def split_train_validation(data: Cifar10, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -169,13 +176,16 @@ def train(config: TrainConfig, data: Cifar10,
         state = init_state(config, optimizer, x_train)
     stream = batches(x_train, y_train, config.batch_size, config.seed + start_step)
     history: list[dict] = []
-    loss = None
+    loss_sum, loss_count = None, 0  # summed on the device: reading a loss every step would stall the pipeline
     for step in range(start_step + 1, config.num_steps + 1):
         images, labels = next(stream)
         state, loss_value = update(state, images, labels)
-        val_acc = None
+        loss_sum = loss_value if loss_sum is None else loss_sum + loss_value
+        loss_count += 1
+        val_acc, loss = None, None
         if step % config.eval_every == 0 or step == config.num_steps:
-            loss = float(loss_value)
+            loss = float(loss_sum) / loss_count  # mean training loss since the previous evaluation
+            loss_sum, loss_count = None, 0
             row = {"step": step, "loss": loss, "seconds": time.perf_counter() - started}
             if x_val.shape[0]:
                 row["val_accuracy_raw"] = evaluation.accuracy(state.params, x_val, y_val)

@@ -1,0 +1,131 @@
+"""Expensive intermediates every variant shares, each computed once and guarded
+by its own lock, so one session's long computation never blocks a request
+that does not need it.
+
+* thin SVDs of weight matrices, keyed by the matrix's bytes (so a pipeline's
+  already-compressed matrix gets its own), cached on disk;
+* the convolutions' output on the test and on the training images;
+* the singular values of the dense layers at the initialization the
+  checkpoint's training config names (Haiku's or the whitened one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import pathlib
+import threading
+from typing import Callable
+
+import numpy as np
+
+from lowrank_core import compress, measure, model
+from lowrank_core.data import Cifar10
+from lowrank_core.fileio import atomic_write_bytes
+
+
+class KeyedLocks:
+    """One lock per key, created on first use."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict[object, threading.Lock] = {}
+
+    def __call__(self, key) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+def matrix_digest(matrix: np.ndarray) -> str:
+    matrix = np.ascontiguousarray(matrix)
+    digest = hashlib.sha256(str((matrix.shape, matrix.dtype.str)).encode())
+    digest.update(memoryview(matrix).cast("B"))
+    return digest.hexdigest()[:24]
+
+
+class Intermediates:
+    def __init__(self, params, metadata: dict, data: Cifar10, cache_dir: pathlib.Path,
+                 on_write_failure: Callable[[OSError], None]):
+        self.params, self.metadata, self.data = params, metadata, data
+        self.cache_dir = pathlib.Path(cache_dir)
+        self._on_write_failure = on_write_failure
+        self._locks = KeyedLocks()
+        self._svds: dict[str, compress.LayerSvd] = {}
+        self._digests: dict[int, tuple[np.ndarray, str]] = {}  # id → (array kept alive, digest)
+        self._features: dict[str, np.ndarray] = {}
+        self._init_s: dict[str, np.ndarray] | None = None
+
+    def _save(self, path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        try:
+            atomic_write_bytes(path, buffer.getvalue())
+        except OSError as exc:
+            self._on_write_failure(exc)
+
+    # ---- SVDs, keyed by content ----
+
+    def _digest(self, matrix: np.ndarray) -> str:
+        known = self._digests.get(id(matrix))
+        if known is not None and known[0] is matrix:
+            return known[1]
+        digest = matrix_digest(matrix)
+        if any(matrix is np.asarray(layer.get("w")) for layer in self.params.values()):
+            self._digests[id(matrix)] = (matrix, digest)  # the checkpoint's own matrices: hash once
+        return digest
+
+    def svd_of(self, matrix: np.ndarray) -> compress.LayerSvd:
+        """Thin SVD of ``matrix`` (memory, then disk, then computed)."""
+        digest = self._digest(np.asarray(matrix))
+        with self._locks(("svd", digest)):
+            if digest in self._svds:
+                return self._svds[digest]
+            path = self.cache_dir / "svd" / f"{digest}.npz"
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    svd = compress.LayerSvd(npz["u"], npz["s"], npz["vt"])
+            except Exception:
+                svd = compress.layer_svd(matrix)
+                self._save(path, {"u": svd.u, "s": svd.s, "vt": svd.vt})
+            self._svds[digest] = svd
+            return svd
+
+    def layer_svds(self) -> dict[str, compress.LayerSvd]:
+        """The checkpoint's dense layers' SVDs, in network order."""
+        return {n: self.svd_of(self.params[n]["w"]) for n in model.dense_layer_names(self.params)}
+
+    # ---- convolutions' output ----
+
+    def features(self, split: str) -> np.ndarray:
+        """(N, feature_dim) outputs of the convolutions on ``split`` ("test" or "train")."""
+        with self._locks(("features", split)):
+            if split not in self._features:
+                self._features[split] = measure.conv_features(self.params, getattr(self.data, f"x_{split}"))
+            return self._features[split]
+
+    # ---- initialization ----
+
+    def init_singular_values(self) -> dict[str, np.ndarray]:
+        """Singular values of each dense layer at the initialization the
+        checkpoint was trained from (its config's init, seed and network; the
+        whitened init is rebuilt from the same training split)."""
+        with self._locks("init"):
+            if self._init_s is not None:
+                return self._init_s
+            path = self.cache_dir / "init_singular_values.npz"
+            names = model.dense_layer_names(self.params)
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    self._init_s = {n: npz[n] for n in names}
+                    return self._init_s
+            except Exception:
+                pass
+            from lowrank_core import configs, train
+
+            config = dataclasses.replace(configs.TrainConfig.from_dict(self.metadata.get("config") or {}),
+                                         network=model.spec_of(self.params))
+            init = train.initial_params(config, self.data)
+            self._init_s = {n: np.linalg.svd(np.asarray(init[n]["w"], np.float64), compute_uv=False) for n in names}
+            self._save(path, self._init_s)
+            return self._init_s

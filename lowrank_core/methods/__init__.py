@@ -1,0 +1,119 @@
+"""The compression methods, one module each, and variants built from them.
+
+Every module of this package that defines ``METHOD`` (a
+:class:`~lowrank_core.methods.base.Method`) is a method: the engine, the CLI,
+the report and the app iterate :data:`REGISTRY`, so adding a method is adding
+one module here (plus, if it wants one, its page).
+
+A :class:`Variant` is a pipeline of (method, config) steps with optional
+fine-tuning, e.g. SVD ranks then int8 storage, or structured pruning then
+SVD. It is keyed by all its steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import pkgutil
+from typing import Any, Mapping
+
+from lowrank_core.errors import ConfigError
+from lowrank_core.finetune import FinetuneConfig
+from lowrank_core.methods.base import BuildContext, Method, config_dict
+
+__all__ = ["REGISTRY", "Method", "BuildContext", "Variant", "get", "config_dict", "result_key"]
+
+
+def _discover() -> dict[str, Method]:
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            method = getattr(importlib.import_module(f"{__name__}.{info.name}"), "METHOD", None)
+            if isinstance(method, Method):
+                found.append(method)
+    # The reference first, storage steps last; otherwise by name.
+    order = {"reference": 0, "structure": 1, "storage": 2}
+    return {m.name: m for m in sorted(found, key=lambda m: (order[m.kind], m.name))}
+
+
+REGISTRY: dict[str, Method] = _discover()
+
+
+def get(name: str) -> Method:
+    """The method called ``name``, or a :class:`ConfigError` listing them."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(REGISTRY)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """What to build: steps applied in order, then optional fine-tuning of the
+    dense stack (frozen convolutions) before any storage step.
+
+    Rules that keep a pipeline meaningful: the baseline stands alone; storage
+    steps (int8) come last; nothing but storage follows SVD (its factors are
+    what fine-tuning trains and what int8 stores).
+    """
+
+    steps: tuple[tuple[str, Any], ...]
+    finetune: FinetuneConfig | None = None
+
+    def __post_init__(self):
+        if not self.steps:
+            raise ConfigError("a variant needs at least one step")
+        kinds = []
+        for name, config in self.steps:
+            method = get(name)
+            if not isinstance(config, method.config_type):
+                raise ConfigError(f"step {name!r} needs a {method.config_type.__name__}, got {type(config).__name__}")
+            kinds.append(method.kind)
+        names = [name for name, _ in self.steps]
+        if "reference" in kinds and len(self.steps) > 1:
+            raise ConfigError("the baseline cannot be combined with other steps")
+        if any(k == "storage" for k in kinds) and kinds.index("storage") < len(kinds) - kinds.count("storage"):
+            raise ConfigError("storage steps (int8) must come last in a pipeline")
+        if "svd" in names and any(REGISTRY[n].kind != "storage" for n in names[names.index("svd") + 1:]):
+            raise ConfigError("only int8 storage may follow SVD in a pipeline")
+        if self.finetune is not None and not self.finetune.steps:
+            object.__setattr__(self, "finetune", None)
+
+    @classmethod
+    def of(cls, method: str, config=None, finetune: FinetuneConfig | None = None) -> "Variant":
+        """A one-step variant (the method's default config if ``config`` is None)."""
+        return cls(((method, config if config is not None else get(method).config_type()),), finetune)
+
+    @property
+    def name(self) -> str:
+        """``svd``, or ``svd+quantize`` for a pipeline."""
+        return "+".join(name for name, _ in self.steps)
+
+    def to_dict(self) -> dict:
+        return {"steps": [{"method": n, "config": config_dict(c)} for n, c in self.steps],
+                "finetune": config_dict(self.finetune) if self.finetune else None}
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "Variant":
+        """The variant a result record describes (``steps``, or the older ``method``/``config``)."""
+        steps = values.get("steps") or [{"method": values["method"], "config": values.get("config") or {}}]
+        finetune = FinetuneConfig(**values["finetune"]) if values.get("finetune") else None
+        return cls(tuple((s["method"], get(s["method"]).config_from_dict(s["config"])) for s in steps), finetune)
+
+    def describe(self) -> str:
+        text = " → ".join(get(n).describe(c) for n, c in self.steps)
+        if self.finetune:
+            text += f", fine-tuned {self.finetune.steps} steps"
+        return text
+
+
+def result_key(checkpoint_hash: str, variant: Variant) -> str:
+    """The cache key of a variant's measured record: the checkpoint (and data)
+    content, every step's canonical config and code version, and fine-tuning.
+    Where latency was measured is not part of it: records carry that (see
+    :func:`lowrank_core.measure.environment`)."""
+    blob = json.dumps({"checkpoint": checkpoint_hash, **variant.to_dict(),
+                       "versions": [get(n).version for n, _ in variant.steps]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]

@@ -1,0 +1,100 @@
+"""What every compression method provides, and what a build may use.
+
+A method is one module in this package exposing ``METHOD``, a :class:`Method`:
+its frozen config dataclass (validated on construction), a pure
+``build(params, config, context) -> (params, facts)``, its code version (bump
+it when the method computes something else, so cached results are not
+trusted), a label and a colour for the app, how to describe one config in a
+few words, and its command-line options. The engine, the CLI, the report and
+the pages only iterate :data:`lowrank_core.methods.REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from lowrank_core import compress, model
+
+Params = dict[str, dict[str, np.ndarray]]
+ProgressFn = Callable[[int, int], None]
+
+# "structure" methods change what the network computes (ranks, units, layers);
+# "storage" methods change how it is stored (int8) and run last in a pipeline,
+# after any fine-tuning, so a stored variant is exactly what was measured.
+KINDS = ("reference", "structure", "storage")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    """What a build may ask of the engine: everything lazy, cached by content."""
+
+    svd: Callable[[np.ndarray], compress.LayerSvd]  # thin SVD of a matrix (cached by its bytes)
+    train_features: Callable[[], np.ndarray]  # the convolutions' output on the training images
+    train_labels: np.ndarray
+    on_progress: ProgressFn | None = None
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    colour: str
+    version: int
+    config_type: type
+    build: Callable[[Params, Any, BuildContext], tuple[Params, dict]]
+    describe: Callable[[Any], str]
+    kind: str = "structure"
+    # After fine-tuning (or at once without it): e.g. multiply SVD factors out for the reconstructed form.
+    finalize: Callable[[Params, Any], Params] = lambda params, config: params
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    config_from_args: Callable[[argparse.Namespace], Any] | None = None
+
+    def config_from(self, args: argparse.Namespace):
+        """This method's config from parsed command-line options."""
+        return self.config_from_args(args) if self.config_from_args else self.config_type()
+
+    def config_from_dict(self, values: Mapping):
+        """The frozen config from its JSON form (lists back to tuples)."""
+        def as_tuple(v):
+            return tuple(as_tuple(x) for x in v) if isinstance(v, list) else v
+
+        return self.config_type(**{k: as_tuple(v) for k, v in values.items()})
+
+
+def config_dict(config) -> dict:
+    """A config as plain JSON values."""
+    import json
+
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def parse_float(text: str, what: str) -> float:
+    """A float from a command-line value, or a one-line error naming the option."""
+    from lowrank_core.errors import ConfigError
+
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, got {text!r}") from None
+
+
+def check_layer_names(names, allowed: tuple[str, ...], what: str = "layer") -> None:
+    """A :class:`ConfigError` for the first name not in ``allowed``."""
+    from lowrank_core.errors import ConfigError
+
+    for name in names:
+        if name not in allowed:
+            raise ConfigError(f"unknown {what} {name!r}; the network's are {', '.join(allowed)}")
+
+
+def is_dense_name(name: str) -> bool:
+    return name == "linear" or (name.startswith("linear_") and name[7:].isdigit())
+
+
+def dense_names(params: Mapping) -> tuple[str, ...]:
+    return tuple(model.dense_layer_names(params))

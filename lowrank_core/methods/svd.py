@@ -1,0 +1,220 @@
+"""Truncated SVD of the dense layers: ``W ≈ U_k S_k V_kᵀ``.
+
+``factorized`` stores the pair (``u`` = U_k, m×k; ``v`` = S_k V_kᵀ, k×n), so
+``x → (x u) v + b`` runs two thinner matrices; ``reconstructed`` stores their
+product in W's shape (same size and speed, rank k). Fine-tuning trains the
+factors in both forms (the reconstructed product is formed afterwards), so a
+fine-tuned layer keeps rank ≤ k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+
+from lowrank_core import compress
+from lowrank_core.errors import ConfigError
+from lowrank_core.methods.base import (BuildContext, Method, Params, check_layer_names, dense_names, is_dense_name,
+                                       parse_float)
+
+FORMS = ("reconstructed", "factorized")
+
+
+@dataclasses.dataclass(frozen=True)
+class SvdConfig:
+    """How to choose each dense layer's rank and which form to build.
+
+    Exactly one rule applies per layer, first match wins: ``layer_ranks``
+    (explicit ranks), ``layer_fractions`` (per-layer fractions), ``param_budget``
+    (ranks that keep the most spectral energy within that share of the
+    compressed layers' dense parameter count, counted in factorized form),
+    ``energy`` (smallest k keeping that share of Σσ²), else ``rank_fraction``
+    (k = max(1, ⌊f·min(m, n)⌋), the seed's semantics). ``only`` restricts the
+    compression to the named layers (the others keep their weights). Fields a
+    chosen rule makes irrelevant are reset to their defaults, so two configs
+    are equal exactly when they build the same variant. Ranks are checked
+    against the network when the variant is built.
+    """
+
+    rank_fraction: float = 1.0
+    form: str = "reconstructed"
+    energy: float | None = None
+    layer_ranks: tuple[tuple[str, int], ...] = ()
+    include_output: bool = True  # the 1000×10 output layer, as in the seed
+    layer_fractions: tuple[tuple[str, float], ...] = ()
+    param_budget: float | None = None
+    only: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not (isinstance(self.rank_fraction, (int, float)) and 0 < self.rank_fraction <= 1):
+            raise ConfigError(f"rank fraction must lie in (0, 1], got {self.rank_fraction}")
+        if self.form not in FORMS:
+            raise ConfigError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.energy is not None and not (isinstance(self.energy, (int, float)) and 0 < self.energy <= 1):
+            raise ConfigError(f"energy must lie in (0, 1], got {self.energy}")
+        for name, rank in self.layer_ranks:
+            if not is_dense_name(name):
+                raise ConfigError(f"unknown layer {name!r}; dense layers are named linear, linear_1, …")
+            if not (isinstance(rank, (int, np.integer)) and not isinstance(rank, bool) and rank >= 1):
+                raise ConfigError(f"rank of {name} must be a positive integer, got {rank}")
+        for name, fraction in self.layer_fractions:
+            if not is_dense_name(name):
+                raise ConfigError(f"unknown layer {name!r}; dense layers are named linear, linear_1, …")
+            if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+                raise ConfigError(f"rank fraction of {name} must lie in (0, 1], got {fraction}")
+        if self.param_budget is not None and not (
+                isinstance(self.param_budget, (int, float)) and 0 < self.param_budget <= 1):
+            raise ConfigError(f"parameter budget must lie in (0, 1], got {self.param_budget}")
+        for name in self.only:
+            if not is_dense_name(name):
+                raise ConfigError(f"unknown layer {name!r}; dense layers are named linear, linear_1, …")
+        for names, what in ((self.layer_ranks, "layer_ranks"), (self.layer_fractions, "layer_fractions")):
+            if len({n for n, _ in names}) != len(names):
+                raise ConfigError(f"{what} names a layer twice")
+        # Canonical form: a rule that wins makes the ones after it irrelevant.
+        if self.param_budget is not None:
+            object.__setattr__(self, "energy", None)
+        if self.param_budget is not None or self.energy is not None:
+            object.__setattr__(self, "rank_fraction", 1.0)
+        object.__setattr__(self, "layer_ranks", tuple((n, int(k)) for n, k in self.layer_ranks))
+        object.__setattr__(self, "layer_fractions", tuple((n, float(f)) for n, f in self.layer_fractions))
+
+    def layers_of(self, params) -> tuple[str, ...]:
+        """The dense layers of ``params`` this config compresses."""
+        names = dense_names(params)
+        layers = names if self.include_output else names[:-1]
+        return tuple(n for n in layers if n in self.only) if self.only else layers
+
+
+def choose_ranks(config: SvdConfig, svds) -> dict[str, int]:
+    """The rank the config gives each compressed layer (``svds``: those layers' SVDs, in network order)."""
+    layers = tuple(svds)
+    explicit, fractions = dict(config.layer_ranks), dict(config.layer_fractions)
+    budget = compress.ranks_for_budget(svds, layers, config.param_budget) if config.param_budget else {}
+    ranks = {}
+    for name in layers:
+        m, n = svds[name].u.shape[0], svds[name].vt.shape[1]
+        if name in explicit:
+            if explicit[name] > min(m, n):
+                raise ConfigError(f"rank of {name} must be an integer in 1..{min(m, n)}, got {explicit[name]}")
+            ranks[name] = explicit[name]
+        elif name in fractions:
+            ranks[name] = compress.rank_for_fraction(fractions[name], m, n)
+        elif name in budget:
+            ranks[name] = budget[name]
+        elif config.energy is not None:
+            ranks[name] = compress.rank_for_energy(svds[name].s, config.energy)
+        else:
+            ranks[name] = compress.rank_for_fraction(config.rank_fraction, m, n)
+    return ranks
+
+
+def _check_names(config: SvdConfig, params) -> None:
+    names = dense_names(params)
+    check_layer_names([n for n, _ in config.layer_ranks] + [n for n, _ in config.layer_fractions] + list(config.only),
+                      names, "dense layer")
+    for name in config.layers_of(params):
+        if "w" not in params[name]:
+            raise ConfigError(f"{name} is already factorized or quantized; put SVD before int8 storage")
+
+
+def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Params, dict]:
+    """Each chosen layer as its rank-k factors ``u``, ``v`` (see :func:`finalize` for the form)."""
+    _check_names(config, params)
+    svds = {name: context.svd(params[name]["w"]) for name in config.layers_of(params)}
+    ranks = choose_ranks(config, svds)
+    out = compress.copy_params(params)
+    for name, k in ranks.items():
+        u_k, sv_k = compress.rank_approximated_weight(svds[name], k)
+        out[name] = {"u": np.ascontiguousarray(u_k), "v": np.ascontiguousarray(sv_k), "b": params[name]["b"]}
+    facts = {"ranks": ranks,
+             "break_even_ranks": {n: compress.break_even_rank(*params[n]["w"].shape) for n in ranks}}
+    if config.form == "reconstructed":
+        # Rounding W_k to float16 would make it full-rank again: it is stored as float32.
+        facts["float32_layers"] = list(ranks)
+    return out, facts
+
+
+def finalize(params: Params, config: SvdConfig) -> Params:
+    """After any fine-tuning: the reconstructed form multiplies each factor pair out."""
+    if config.form == "factorized":
+        return params
+    out = compress.copy_params(params)
+    for name in config.layers_of(params):
+        layer = params[name]
+        if "u" in layer:
+            out[name] = {"w": np.asarray(layer["u"]) @ np.asarray(layer["v"]), "b": layer["b"]}
+    return out
+
+
+def svd_compress(params: Params, config: SvdConfig, svds=None) -> Params:
+    """The variant ``config`` makes of ``params`` in its form, without fine-tuning
+    (``svds``: precomputed :class:`compress.LayerSvd` by layer name, optional)."""
+    by_id = {id(params[n]["w"]): svd for n, svd in (svds or {}).items() if n in params and "w" in params[n]}
+    context = BuildContext(svd=lambda w: by_id.get(id(w)) or compress.layer_svd(w),
+                           train_features=lambda: None, train_labels=np.zeros(0, np.int32))
+    out, _ = build(params, config, context)
+    return finalize(out, config)
+
+
+def describe(config: SvdConfig) -> str:
+    if config.layer_ranks:
+        rule = "ranks " + ", ".join(f"{n}={k}" for n, k in config.layer_ranks)
+    elif config.param_budget:
+        rule = f"budget {config.param_budget:.0%} of params"
+    elif config.energy:
+        rule = f"energy {config.energy:.0%}"
+    else:
+        rule = f"f={config.rank_fraction:g}"
+    if config.layer_fractions:
+        rule += " (" + ", ".join(f"{n} f={f:g}" for n, f in config.layer_fractions) + ")"
+    if config.only:
+        rule += " on " + "+".join(config.only)
+    return f"SVD {config.form} {rule}" + ("" if config.include_output else ", output kept")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("svd")
+    group.add_argument("--rank-fraction", default="1.0", help="svd: k = max(1, floor(f·min(m, n)))")
+    group.add_argument("--form", default="reconstructed", choices=FORMS)
+    group.add_argument("--energy", help="svd: keep this share of Σσ² per layer instead of a fraction")
+    group.add_argument("--layer-ranks", help="svd: per-layer ranks, e.g. linear=300,linear_1=200")
+    group.add_argument("--exclude-output", action="store_true", help="svd: leave the output layer as it is")
+    group.add_argument("--layer-fractions", help="svd: per-layer fractions, e.g. linear=0.1,linear_4=1")
+    group.add_argument("--param-budget", help="svd: ranks keeping most energy within this share of dense weights")
+
+
+def _pairs(text: str | None, option: str, value_of) -> tuple:
+    pairs = []
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{option} wants name=value pairs, got {item!r}")
+        pairs.append((name.strip(), value_of(value.strip(), item)))
+    return tuple(pairs)
+
+
+def _rank(text: str, item: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"--layer-ranks wants name=rank pairs, got {item!r}")
+    return int(text)
+
+
+def config_from_args(args: argparse.Namespace) -> SvdConfig:
+    return SvdConfig(
+        rank_fraction=parse_float(args.rank_fraction, "rank fraction"), form=args.form,
+        energy=None if args.energy is None else parse_float(args.energy, "energy"),
+        layer_ranks=_pairs(args.layer_ranks, "--layer-ranks", _rank),
+        include_output=not args.exclude_output,
+        layer_fractions=_pairs(args.layer_fractions, "--layer-fractions",
+                               lambda v, item: parse_float(v, f"rank fraction in {item!r}")),
+        param_budget=None if args.param_budget is None else parse_float(args.param_budget, "parameter budget"))
+
+
+METHOD = Method(name="svd", label="Low-rank (SVD)", colour="#1f77b4", version=4, config_type=SvdConfig,
+                build=build, finalize=finalize, describe=describe, add_arguments=add_arguments,
+                config_from_args=config_from_args)
