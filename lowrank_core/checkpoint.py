@@ -83,6 +83,15 @@ def params_to_npz_bytes(params: model.Params, dtype: np.dtype | str = np.float32
     return buffer.getvalue()
 
 
+def variant_from_npz_bytes(blob: bytes) -> dict[str, dict[str, np.ndarray]]:
+    """A variant's params tree from its exported ``.npz`` bytes: floats as float32,
+    int8 matrices and their scales as stored (what :func:`model.forward` runs)."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        flat = {k: npz[k] for k in npz.files}
+    return unflatten_params({k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+                             for k, v in flat.items()})
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("jax", "jaxlib", "dm-haiku", "optax", "numpy"):

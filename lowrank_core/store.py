@@ -44,7 +44,7 @@ class ResultStore:
         try:
             atomic_write_json(self.path(key), {"sha256": payload_hash(record), "payload": record})
         except OSError as exc:
-            self.write_problem = f"cannot write results under {self.directory} ({exc.strerror or exc})"
+            self.write_problem = f"cannot write the cache under {self.directory} ({exc.strerror or exc})"
             with self._lock:
                 self._memory[key] = record
 

@@ -15,15 +15,14 @@ import pathlib
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import checkpoint, data, engine, paths
+from lowrank_core import checkpoint, data, engine, methods, paths
 from lowrank_core.errors import LowrankError
 from lowrank_core.finetune import FinetuneConfig
 
 CHECKPOINT_ENV = "LOWRANK_CHECKPOINT"
 
-# One colour per method, on every page.
-METHOD_COLORS = {"baseline": "#222222", "svd": "#1f77b4", "prune": "#ff7f0e", "remove": "#2ca02c",
-                 "quantize": "#9467bd", "dead_units": "#8c564b"}
+# One colour per method, on every page (the registry's).
+METHOD_COLORS = {name: method.colour for name, method in methods.REGISTRY.items()}
 FORM_DASH = {"reconstructed": "dot", "factorized": "solid"}
 
 
@@ -44,58 +43,91 @@ def data_path() -> str | None:
     return str(data.resolve_source(st.session_state.get("data_path") or None, download=False).path)
 
 
+_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime, inode) → sha256 of the params file's bytes
+
+
+def checkpoint_digest(directory: pathlib.Path) -> str:
+    """sha256 of the checkpoint's params file, re-hashed only when the file changes
+    (a retrain into the same folder replaces it: new inode and mtime)."""
+    path = pathlib.Path(directory) / checkpoint.PARAMS_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    identity = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if identity not in _DIGESTS:
+        import hashlib
+
+        _DIGESTS[identity] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _DIGESTS[identity]
+
+
 @st.cache_resource(show_spinner="Loading checkpoint and CIFAR-10…", max_entries=2)
-def _engine(checkpoint_path: str, data_source: str | None) -> engine.Engine:
+def _engine(checkpoint_path: str, data_source: str | None, digest: str) -> engine.Engine:
+    # ``digest`` keys the cache by content: a retrained checkpoint in the same folder gets a new engine.
     return engine.Engine(checkpoint_path, data.load_cifar10(data_source, download=False))
 
 
 def get_engine() -> engine.Engine | None:
     """The engine for the current checkpoint and data, or None after showing ``st.error``."""
     try:
-        eng = _engine(str(checkpoint_dir()), data_path())
+        eng = _engine(*keys())
     except LowrankError as exc:
         st.error(f"{exc}")
         return None
     if eng.write_problem:
         st.warning(f"{eng.write_problem}. Results stay available until the app restarts; "
                    "set LOWRANK_ARTIFACTS to a writable folder to keep them.")
+    if eng.data.y_test.shape[0] < SMALL_TEST_SET:
+        st.warning(f"This data source has only {eng.data.y_test.shape[0]:,} test images (CIFAR-10 has 10,000): "
+                   "every accuracy here is measured on those few and says so.")
     return eng
 
 
-def keys() -> tuple[str, str | None]:
-    """(checkpoint, data source): the cache key every cached call takes first."""
-    return str(checkpoint_dir()), data_path()
+SMALL_TEST_SET = 1000
+
+
+def keys() -> tuple[str, str | None, str]:
+    """(checkpoint folder, data source, checkpoint content digest): the key every cached call takes first."""
+    directory = checkpoint_dir()
+    return str(directory), data_path(), checkpoint_digest(directory)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def evaluate(checkpoint_path: str, data_source: str | None, method: str, config, finetune_steps: int = 0,
-             with_latency: bool = False) -> dict:
-    """A measured variant (frozen configs are hashable cache keys)."""
+def evaluate(checkpoint_path: str, data_source: str | None, digest: str, method, config=None,
+             finetune_steps: int = 0, with_latency: bool = False) -> dict:
+    """A measured variant (frozen configs and variants are hashable cache keys)."""
     finetune = FinetuneConfig(steps=finetune_steps) if finetune_steps else None
-    return _engine(checkpoint_path, data_source).evaluate(method, config, finetune=finetune,
-                                                          with_latency=with_latency)
+    return _engine(checkpoint_path, data_source, digest).evaluate(method, config, finetune=finetune,
+                                                                  with_latency=with_latency)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def baseline_accuracy(checkpoint_path: str, data_source: str | None) -> dict:
+def baseline_accuracy(checkpoint_path: str, data_source: str | None, digest: str) -> dict:
     """The checkpoint's accuracy, size and MACs (no latency: seconds sooner)."""
-    return _engine(checkpoint_path, data_source).evaluate("baseline", with_latency=False)
+    return _engine(checkpoint_path, data_source, digest).evaluate("baseline", with_latency=False)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def baseline_result(checkpoint_path: str, data_source: str | None) -> dict:
-    return _engine(checkpoint_path, data_source).evaluate("baseline", with_latency=True)
+def baseline_result(checkpoint_path: str, data_source: str | None, digest: str) -> dict:
+    return _engine(checkpoint_path, data_source, digest).evaluate("baseline", with_latency=True)
 
 
 @st.cache_data(show_spinner="Computing singular values of every dense layer…", max_entries=4)
-def spectra(checkpoint_path: str, data_source: str | None) -> dict:
-    return _engine(checkpoint_path, data_source).spectra()
+def spectra(checkpoint_path: str, data_source: str | None, digest: str) -> dict:
+    return _engine(checkpoint_path, data_source, digest).spectra()
 
 
 @st.cache_data(show_spinner=False, ttl=5, max_entries=8)
-def cached_results(checkpoint_path: str, data_source: str | None) -> list[dict]:
+def cached_results(checkpoint_path: str, data_source: str | None, digest: str) -> list[dict]:
     """Every result on disk for this checkpoint (short ttl: other tabs add to it)."""
-    return _engine(checkpoint_path, data_source).cached_results()
+    return _engine(checkpoint_path, data_source, digest).cached_results()
+
+
+def clear_in_memory_results() -> None:
+    """Forgets every result this process keeps for the pages (the disk cache is the engine's)."""
+    for fn in (evaluate, baseline_accuracy, baseline_result, cached_results):
+        fn.clear()
 
 
 def progress_callback(label: str):
@@ -117,24 +149,38 @@ def run_with_errors(fn, *args, **kwargs):
         return None
 
 
+def latency_stats(result: dict) -> dict:
+    """The latency record at the batch actually timed."""
+    return result["latency"][str(result["batch_size"])]
+
+
+def fmt_mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:.1f} MiB"
+
+
 def metric_row(result: dict, base: dict) -> None:
-    """Accuracy, latency, parameters, MACs and bytes, each with its delta vs the baseline."""
+    """Accuracy, latency, parameters, MACs and stored size, each with its delta vs the baseline."""
     cols = st.columns(5)
     cols[0].metric("Test accuracy", f"{result['accuracy']:.2%}", f"{result['accuracy'] - base['accuracy']:+.2%}",
-                   help=f"measured on all {result['n_test']:,} test images")
-    if "latency_ms" in result:
-        cols[1].metric("Latency, batch 1,000", f"{result['latency_ms']:.0f} ms",
+                   help=f"measured on all {result['n_test']:,} test images of the loaded data")
+    if "latency_ms" in result and "latency_ms" in base:
+        stats = latency_stats(result)
+        where = result.get("measured_on") or {}
+        cols[1].metric(f"Latency, batch {result['batch_size']:,}", f"{result['latency_ms']:.0f} ms",
                        f"{result['latency_ms'] - base['latency_ms']:+.0f} ms", delta_color="inverse",
-                       help=f"median of {result['latency']['1000']['repeats']} runs, IQR "
-                            f"{result['latency']['1000']['iqr_ms']:.1f} ms; batch 1: {result['latency_batch1_ms']:.2f} ms")
+                       help=f"median of {stats['repeats']} runs after warm-up (compile apart), IQR "
+                            f"{stats['iqr_ms']:.1f} ms; batch 1: {result['latency_batch1_ms']:.2f} ms; measured on "
+                            f"{where.get('cpu', '?')} ({where.get('backend', '?')}, {where.get('cores', '?')} cores)")
     else:
-        cols[1].metric("Latency, batch 1,000", "—", help="not measured: switch on 'Measure latency'")
+        cols[1].metric("Latency", "—", help="not measured: switch on 'Measure latency'")
     cols[2].metric("Parameters", f"{result['params']:,}", f"{result['params'] - base['params']:+,}",
                    delta_color="inverse")
     cols[3].metric("MACs / image", f"{result['macs'] / 1e6:.2f} M", f"{(result['macs'] - base['macs']) / 1e6:+.2f} M",
-                   delta_color="inverse")
-    cols[4].metric("Stored size", f"{result['bytes'] / 2**20:.1f} MiB",
-                   f"{(result['bytes'] - base['bytes']) / 2**20:+.1f} MiB", delta_color="inverse")
+                   delta_color="inverse", help="computed from the layer shapes, not measured")
+    cols[4].metric("Stored size", fmt_mib(result["bytes"]), f"{(result['bytes'] - base['bytes']) / 2**20:+.1f} MiB",
+                   delta_color="inverse",
+                   help=f"bytes of the variant's .npz as Compare & export writes it ({result['bytes']:,} B; floats "
+                        f"as {result.get('storage_dtype', 'float32')}, int8 matrices with float32 scales)")
 
 
 def style(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import report
-from pages.common import METHOD_COLORS, cached_results, get_engine, keys, run_with_errors, style
+from pages.common import cached_results, fmt_mib, get_engine, keys, run_with_errors, style
 
 st.title("Compare and export")
 eng = get_engine()
@@ -16,7 +16,7 @@ if eng is not None:
     if not results:
         st.info("Nothing measured yet: move a slider on the Low-rank, Pruning or Layer removal page first.")
         st.stop()
-    labels = {report.describe(r): r for r in results}
+    labels = report.unique_labels(results)
     default = [label for label, r in labels.items() if r["method"] == "baseline"][:1] + \
         [label for label, r in labels.items() if r["method"] != "baseline"][:2]
     picked = st.multiselect("Variants", list(labels), default=default, key="compare_pick")
@@ -27,10 +27,10 @@ if eng is not None:
         cols = st.columns(3)
         for col, (title, value, unit) in zip(cols, [
                 ("Test accuracy", lambda r: 100 * r["accuracy"], "%"),
-                ("Latency, batch 1,000", lambda r: r.get("latency_ms"), "ms"),
+                ("Latency (batch in the table)", lambda r: r.get("latency_ms"), "ms"),
                 ("Stored size", lambda r: r["bytes"] / 2**20, "MiB")]):
-            fig = go.Figure(go.Bar(x=[report.describe(r) for r in chosen], y=[value(r) for r in chosen],
-                                   marker_color=[METHOD_COLORS[r["method"]] for r in chosen]))
+            fig = go.Figure(go.Bar(x=picked, y=[value(r) for r in chosen],
+                                   marker_color=[report.method_colour(r["method"]) for r in chosen]))
             fig.update_xaxes(showticklabels=False)
             col.plotly_chart(style(fig, title, "variant (hover for name)", unit, 320), key=f"compare_{unit}")
     st.subheader("Export")
@@ -46,6 +46,7 @@ if eng is not None:
         if blob is not None:
             st.session_state["export_blob"] = (target, blob)
     if st.session_state.get("export_blob", (None,))[0] == target:
-        st.download_button(f"Download {target}.npz ({len(st.session_state['export_blob'][1]) / 2**20:.1f} MiB)",
+        st.download_button(f"Download {target}.npz ({fmt_mib(len(st.session_state['export_blob'][1]))}; the "
+                           "stored size measured for it)",
                            st.session_state["export_blob"][1], "variant_params.npz", "application/octet-stream",
                            key="export_npz")

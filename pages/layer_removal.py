@@ -3,14 +3,15 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import engine, model
+from lowrank_core import model
+from lowrank_core.methods.remove import RemoveConfig
 from lowrank_core.errors import ConfigError
 from pages.common import METHOD_COLORS, baseline_result, get_engine, keys, metric_row, progress_callback, style
 
 st.title("Removing hidden layers")
 eng = get_engine()
 if eng is not None:
-    layers = st.multiselect("Hidden layers to remove", list(model.HIDDEN_LAYERS), default=["linear_1"],
+    layers = st.multiselect("Hidden layers to remove", model.dense_layer_names(eng.params)[:-1], default=["linear_1"],
                             key="remove_layers")
     steps = st.slider("Retraining steps (dense head over frozen convolutions, batch 256)", 0, 2000, 300, 50,
                       key="remove_steps")
@@ -18,7 +19,7 @@ if eng is not None:
     st.caption("Every layer after a cut sees new inputs, so the whole dense head is retrained on the cached "
                "outputs of the convolutions (the second seed's option A).")
     try:
-        config = engine.RemoveConfig(layers=tuple(layers), retrain_steps=int(steps))
+        config = RemoveConfig(layers=tuple(layers), retrain_steps=int(steps))
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()

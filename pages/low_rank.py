@@ -6,10 +6,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import compress, model
+from lowrank_core.methods.svd import SvdConfig
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
 from pages.common import (FORM_DASH, METHOD_COLORS, baseline_result, cached_results, evaluate, get_engine, keys,
-                          metric_row, progress_callback, style)
+                          latency_stats, metric_row, progress_callback, style)
 
 CURVE_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0)
 
@@ -31,9 +32,10 @@ if eng is not None:
         budget = st.slider("Parameter budget (share of the dense weights, factorized count)", 0.01, 1.0, 0.2, 0.01,
                            key="svd_budget")
     with st.expander("Per-layer rank fractions (override the rule above)"):
-        override_cols = st.columns(len(model.DENSE_LAYERS))
+        dense_names = model.dense_layer_names(eng.params)
+        override_cols = st.columns(len(dense_names))
         overrides = []
-        for col, name in zip(override_cols, model.DENSE_LAYERS):
+        for col, name in zip(override_cols, dense_names):
             value = col.number_input(f"{name}", 0.0, 1.0, 0.0, 0.01, key=f"svd_override_{name}",
                                      help="0 = use the rule above")
             if value > 0:
@@ -43,7 +45,7 @@ if eng is not None:
                                       key="svd_finetune") else 0
     measure_latency = o2.toggle("Measure latency (adds a few seconds)", False, key="svd_latency")
     try:
-        config = compress.SvdConfig(rank_fraction=float(fraction), form=form, include_output=include_output,
+        config = SvdConfig(rank_fraction=float(fraction), form=form, include_output=include_output,
                                     energy=energy, param_budget=budget, layer_fractions=tuple(overrides))
     except ConfigError as exc:
         st.error(str(exc))
@@ -55,7 +57,7 @@ if eng is not None:
                               with_latency=measure_latency, on_progress=on_progress)
         bar.empty()
     else:
-        with st.spinner("Computing on all 10,000 test images…"):
+        with st.spinner(f"Computing on all {eng.data.y_test.shape[0]:,} test images…"):
             result = evaluate(*keys(), "svd", config, 0, measure_latency)
     metric_row(result, base)
     st.caption("Ranks: " + ", ".join(f"{k} {v}" for k, v in result["facts"]["ranks"].items())
@@ -90,7 +92,7 @@ if eng is not None:
                                      mode="lines+markers", name=fm, line=line))
         timed = [(f, r) for f, r in series if "latency_ms" in r]
         lat_fig.add_trace(go.Scatter(x=[f for f, _ in timed], y=[r["latency_ms"] for _, r in timed],
-                                     error_y=dict(array=[r["latency"]["1000"]["iqr_ms"] for _, r in timed]),
+                                     error_y=dict(array=[latency_stats(r)["iqr_ms"] for _, r in timed]),
                                      mode="lines+markers", name=fm, line=line))
     current = config.rank_fraction if mode == "global rank fraction" and not overrides else None
     if current is not None:
@@ -103,8 +105,9 @@ if eng is not None:
                       annotation_text="baseline", annotation_position="bottom left")
     lat_fig.add_hline(y=base["latency_ms"], line=dict(color=METHOD_COLORS["baseline"], dash="dash"),
                       annotation_text="baseline", annotation_position="bottom left")
-    layers = model.DENSE_LAYERS if include_output else model.HIDDEN_LAYERS
-    break_even = compress.break_even_fraction(layers)
+    dense = model.dense_layer_names(eng.params)
+    layers = dense if include_output else dense[:-1]
+    break_even = compress.break_even_fraction([eng.params[n]["w"].shape for n in layers])
     for fig in (acc_fig, lat_fig):
         fig.add_vline(x=break_even, line=dict(color="#888", dash="dot"), annotation_text=f"break-even f={break_even:.2f}")
     left, right = st.columns(2)

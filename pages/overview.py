@@ -6,8 +6,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import model, report
-from pages.common import METHOD_COLORS, baseline_accuracy, baseline_result, cached_results, get_engine, keys, style
+from lowrank_core import measure, report
+from pages.common import (baseline_accuracy, baseline_result, cached_results, fmt_mib, get_engine, keys,
+                          latency_stats, style)
 
 st.title("Compression trade-offs at a glance")
 eng = get_engine()
@@ -16,19 +17,22 @@ if eng is not None:
     # while the latency repeats run.
     with st.spinner("Measuring the checkpoint on every test image…"):
         base = baseline_accuracy(*keys())
-    cols = st.columns(4)
-    cols[0].metric("Test accuracy", f"{base['accuracy']:.2%}", help=f"measured now on {base['n_test']:,} test images")
+    batch = measure.timed_batch_sizes(eng.data.x_test.shape[0])[-1]
+    cols = st.columns(5)
+    cols[0].metric("Test accuracy", f"{base['accuracy']:.2%}", help=f"measured on all {base['n_test']:,} test images")
     cols[1].metric("Parameters", f"{base['params']:,}")
-    cols[2].metric("MACs / image", f"{base['macs'] / 1e6:.1f} M")
-    latency_slot = cols[3].empty()
-    latency_slot.metric("Latency, batch 1,000", "measuring…")
+    cols[2].metric("MACs / image", f"{base['macs'] / 1e6:.1f} M", help="computed from the layer shapes")
+    cols[3].metric("Stored size", fmt_mib(base["bytes"]),
+                   help=f"{base['bytes']:,} bytes: the params file as stored ({base['storage_dtype']})")
+    latency_slot = cols[4].empty()
+    latency_slot.metric(f"Latency, batch {batch:,}", "measuring…")
 
     st.subheader("Every measured variant")
-    axis = st.radio("Cost axis", ["stored size (MiB)", "latency (ms per 1,000 images)"], horizontal=True,
+    axis = st.radio("Cost axis", ["stored size (MiB)", f"latency (ms per batch of {batch:,})"], horizontal=True,
                     key="overview_axis")
     by_latency = axis.startswith("latency")
     measured = cached_results(*keys())
-    timed = [r for r in measured if "latency_ms" in r]
+    timed = [r for r in measured if "latency_ms" in r and r["batch_size"] == batch]  # this machine's, one batch
     if by_latency:
         results = timed or [baseline_result(*keys())]
     else:
@@ -36,15 +40,13 @@ if eng is not None:
     cost_of = (lambda r: r["latency_ms"]) if by_latency else (lambda r: r["bytes"] / 2**20)
     front = report.pareto_mask([cost_of(r) for r in results], [r["accuracy"] for r in results])
     fig = go.Figure()
-    for method in METHOD_COLORS:
+    for method in sorted({r["method"] for r in results}, key=lambda m: (m != "baseline", m)):
         points = [(r, on_front) for r, on_front in zip(results, front) if r["method"] == method]
-        if not points:
-            continue
         fig.add_trace(go.Scatter(
             x=[cost_of(r) for r, _ in points], y=[100 * r["accuracy"] for r, _ in points], mode="markers",
-            name=report.METHOD_LABELS[method], text=[report.describe(r) for r, _ in points],
+            name=report.method_label(method), text=[report.describe(r) for r, _ in points],
             hovertemplate="%{text}<br>accuracy %{y:.2f} %<br>cost %{x:.1f}<extra></extra>",
-            marker=dict(color=METHOD_COLORS[method], size=[14 if f else 9 for _, f in points],
+            marker=dict(color=report.method_colour(method), size=[14 if f else 9 for _, f in points],
                         symbol="star" if method == "baseline" else "circle",
                         line=dict(width=[2 if f else 0 for _, f in points], color="#000"))))
     order = sorted(zip(results, front), key=lambda p: cost_of(p[0]))
@@ -57,9 +59,10 @@ if eng is not None:
 
     with st.spinner("Timing the checkpoint (compile excluded, warm-up, 7 repeats)…"):
         base = baseline_result(*keys())
-    latency_slot.metric("Latency, batch 1,000", f"{base['latency_ms']:.0f} ms",
-                        help=f"median of {base['latency']['1000']['repeats']} runs, IQR "
-                             f"{base['latency']['1000']['iqr_ms']:.1f} ms; batch 1: {base['latency_batch1_ms']:.2f} ms")
+    latency_slot.metric(f"Latency, batch {base['batch_size']:,}", f"{base['latency_ms']:.0f} ms",
+                        help=f"median of {latency_stats(base)['repeats']} runs after warm-up, IQR "
+                             f"{latency_stats(base)['iqr_ms']:.1f} ms; batch 1: {base['latency_batch1_ms']:.2f} ms; "
+                             f"measured on {base['measured_on']['cpu']} ({base['measured_on']['backend']})")
 
     st.subheader("Does rank truncation save time?")
     headlines = report.svd_headlines(timed, base)
@@ -73,7 +76,7 @@ if eng is not None:
         meta = eng.metadata
         rows = [{"layer": name, "kernel shape": " × ".join(map(str, shapes["w"])),
                  "parameters": sum(math.prod(s) for s in shapes.values())}
-                for name, shapes in model.expected_shapes().items()]
+                for name, shapes in eng.spec.shapes().items()]
         st.dataframe(pd.DataFrame(rows), hide_index=True)
         st.write({"preset": meta.get("preset"), "recorded test accuracy": meta.get("test_accuracy"),
                   "training seconds": meta.get("train_seconds"), "trained on": meta.get("trained_on", "this machine"),

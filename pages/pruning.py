@@ -3,7 +3,7 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import compress
+from lowrank_core.methods.prune import PruneConfig
 from lowrank_core.errors import ConfigError
 from pages.common import (METHOD_COLORS, baseline_result, evaluate, get_engine, keys, metric_row,
                           progress_callback, style)
@@ -20,10 +20,11 @@ if eng is not None:
                         disabled=structured,
                         help="gradual: Zhu & Gupta's cubic schedule while the dense stack fine-tunes (takes a minute)")
     scope = c3.radio("Threshold", ["layer", "global"], key="prune_scope", horizontal=True, disabled=structured,
-                     help="layer: every kernel to the sparsity; global: one magnitude threshold over all kernels")
+                     help="layer: every kernel to the sparsity; global: one magnitude threshold over all kernels "
+                          "(convolutions included, gradual schedule too)")
     measure_latency = st.toggle("Measure latency (adds a few seconds)", False, key="prune_latency")
     try:
-        config = compress.PruneConfig(sparsity=float(sparsity), scope=scope, structured=structured,
+        config = PruneConfig(sparsity=float(sparsity), scope=scope, structured=structured,
                                       schedule="one-shot" if structured else schedule, gradual_steps=300)
     except ConfigError as exc:
         st.error(str(exc))
@@ -34,7 +35,7 @@ if eng is not None:
         result = eng.evaluate("prune", config, with_latency=measure_latency, on_progress=on_progress)
         bar.empty()
     else:
-        with st.spinner("Computing on all 10,000 test images…"):
+        with st.spinner(f"Computing on all {eng.data.y_test.shape[0]:,} test images…"):
             result = evaluate(*keys(), "prune", config, 0, measure_latency)
     metric_row(result, base)
     if structured:

@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import compress
-from pages.common import checkpoint_dir, data_path, get_engine, spectra
+from pages.common import get_engine, keys, spectra
 
 st.title("Singular-value spectra of the dense layers")
 eng = get_engine()
@@ -15,7 +15,7 @@ if eng is not None:
     view = c2.radio("View", ["singular values", "normalized", "cumulative energy"], key="spectra_view",
                     horizontal=True)
     show_init = st.checkbox("Overlay the layer at its random initialization", True, key="spectra_init")
-    all_spectra = spectra(str(checkpoint_dir()), data_path())
+    all_spectra = spectra(*keys())
     curve_key = {"singular values": "singular_values", "normalized": "normalized",
                  "cumulative energy": "cumulative_energy"}[view]
     y_title = {"singular values": "σᵢ", "normalized": "σᵢ / σ₁", "cumulative energy": "Σ_{j≤i} σⱼ² / Σσ²"}[view]

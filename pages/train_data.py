@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import configs, data, paths, train
-from pages.common import cached_results, get_engine, keys, run_with_errors, style
+from pages.common import cached_results, clear_in_memory_results, get_engine, keys, run_with_errors, style
 
 st.title("Training and data")
 eng = get_engine()
@@ -43,14 +43,14 @@ if eng is not None:
             if p.loss is None:
                 return
             history.append({"step": p.step, "loss": p.loss, "val_accuracy": p.val_accuracy})
-            if p.val_accuracy is not None or p.step % 25 == 0:
-                frame = pd.DataFrame(history)
-                fig = go.Figure(go.Scatter(x=frame["step"], y=frame["loss"], name="training loss"))
-                val = frame.dropna(subset=["val_accuracy"])
-                fig.add_trace(go.Scatter(x=val["step"], y=val["val_accuracy"], name="validation accuracy",
-                                         yaxis="y2", mode="lines+markers"))
-                fig.update_layout(yaxis2=dict(overlaying="y", side="right", title="accuracy"))
-                chart.plotly_chart(style(fig, "Training", "step", "loss"), key=f"train_curve_{p.step}")
+            frame = pd.DataFrame(history)
+            fig = go.Figure(go.Scatter(x=frame["step"], y=frame["loss"], mode="lines+markers",
+                                       name="training loss (mean since the previous evaluation)"))
+            val = frame.dropna(subset=["val_accuracy"])
+            fig.add_trace(go.Scatter(x=val["step"], y=val["val_accuracy"], name="validation accuracy",
+                                     yaxis="y2", mode="lines+markers"))
+            fig.update_layout(yaxis2=dict(overlaying="y", side="right", title="accuracy"))
+            chart.plotly_chart(style(fig, "Training", "step", "loss"), key=f"train_curve_{p.step}")
 
         metadata = run_with_errors(train.train_and_save, config, eng.data, out_dir, on_progress=on_progress)
         if metadata is not None:
@@ -64,5 +64,5 @@ if eng is not None:
     st.write(f"{len(results)} measured variants of this checkpoint, {size / 2**20:.1f} MiB in {eng.cache_dir}.")
     if st.button("Clear measured results of this checkpoint", key="cache_clear"):
         removed = eng.clear_results()
-        cached_results.clear()
+        clear_in_memory_results()
         st.success(f"Removed {removed} results; they will be measured again on demand.")

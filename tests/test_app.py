@@ -82,7 +82,7 @@ def test_compare_page_lists_and_exports(env):
     archive, ck = env
     eng = engine_lib.Engine(ck, data_lib.load_cifar10(archive))
     eng.evaluate("baseline", with_latency=False)
-    eng.evaluate("svd", compress.SvdConfig(0.1, "factorized"), with_latency=False)
+    eng.evaluate("svd", SvdConfig(0.1, "factorized"), with_latency=False)
     eng.evaluate("quantize", with_latency=False)
     at = AppTest.from_file("../pages/compare.py", default_timeout=300).run()
     assert not at.exception and not at.error

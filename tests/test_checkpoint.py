@@ -10,7 +10,7 @@ from lowrank_core.errors import CheckpointError
 
 @pytest.fixture(scope="module")
 def params():
-    return jax.tree.map(np.asarray, model.init_params(jax.random.PRNGKey(3)))
+    return jax.tree.map(np.asarray, model.init_params(jax.random.PRNGKey(3), model.TINY_SPEC))
 
 
 def test_roundtrip_float32_and_float16(tmp_path, params):

@@ -1,9 +1,205 @@
+"""The engine: results measured as stored, cached by content, and every fix of
+the "every number true" round, on a tiny checkpoint (fast) and the shipped
+baseline (real)."""
+
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-from lowrank_core import compress, data as data_lib, engine, measure, paths
+from lowrank_core import checkpoint, configs, data as data_lib, engine, measure, methods, paths, train
+from lowrank_core.finetune import FinetuneConfig
+from lowrank_core.methods.prune import PruneConfig
+from lowrank_core.methods.quantize import QuantizeConfig
+from lowrank_core.methods.svd import SvdConfig
+
+
+@pytest.fixture
+def tiny_engine(tiny_checkpoint, tmp_path):
+    archive, ck = tiny_checkpoint
+    return engine.Engine(ck, data_lib.load_cifar10(archive), cache_root=tmp_path / "cache")
+
+
+def _counting(eng):
+    calls = []
+    real_build = eng.build
+
+    def build(*args, **kwargs):
+        calls.append(args[0])
+        return real_build(*args, **kwargs)
+
+    eng.build = build
+    return calls
+
+
+def _load_npz(blob: bytes) -> dict:
+    return checkpoint.variant_from_npz_bytes(blob)
+
+
+def test_cache_hits_build_nothing_and_tampered_entries_are_rebuilt(tiny_engine):
+    calls = _counting(tiny_engine)
+    variant = methods.Variant.of("svd", SvdConfig(0.3, "factorized"))
+    fresh = tiny_engine.evaluate(variant, with_latency=False)
+    assert len(calls) == 1
+    assert tiny_engine.evaluate(variant, with_latency=False) == fresh and len(calls) == 1  # a hit: nothing built
+    path = tiny_engine.store.path(methods.result_key(tiny_engine.checkpoint_hash, variant))
+    stored = json.loads(path.read_text())
+    stored["payload"]["accuracy"] = 0.999  # tampered: its hash no longer matches
+    path.write_text(json.dumps(stored))
+    again = tiny_engine.evaluate(variant, with_latency=False)
+    assert len(calls) == 2 and again["accuracy"] == fresh["accuracy"]
+    path.write_text("{truncated")
+    assert tiny_engine.evaluate(variant, with_latency=False)["accuracy"] == fresh["accuracy"] and len(calls) == 3
+
+
+def test_result_key_tracks_what_changes_the_result_and_nothing_else(tiny_engine, monkeypatch):
+    key = methods.result_key
+    h = tiny_engine.checkpoint_hash
+    base = methods.Variant.of("prune", PruneConfig(0.5, structured=True))
+    assert key(h, base) == key(h, methods.Variant.of("prune", PruneConfig(0.5, scope="global", structured=True)))
+    assert key(h, base) != key(h, methods.Variant.of("prune", PruneConfig(0.6, structured=True)))
+    assert key(h, base) != key("another-checkpoint", base)
+    assert key(h, base) != key(h, methods.Variant.of("prune", PruneConfig(0.5, structured=True), FinetuneConfig(10)))
+    assert key(h, base) == key(h, methods.Variant.of("prune", PruneConfig(0.5, structured=True), FinetuneConfig(0)))
+    pipeline = methods.Variant((("prune", PruneConfig(0.5, structured=True)), ("quantize", QuantizeConfig())))
+    assert key(h, pipeline) != key(h, base)
+    before = key(h, base)
+    monkeypatch.setitem(methods.REGISTRY, "prune", dataclasses.replace(methods.REGISTRY["prune"], version=99))
+    assert key(h, base) != before  # a new method version never trusts old results
+
+
+@pytest.mark.parametrize("form", ["factorized", "reconstructed"])
+def test_fine_tuned_svd_keeps_each_layer_at_its_rank(tiny_engine, form):
+    config = SvdConfig(0.25, form)
+    plain, facts = tiny_engine.build("svd", config)
+    tuned, tuned_facts = tiny_engine.build("svd", config, FinetuneConfig(steps=30, batch_size=32))
+    assert tuned_facts["ranks"] == facts["ranks"]
+    for name, k in facts["ranks"].items():
+        if form == "factorized":
+            assert tuned[name]["u"].shape[1] == k and tuned[name]["v"].shape[0] == k
+            w = tuned[name]["u"].astype(np.float64) @ tuned[name]["v"]
+        else:
+            w = tuned[name]["w"]  # stored in float32: numpy's rank tolerance is float32's
+            assert w.dtype == np.float32 and name in tuned_facts["float32_layers"]
+        assert np.linalg.matrix_rank(w) <= k, name
+    assert not np.array_equal(tuned["linear"].get("b"), plain["linear"].get("b"))  # it did train
+
+
+def test_fine_tuning_ends_on_the_int8_grid_and_keeps_pruned_zeros(tiny_engine):
+    tuned, facts = tiny_engine.build(methods.Variant((("svd", SvdConfig(0.5, "factorized")),
+                                                      ("quantize", QuantizeConfig())), FinetuneConfig(20)))
+    untuned, _ = tiny_engine.build(methods.Variant((("svd", SvdConfig(0.5, "factorized")),
+                                                    ("quantize", QuantizeConfig()))))
+    for name in facts["int8_layers"]:
+        layer = tuned[name]
+        assert set(layer) == {"u_q", "u_scale", "v_q", "v_scale", "b"}
+        assert layer["u_q"].dtype == np.int8 and np.abs(layer["u_q"]).max() <= 127
+    assert not np.array_equal(tuned["linear"]["u_q"], untuned["linear"]["u_q"])  # trained, then on the grid again
+    exported = _load_npz(tiny_engine.variant_npz(tiny_engine.evaluate(
+        methods.Variant((("svd", SvdConfig(0.5, "factorized")), ("quantize", QuantizeConfig())), FinetuneConfig(20)),
+        with_latency=False)))
+    assert exported["linear"]["u_q"].dtype == np.int8
+    np.testing.assert_array_equal(exported["linear"]["u_q"], tuned["linear"]["u_q"])
+
+    pruned, _ = tiny_engine.build("prune", PruneConfig(0.7))
+    pruned_tuned, _ = tiny_engine.build("prune", PruneConfig(0.7), FinetuneConfig(20))
+    for name in ("linear", "linear_1", "linear_4"):
+        zeros = pruned[name]["w"] == 0
+        assert np.all(pruned_tuned[name]["w"][zeros] == 0)
+        assert not np.array_equal(pruned_tuned[name]["w"], pruned[name]["w"])
+
+
+def test_exported_variant_is_the_measured_one(tiny_engine):
+    for variant in (methods.Variant.of("baseline"), methods.Variant.of("quantize"),
+                    methods.Variant.of("svd", SvdConfig(0.3, "reconstructed")),
+                    methods.Variant((("prune", PruneConfig(0.5, structured=True)),
+                                     ("svd", SvdConfig(0.5, "factorized"))))):
+        result = tiny_engine.evaluate(variant, with_latency=False)
+        blob = tiny_engine.variant_npz(result)
+        assert len(blob) == result["bytes"], variant.name
+        params = _load_npz(blob)
+        predictions = measure.predict_full(params, tiny_engine.data.x_test)
+        assert float(np.mean(predictions == tiny_engine.data.y_test)) == result["accuracy"], variant.name
+        assert measure.count_params(params) == result["params"]
+
+
+def test_global_gradual_pruning_uses_one_threshold_over_all_kernels(tiny_engine):
+    result = tiny_engine.evaluate("prune", PruneConfig(0.6, scope="global", schedule="gradual", gradual_steps=8),
+                                  with_latency=False)
+    params, _ = tiny_engine.build(methods.Variant.from_dict(result))
+    kernels = [params[n]["w"] for n in result["facts"]["sparsity"]]
+    zeros = sum(int(np.sum(k == 0)) for k in kernels)
+    total = sum(k.size for k in kernels)
+    # Exactly the global count over convolutions and dense kernels together (the
+    # frozen convolutions take part in the threshold, so their share is theirs, not 60 %).
+    assert zeros == round(0.6 * total)
+    conv = [result["facts"]["sparsity"][n] for n in ("conv2_d", "conv2_d_1")]
+    assert all(0 < s < 1 for s in conv) and conv != [pytest.approx(0.6)] * 2
+
+
+def test_init_spectrum_rebuilds_the_init_the_checkpoint_names(tiny_checkpoint, tmp_path):
+    archive, ck = tiny_checkpoint
+    data = data_lib.load_cifar10(archive)
+    whitened = tmp_path / "whitened_ck"
+    shutil.copytree(ck, whitened)
+    metadata = json.loads((whitened / "metadata.json").read_text())
+    metadata["config"]["init"] = "whitened"
+    (whitened / "metadata.json").write_text(json.dumps(metadata))
+    got = engine.Engine(whitened, data, cache_root=tmp_path / "c").init_singular_values()
+    config = configs.TrainConfig.from_dict(metadata["config"])
+    expected = train.initial_params(config, data)
+    np.testing.assert_allclose(got["linear_1"], np.linalg.svd(np.asarray(expected["linear_1"]["w"], np.float64),
+                                                              compute_uv=False), rtol=1e-5)
+    haiku = engine.Engine(ck, data, cache_root=tmp_path / "d").init_singular_values()
+    assert not np.allclose(got["linear_1"], haiku["linear_1"])
+
+
+def test_latency_records_the_batch_timed_and_where(tiny_engine):
+    result = tiny_engine.evaluate("baseline", with_latency=True)
+    n = tiny_engine.data.x_test.shape[0]
+    assert n < 1000 and result["batch_size"] == n and set(result["latency"]) == {"1", str(n)}
+    assert result["measured_on"]["fingerprint"] == measure.environment()["fingerprint"]
+    # A record timed on another machine: its latency is never shown as this machine's.
+    key = methods.result_key(tiny_engine.checkpoint_hash, methods.Variant.of("baseline"))
+    path = tiny_engine.store.path(key)
+    stored = json.loads(path.read_text())
+    stored["payload"]["measured_on"] = dict(stored["payload"]["measured_on"], fingerprint="elsewhere", cpu="other")
+    from lowrank_core.store import payload_hash
+
+    stored["sha256"] = payload_hash(stored["payload"])
+    path.write_text(json.dumps(stored))
+    listed = [r for r in tiny_engine.cached_results() if r["method"] == "baseline"][0]
+    assert "latency_ms" not in listed and listed["latency_elsewhere"]["measured_on"]["cpu"] == "other"
+    assert tiny_engine.cached_result("baseline", with_latency=True) is None
+    again = tiny_engine.evaluate("baseline", with_latency=True)  # re-measured here
+    assert again["measured_on"]["fingerprint"] == measure.environment()["fingerprint"]
+    assert again["accuracy"] == result["accuracy"]
+
+
+def test_clear_results_forgets_everything(tiny_engine):
+    tiny_engine.evaluate("baseline", with_latency=False)
+    tiny_engine.evaluate("quantize", with_latency=False)
+    assert len(tiny_engine.cached_results()) == 2
+    assert tiny_engine.clear_results() == 2
+    assert tiny_engine.cached_results() == [] and tiny_engine.cached_result("quantize") is None
+
+
+def test_engine_is_keyed_by_the_bytes_it_loaded(tiny_checkpoint, tmp_path):
+    archive, ck = tiny_checkpoint
+    data = data_lib.load_cifar10(archive)
+    folder = tmp_path / "ck"
+    shutil.copytree(ck, folder)
+    first = engine.Engine(folder, data, cache_root=tmp_path / "c")
+    params, metadata = checkpoint.load(folder)
+    params["linear"]["b"] = params["linear"]["b"] + 1.0
+    checkpoint.save(folder, params, metadata, dtype="float16")  # a retrain into the same folder
+    second = engine.Engine(folder, data, cache_root=tmp_path / "c")
+    assert second.checkpoint_hash != first.checkpoint_hash
+
+
+# ---- the shipped baseline on real CIFAR-10 ----
 
 
 @pytest.fixture(scope="module")
@@ -12,59 +208,26 @@ def real_engine(shared_archive, tmp_path_factory):
                          cache_root=tmp_path_factory.mktemp("cache"))
 
 
-def test_cached_features_give_identical_predictions(real_engine):
-    params, _ = real_engine.build("svd", compress.SvdConfig(0.2, "factorized"))
-    via_features = measure.predict_from_features(params, real_engine.test_features)
-    full = measure.predict_full(params, real_engine.data.x_test)
-    assert np.mean(via_features == full) >= 0.9999  # float reassociation may flip a tie
-
-
-def test_svd_result_cached_and_corruption_recomputed(real_engine):
-    config = compress.SvdConfig(0.3, "factorized")
-    fresh = real_engine.evaluate("svd", config, with_latency=False)
-    assert fresh["n_test"] == 10_000 and fresh["facts"]["ranks"]["linear"] == 900
-    again = real_engine.evaluate("svd", config, with_latency=False)
-    assert again == fresh
-    key = engine.result_key(real_engine.checkpoint_hash, "svd", config, None)
-    path = real_engine.cache_dir / "results" / f"{key}.json"
-    stored = json.loads(path.read_text())
-    stored["payload"]["accuracy"] = 0.999  # tampered: hash no longer matches
-    path.write_text(json.dumps(stored))
-    assert real_engine.evaluate("svd", config, with_latency=False)["accuracy"] == fresh["accuracy"]
-    path.write_text("{truncated")
-    assert real_engine.evaluate("svd", config, with_latency=False)["accuracy"] == fresh["accuracy"]
-
-
-def test_full_rank_svd_keeps_baseline_accuracy(real_engine):
+def test_baseline_stored_size_is_its_file(real_engine):
     base = real_engine.evaluate("baseline", with_latency=False)
-    full = real_engine.evaluate("svd", compress.SvdConfig(1.0, "reconstructed"), with_latency=False)
+    on_disk = (paths.BASELINE_DIR / checkpoint.PARAMS_FILE).stat().st_size
+    assert abs(base["bytes"] - on_disk) <= 4096 and base["storage_dtype"] == "float16"
+    assert base["n_test"] == 10_000 and base["params"] == 21_257_026
+    int8 = real_engine.evaluate("quantize", with_latency=False)
+    assert int8["bytes"] < 0.55 * base["bytes"] and int8["accuracy"] > 0.8
+
+
+def test_full_rank_svd_and_dead_units_keep_baseline_accuracy(real_engine):
+    base = real_engine.evaluate("baseline", with_latency=False)
+    full = real_engine.evaluate("svd", SvdConfig(1.0, "factorized"), with_latency=False)
     assert abs(full["accuracy"] - base["accuracy"]) <= 0.002
-
-
-def test_latency_is_measured_with_spread(real_engine):
-    result = real_engine.evaluate("quantize")
-    lat = result["latency"]["1000"]
-    assert lat["repeats"] >= 5 and lat["iqr_ms"] >= 0 and lat["median_ms"] > 0 and lat["compile_s"] > 0
-    assert result["bytes"] < 0.3 * measure.stored_bytes(real_engine.params)
-    assert result["accuracy"] > 0.8
-
-
-def test_remove_retrains_the_rewired_layer(real_engine):
-    config = engine.RemoveConfig(("linear_1", "linear_2"), retrain_steps=100)
-    untrained = real_engine.evaluate("remove", engine.RemoveConfig(config.layers, retrain_steps=0), with_latency=False)
-    result = real_engine.evaluate("remove", config, with_latency=False)
-    assert result["facts"]["reinitialized_layers"] == ["linear_3"]
-    assert untrained["accuracy"] < 0.3 and result["accuracy"] > 0.6
-
-
-def test_sensitivity_compresses_one_layer_at_a_time(real_engine):
-    rows = real_engine.sensitivity("svd", [0.1, 1.0], layers=("linear_4",))
-    base = real_engine.evaluate("baseline", with_latency=False)["accuracy"]
-    assert [(r["layer"], r["value"]) for r in rows] == [("linear_4", 0.1), ("linear_4", 1.0)]
-    assert abs(rows[1]["accuracy"] - base) <= 0.002 and rows[0]["accuracy"] < base - 0.2
-
-
-def test_dead_units_are_lossless_on_the_baseline(real_engine):
-    base = real_engine.evaluate("baseline", with_latency=False)
     slim = real_engine.evaluate("dead_units", with_latency=False)
     assert slim["accuracy"] == base["accuracy"] and slim["params"] < 0.6 * base["params"]
+
+
+def test_sensitivity_shows_the_output_layer_is_fragile(real_engine):
+    rows = real_engine.sensitivity("svd", [0.1, 1.0], layers=("linear_1", "linear_4"))
+    base = real_engine.evaluate("baseline", with_latency=False)["accuracy"]
+    by = {(r["layer"], r["value"]): r["accuracy"] for r in rows}
+    assert abs(by[("linear_4", 1.0)] - base) <= 0.002 and by[("linear_4", 0.1)] < base - 0.2
+    assert by[("linear_1", 0.1)] > base - 0.01  # a hidden layer at 10 % of its rank barely moves

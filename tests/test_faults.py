@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from lowrank_core import checkpoint, compress, configs, data as data_lib, engine, train
+from lowrank_core import checkpoint, configs, data as data_lib, engine, methods, train
+from lowrank_core.methods.svd import SvdConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -95,9 +96,9 @@ def test_kill_during_cache_write_leaves_nothing_trusted(tmp_path):
 def test_engine_recomputes_an_entry_left_half_written(tiny_checkpoint):
     archive, ck = tiny_checkpoint
     eng = engine.Engine(ck, data_lib.load_cifar10(archive))
-    config = compress.SvdConfig(0.2, "factorized")
+    config = SvdConfig(0.2, "factorized")
     good = eng.evaluate("svd", config, with_latency=False)
-    path = eng.cache_dir / "results" / f"{engine.result_key(eng.checkpoint_hash, 'svd', config, None)}.json"
+    path = eng.store.path(methods.result_key(eng.checkpoint_hash, methods.Variant.of("svd", config)))
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     assert eng.cached_result("svd", config) is None
     assert eng.evaluate("svd", config, with_latency=False)["accuracy"] == good["accuracy"]
@@ -147,7 +148,7 @@ def test_concurrent_sessions_compute_a_variant_once(tiny_checkpoint):
         return real_build(*args, **kwargs)
 
     eng.build = counting_build
-    config = compress.SvdConfig(0.15, "factorized")
+    config = SvdConfig(0.15, "factorized")
     results = []
     threads = [threading.Thread(target=lambda: results.append(eng.evaluate("svd", config, with_latency=False)))
                for _ in range(3)]
@@ -155,7 +156,7 @@ def test_concurrent_sessions_compute_a_variant_once(tiny_checkpoint):
         t.start()
     for t in threads:
         t.join()
-    assert calls == ["svd"] and len(results) == 3 and all(r == results[0] for r in results)
+    assert len(calls) == 1 and len(results) == 3 and all(r == results[0] for r in results)
 
 
 FULL_DISK_RUN = r"""

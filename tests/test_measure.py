@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lowrank_core import measure, model
+from lowrank_core.methods.prune import PruneConfig
 
 
 @pytest.fixture(scope="module")
@@ -26,23 +27,38 @@ def test_conv_features_in_batches_equal_one_call(params):
     np.testing.assert_allclose(batched, np.asarray(model.conv_features(params, images)), rtol=1e-4, atol=1e-5)
 
 
-def test_latency_reports_median_and_spread_per_batch(params):
+def test_latency_reports_median_and_spread_per_batch(params, monkeypatch):
     images = np.zeros((4, 32, 32, 3), np.uint8)
     record = measure.latency(params, images, batch_sizes=(1, 4), repeats=3)
     assert set(record) == {"1", "4"}
-    for stats in record.values():
-        assert stats["repeats"] == 3 and stats["median_ms"] > 0 and stats["iqr_ms"] >= 0
-        assert stats["compile_s"] > 0
+    for batch, stats in record.items():
+        assert stats["repeats"] == 3 and stats["iqr_ms"] >= 0 and stats["min_ms"] <= stats["median_ms"]
+        assert stats["per_image_ms"] == pytest.approx(stats["median_ms"] / int(batch))
+    # Timing follows the rules: one first (compile) call apart, warm-up, then exactly `repeats` timed calls.
+    clock = iter(range(1000))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: float(next(clock)))
+    calls = []
+    stats = measure.time_calls(lambda: calls.append(1) or np.zeros(1), repeats=5, warmup=2)
+    assert len(calls) == 1 + 2 + 5 and stats["repeats"] == 5
+    assert stats["compile_s"] == 1.0 and stats["median_ms"] == 1000.0 and stats["iqr_ms"] == 0.0
+
+
+def test_latency_on_a_short_test_set_records_the_batch_timed(params):
+    # Five images: the record says batch 5, not 1,000, and divides by 5.
+    record = measure.latency(params, np.zeros((5, 32, 32, 3), np.uint8), repeats=2)
+    assert set(record) == {"1", "5"}
+    assert record["5"]["per_image_ms"] == pytest.approx(record["5"]["median_ms"] / 5)
+    assert measure.timed_batch_sizes(10_000) == (1, 1000) and measure.timed_batch_sizes(1) == (1,)
 
 
 def test_slim_params_give_the_same_logits_with_bucketed_widths(params):
     from lowrank_core import compress
 
-    pruned = compress.prune_unstructured(params, compress.PruneConfig(sparsity=0.9, structured=False))
-    pruned = compress.prune_structured(pruned, compress.PruneConfig(sparsity=0.37, structured=True))
-    slim = measure._slim(pruned)
+    pruned = compress.prune_unstructured(params, PruneConfig(sparsity=0.9, structured=False))
+    pruned = compress.prune_structured(pruned, PruneConfig(sparsity=0.37, structured=True))
+    slim = measure.product_params(pruned)
     widths = [slim[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]]
-    assert [measure._slim(params)[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]] == [3000, 2000, 2000, 1000]
+    assert [measure.product_params(params)[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]] == [3000, 2000, 2000, 1000]
     originals = [pruned[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]]
     assert all(w % measure.WIDTH_BUCKET == 0 or w == o for w, o in zip(widths, originals))
     assert all(w <= o for w, o in zip(widths, originals))  # never wider than the variant itself

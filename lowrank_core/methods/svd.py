@@ -89,8 +89,9 @@ class SvdConfig:
 
 
 def choose_ranks(config: SvdConfig, svds) -> dict[str, int]:
-    """The rank the config gives each compressed layer (``svds``: those layers' SVDs, in network order)."""
-    layers = tuple(svds)
+    """The rank the config gives each layer it compresses (``svds``: SVDs of the dense layers by name)."""
+    layers = config.layers_of(svds)
+    svds = {n: svds[n] for n in layers}
     explicit, fractions = dict(config.layer_ranks), dict(config.layer_fractions)
     budget = compress.ranks_for_budget(svds, layers, config.param_budget) if config.param_budget else {}
     ranks = {}
