@@ -12,6 +12,7 @@ navigation = st.navigation([
     st.Page("pages/spectra.py", title="Spectra"),
     st.Page("pages/pruning.py", title="Pruning"),
     st.Page("pages/layer_removal.py", title="Layer removal"),
+    st.Page("pages/storage.py", title="Int8 & cleanup"),
     st.Page("pages/compare.py", title="Compare & export"),
     st.Page("pages/train_data.py", title="Train / data"),
 ])

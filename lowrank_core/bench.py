@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lowrank_core import configs, measure, model, train
-from lowrank_core.methods import svd
 from lowrank_core.data import Cifar10
+from lowrank_core.methods import svd
 
 FRACTIONS = (1.0, 0.5, 0.25, 0.1, 0.05)
 
@@ -84,8 +84,8 @@ def bench_factorized(params, features: np.ndarray, svds, fractions=FRACTIONS, ba
         for batch_size in batch_sizes:
             x = jax.device_put(features[:batch_size])
             same = float(np.mean(np.argmax(dense_fn(reconstructed, x), -1) == np.argmax(dense_fn(factorized, x), -1)))
-            samples = _alternate({"dense": lambda: dense_fn(dense, x), "factorized": lambda: dense_fn(factorized, x)},
-                                 repeats)
+            samples = _alternate({"dense": lambda x=x: dense_fn(dense, x),
+                                  "factorized": lambda x=x, f=factorized: dense_fn(f, x)}, repeats)
             speedup = _ratio(samples["dense"], samples["factorized"])
             rows.append({"row": "factorized vs dense", "rank_fraction": fraction, "batch_size": batch_size,
                          "dense": _summary(samples["dense"]), "factorized": _summary(samples["factorized"]),
@@ -214,7 +214,7 @@ def bench_scaling(params, images: np.ndarray, batch_sizes=(1, 10, 100, 1000, 10_
     device_params = jax.device_put(params)
     for batch_size in batch_sizes:
         x = jax.device_put(images[:batch_size])
-        stats = measure.time_calls(lambda: forward(device_params, x), repeats=5 if batch_size < 10_000 else 3)
+        stats = measure.time_calls(lambda x=x: forward(device_params, x), repeats=5 if batch_size < 10_000 else 3)
         rows.append({"row": "latency vs batch", "batch_size": batch_size, "median_ms": stats["median_ms"],
                      "iqr_ms": stats["iqr_ms"], "per_image_ms": stats["median_ms"] / batch_size})
     return rows

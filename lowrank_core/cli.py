@@ -52,11 +52,14 @@ def _variant(args: argparse.Namespace):
     return methods.Variant(steps, finetune)
 
 
-def _make_engine(args: argparse.Namespace):
-    from lowrank_core import checkpoint, data, engine
+def _make_engine(args: argparse.Namespace, variant=None):
+    from lowrank_core import checkpoint, data, engine, model
 
     ckpt_dir = pathlib.Path(args.checkpoint) if args.checkpoint else paths.BASELINE_DIR
-    checkpoint.load_metadata(ckpt_dir)  # a bad checkpoint fails before any data is fetched
+    # A bad checkpoint or a setting the network cannot take fails before any data is fetched.
+    checkpoint.load_metadata(ckpt_dir)
+    if variant is not None:
+        variant.check(model.spec_of(checkpoint.load_params(ckpt_dir)))
     return engine.Engine(ckpt_dir, data.load_cifar10(args.data))
 
 
@@ -67,7 +70,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     variant = _variant(args)
     if args.export and not args.export.endswith(".npz"):
         raise ConfigError(f"--export wants a path ending in .npz, got {args.export!r}")
-    eng = _make_engine(args)
+    eng = _make_engine(args, variant)
     result = eng.evaluate(variant, with_latency=not args.no_latency, use_cache=not args.no_cache,
                           with_layer_latency=not args.no_latency)
     if args.export:
@@ -108,9 +111,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from lowrank_core.fileio import atomic_write_bytes, atomic_write_json
-
     from lowrank_core.errors import ConfigError
+    from lowrank_core.fileio import atomic_write_bytes, atomic_write_json
     from lowrank_core.methods import Variant
 
     base = _variant(args)
@@ -123,7 +125,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         grid = [dataclasses.replace(config, sparsity=s) for s in _parse_grid(args.sparsities)]
     else:
         grid = [config]
-    eng = _make_engine(args)
+    eng = _make_engine(args, base)
     rows = []
     for config in tqdm(grid, desc=f"sweep[{args.method}]"):
         result = eng.evaluate(Variant(((name, config),), base.finetune), with_latency=not args.no_latency)

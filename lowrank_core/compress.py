@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
 from lowrank_core import model
 from lowrank_core.errors import ConfigError
+
+if TYPE_CHECKING:  # configs live with their methods, which import this module
+    from lowrank_core.methods.prune import PruneConfig
 
 Params = dict[str, dict[str, np.ndarray]]
 

@@ -142,6 +142,7 @@ class Engine:
                  on_progress: ProgressFn | None = None, with_layer_latency: bool = False) -> dict:
         """Measures a variant (cached): accuracy on every test image, size, latency."""
         variant = as_variant(method, config, finetune)
+        variant.check(self.spec)
         key = result_key(self.checkpoint_hash, variant)
         if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency)) is not None:
             return hit

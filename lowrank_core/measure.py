@@ -254,7 +254,7 @@ def latency(params: Mapping, images: np.ndarray, batch_sizes: tuple[int, ...] | 
     for batch_size in batch_sizes:
         batch = jax.device_put(images[:batch_size])
         batch_size = int(batch.shape[0])
-        stats = time_calls(lambda: _fast_forward(params, batch), repeats=repeats)
+        stats = time_calls(lambda batch=batch: _fast_forward(params, batch), repeats=repeats)
         stats["per_image_ms"] = stats["median_ms"] / batch_size
         out[str(batch_size)] = stats
     return out
@@ -270,6 +270,7 @@ def layer_latency(params: Mapping, images: np.ndarray, batch_size: int = EVAL_BA
     x = _conv_features(params, batch)
     for name in model.dense_layer_names(params):
         layer, inputs = params[name], x
-        out[name] = time_calls(lambda: _dense_layer(layer, inputs), repeats=repeats)["median_ms"]
+        out[name] = time_calls(lambda layer=layer, inputs=inputs: _dense_layer(layer, inputs),
+                               repeats=repeats)["median_ms"]
         x = jax.nn.relu(_dense_layer(layer, inputs))
     return out

@@ -22,7 +22,7 @@ if eng is not None:
     picked = st.multiselect("Variants", list(labels), default=default, key="compare_pick")
     chosen = [labels[p] for p in picked]
     if chosen:
-        table = pd.DataFrame([report.flat_row(r) for r in chosen]).drop(columns=["config", "finetune", "checkpoint"])
+        table = pd.DataFrame([report.flat_row(r) for r in chosen]).drop(columns=["steps", "finetune", "checkpoint"])
         st.dataframe(table, hide_index=True)
         cols = st.columns(3)
         for col, (title, value, unit) in zip(cols, [

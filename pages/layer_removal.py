@@ -4,8 +4,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import model
-from lowrank_core.methods.remove import RemoveConfig
 from lowrank_core.errors import ConfigError
+from lowrank_core.methods.remove import RemoveConfig
 from pages.common import METHOD_COLORS, baseline_result, get_engine, keys, metric_row, progress_callback, style
 
 st.title("Removing hidden layers")

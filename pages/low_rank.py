@@ -6,11 +6,22 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import compress, model
-from lowrank_core.methods.svd import SvdConfig
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
-from pages.common import (FORM_DASH, METHOD_COLORS, baseline_result, cached_results, evaluate, get_engine, keys,
-                          latency_stats, metric_row, progress_callback, style)
+from lowrank_core.methods.svd import SvdConfig
+from pages.common import (
+    FORM_DASH,
+    METHOD_COLORS,
+    baseline_result,
+    cached_results,
+    evaluate,
+    get_engine,
+    keys,
+    latency_stats,
+    metric_row,
+    progress_callback,
+    style,
+)
 
 CURVE_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0)
 

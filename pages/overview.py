@@ -7,8 +7,16 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import measure, report
-from pages.common import (baseline_accuracy, baseline_result, cached_results, fmt_mib, get_engine, keys,
-                          latency_stats, style)
+from pages.common import (
+    baseline_accuracy,
+    baseline_result,
+    cached_results,
+    fmt_mib,
+    get_engine,
+    keys,
+    latency_stats,
+    style,
+)
 
 st.title("Compression trade-offs at a glance")
 eng = get_engine()

@@ -3,10 +3,18 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core.methods.prune import PruneConfig
 from lowrank_core.errors import ConfigError
-from pages.common import (METHOD_COLORS, baseline_result, evaluate, get_engine, keys, metric_row,
-                          progress_callback, style)
+from lowrank_core.methods.prune import PruneConfig
+from pages.common import (
+    METHOD_COLORS,
+    baseline_result,
+    evaluate,
+    get_engine,
+    keys,
+    metric_row,
+    progress_callback,
+    style,
+)
 
 st.title("Magnitude pruning")
 eng = get_engine()

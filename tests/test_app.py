@@ -1,9 +1,13 @@
 """One AppTest per page, on a small checkpoint and synthetic data made here."""
 
+import math
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from lowrank_core import data as data_lib
+from lowrank_core import model
+from lowrank_core.finetune import FinetuneConfig
 
 
 @pytest.fixture
@@ -24,11 +28,17 @@ def test_overview_page(env):
     assert not at.exception and not at.error
     labels = [m.label for m in at.metric]
     assert "Test accuracy" in labels and "Parameters" in labels
-    assert [m.value for m in at.metric if m.label == "Parameters"] == ["21,257,026"]
-    latency = [m.value for m in at.metric if m.label == "Latency, batch 1,000"]
+    spec = model.TINY_SPEC
+    expected_params = sum(math.prod(s) for shapes in spec.shapes().values() for s in shapes.values())
+    assert [m.value for m in at.metric if m.label == "Parameters"] == [f"{expected_params:,}"]
+    # The test set has 40 images: latency is labelled with the batch actually timed.
+    latency = [m.value for m in at.metric if m.label == "Latency, batch 40"]
     assert latency and latency[0].endswith(" ms")  # filled in after the chart is drawn
+    stored = [m.value for m in at.metric if m.label == "Stored size"][0]
+    _, ck = env
+    assert stored == f"{(ck / 'params.npz').stat().st_size / 2**20:.1f} MiB"
     assert "stored size" in at.get("plotly_chart")[0].proto.spec
-    at.radio(key="overview_axis").set_value("latency (ms per 1,000 images)").run()
+    at.radio(key="overview_axis").set_value("latency (ms per batch of 40)").run()
     assert not at.exception and "latency" in at.get("plotly_chart")[0].proto.spec
 
 
@@ -43,7 +53,7 @@ def test_low_rank_page_slider_changes_metrics(env):
     assert not at.exception
     assert before["Parameters"] != after["Parameters"]
     assert before["MACs / image"] != after["MACs / image"]
-    assert "linear 1500" in ranks_before and "linear 150," in at.caption[0].value
+    assert "linear 48" in ranks_before and "linear 4," in at.caption[0].value
     at.radio(key="svd_mode").set_value("energy threshold").run()
     assert not at.exception and not at.error and "Ranks:" in at.caption[0].value
     at.number_input(key="svd_override_linear_4").set_value(0.5).run()
@@ -71,22 +81,29 @@ def test_layer_removal_page_retrains_and_shows_result(env):
     at.button(key="remove_run").click().run()
     assert not at.exception and not at.error
     params = {m.label: m.value for m in at.metric}["Parameters"]
-    assert params == f"{21_257_026 - (3000 * 2000 + 2000) - 2000 * 2000 + 3000 * 2000:,}"  # linear_2 now reads 3000
+    full = sum(math.prod(s) for shapes in model.TINY_SPEC.shapes().values() for s in shapes.values())
+    assert params == f"{full - (96 * 64 + 64) - 64 * 64 + 96 * 64:,}"  # linear_2 now reads linear's 96 units
     at.multiselect(key="remove_layers").set_value(["linear_1", "linear_2"]).run()
     assert not at.exception and not at.metric  # a new selection is not measured yet
 
 
 def test_compare_page_lists_and_exports(env):
-    from lowrank_core import compress, engine as engine_lib
+    from lowrank_core import engine as engine_lib
+    from lowrank_core.methods.prune import PruneConfig
+    from lowrank_core.methods.svd import SvdConfig
 
     archive, ck = env
     eng = engine_lib.Engine(ck, data_lib.load_cifar10(archive))
     eng.evaluate("baseline", with_latency=False)
     eng.evaluate("svd", SvdConfig(0.1, "factorized"), with_latency=False)
     eng.evaluate("quantize", with_latency=False)
+    # Alike-described variants must both be listed (labels were once dict keys that collided).
+    eng.evaluate("prune", PruneConfig(0.5, structured=True), with_latency=False)
+    eng.evaluate("prune", PruneConfig(0.5, structured=True), finetune=FinetuneConfig(steps=5), with_latency=False)
     at = AppTest.from_file("../pages/compare.py", default_timeout=300).run()
     assert not at.exception and not at.error
-    assert len(at.dataframe[0].value) == 3
+    options = at.multiselect(key="compare_pick").options
+    assert len(options) == 5 and len(set(options)) == 5
     at.multiselect(key="compare_pick").set_value([o for o in at.multiselect(key="compare_pick").options
                                                  if o.startswith("SVD")]).run()
     assert not at.exception and len(at.dataframe[0].value) == 1
@@ -94,6 +111,9 @@ def test_compare_page_lists_and_exports(env):
                                                   if o.startswith("SVD")][0]).run()
     at.button(key="export_prepare").click().run()
     assert not at.exception and not at.error
+    blob = at.session_state["export_blob"][1]
+    measured = [r for r in eng.cached_results() if r["method"] == "svd"][0]
+    assert len(blob) == measured["bytes"]  # the download is the variant whose size was shown
 
 
 def test_train_data_page_trains_with_progress(env, tmp_path):
@@ -121,4 +141,20 @@ def test_spectra_page_draws_charts_and_moves_truncation(env):
     assert list(table_before["layer"]) == ["linear", "linear_1", "linear_2", "linear_3", "linear_4"]
     at.slider(key="spectra_fraction").set_value(0.1).run()
     assert not at.exception and len(at.get("plotly_chart")) == 5
-    assert "k = 300" in at.get("plotly_chart")[0].proto.spec
+    assert "k = 9" in at.get("plotly_chart")[0].proto.spec
+
+
+def test_storage_page_reaches_int8_and_dead_units(env):
+    at = AppTest.from_file("../pages/storage.py", default_timeout=300).run()
+    assert not at.exception and not at.error
+    int8 = {m.label: m.value for m in at.metric}
+    assert "int8" in at.caption[0].value
+    at.radio(key="storage_start").set_value("dead units dropped (lossless)").run()
+    assert not at.exception and "dead units dropped → int8" in at.caption[0].value
+    at.toggle(key="storage_int8").set_value(False).run()
+    lossless = {m.label: m.value for m in at.metric}
+    assert not at.exception and lossless["Stored size"] != int8["Stored size"]
+    assert lossless["Test accuracy"].endswith("%")
+    at.radio(key="storage_start").set_value("SVD factorized, hidden layers at fraction f").run()
+    at.toggle(key="storage_int8").set_value(True).run()
+    assert not at.exception and "SVD factorized f=0.05, output kept → int8" in at.caption[0].value

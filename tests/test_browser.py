@@ -29,7 +29,6 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's c
 @pytest.fixture(scope="module")
 def app_server(shared_archive, tmp_path_factory):
     import psutil
-
     from soak import start_server
 
     env = dict(os.environ, LOWRANK_CIFAR10=str(shared_archive),

@@ -26,8 +26,22 @@ def test_train_then_evaluate_json(tmp_path, synthetic_archive):
     assert payload["n_test"] == 24 and 0 <= payload["accuracy"] <= 1
     for key in ("method", "config", "params", "macs", "bytes", "latency_ms", "batch_size"):
         assert key in payload
-    assert set(payload["layer_latency_ms"]) == {"convolutions", "linear", "linear_1", "linear_2", "linear_3",
-                                                "linear_4"}
+    assert set(payload["layer_latency_ms"]) == {"batch_size", "convolutions", "linear", "linear_1", "linear_2",
+                                                "linear_3", "linear_4"}
+    assert payload["batch_size"] == 24 and set(payload["latency"]) == {"1", "24"}  # the batch actually timed
+    # --export writes the measured variant in the stored format: the same bytes the record counts.
+    export = tmp_path / "variant.npz"
+    exported = run_cli("evaluate", "--checkpoint", str(out), "--data", str(synthetic_archive), "--method",
+                       "svd+quantize", "--rank-fraction", "0.5", "--form", "factorized", "--no-latency", "--json",
+                       "--export", str(export))
+    assert exported.returncode == 0, exported.stderr
+    record = json.loads(exported.stdout)
+    assert record["method"] == "svd+quantize" and export.stat().st_size == record["bytes"]
+    assert [s["method"] for s in record["steps"]] == ["svd", "quantize"] and record["facts"]["ranks"]["linear"] == 48
+    dead = run_cli("evaluate", "--checkpoint", str(out), "--data", str(synthetic_archive), "--method", "dead_units",
+                   "--no-latency", "--json")
+    assert dead.returncode == 0, dead.stderr
+    assert json.loads(dead.stdout)["method"] == "dead_units"
 
 
 @pytest.mark.parametrize("option, message", [
@@ -37,11 +51,17 @@ def test_train_then_evaluate_json(tmp_path, synthetic_archive):
     (["--method", "svd", "--energy", "0"], "energy"),
     (["--method", "svd", "--energy", "1.01"], "energy"),
     (["--method", "svd", "--layer-ranks", "linear=5000"], "rank of linear"),
-    (["--method", "svd", "--layer-ranks", "linear_9=5"], "unknown layer"),
+    (["--method", "svd", "--layer-fractions", "linear=x"], "rank fraction"),
+    (["--method", "svd", "--param-budget", "2"], "parameter budget"),
+    (["--method", "nope"], "unknown method"),
+    (["--method", "quantize+svd"], "must come last"),
+    (["--method", "svd", "--export", "out.txt"], "--export"),
+    (["--method", "svd", "--layer-ranks", "linear_9=5"], "unknown dense layer"),
     (["--method", "prune", "--sparsity", "1"], "sparsity"),
     (["--method", "prune", "--sparsity", "-0.1"], "sparsity"),
     (["--method", "remove", "--remove", "linear_4"], "cannot remove"),
     (["--method", "remove", "--remove", "conv2_d"], "cannot remove"),
+    (["--method", "prune", "--schedule", "gradual", "--structured"], "gradual pruning is unstructured"),
 ])
 def test_impossible_settings_are_one_line_exit_2(option, message):
     result = run_cli("evaluate", *option, "--json")
@@ -67,3 +87,36 @@ def test_corrupt_archive_is_exit_2(tmp_path):
     bad.write_bytes(b"\x1f\x8b" + b"\x00" * 100)
     result = run_cli("evaluate", "--data", str(bad), "--json")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def _readme_command_lines() -> list[list[str]]:
+    """Every ``python -m lowrank_core …`` line of the README (in code blocks), split like a shell would."""
+    import pathlib
+    import re
+    import shlex
+
+    text = (pathlib.Path(ROOT) / "README.md").read_text()
+    lines = []
+    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if "-m lowrank_core" in line or line.startswith("lowrank "):
+                words = shlex.split(line)
+                start = words.index("lowrank_core") + 1 if "lowrank_core" in words else 1
+                lines.append(words[start:])
+    return lines
+
+
+def test_every_readme_command_parses():
+    from lowrank_core import cli
+
+    lines = _readme_command_lines()
+    assert len(lines) >= 8
+    parser = cli.build_parser()
+    for words in lines:
+        # "[--a|--b]" and "…" are the README's notation for choices: take the first choice, drop the rest.
+        words = [w.strip("[]").split("|")[0] for w in words if "…" not in w and w != "..."]
+        try:
+            parser.parse_args(words)
+        except SystemExit as exc:
+            raise AssertionError(f"README command does not parse: {' '.join(words)}") from exc

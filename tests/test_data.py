@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import make_batch, pickle_batch, write_archive, write_folder
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lowrank_core import data as data_lib
 from lowrank_core.errors import DataError, UnsafePickleError
-
-from conftest import make_batch, pickle_batch, write_archive, write_folder
 
 
 def test_reads_folder_and_archive_identically(synthetic_folder, synthetic_archive):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from lowrank_core import checkpoint, data as data_lib, evaluation, measure, model, paths
+from lowrank_core import checkpoint, evaluation, measure, model, paths
+from lowrank_core import data as data_lib
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,7 @@ def test_network_spec_builds_what_it_says():
 
 def test_int8_and_factorized_layers_run_as_their_float_product():
     rng = np.random.default_rng(5)
-    u, v = rng.normal(size=(7, 3)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)
+    u = rng.normal(size=(7, 3)).astype(np.float32)
     q = rng.integers(-127, 128, (3, 5)).astype(np.int8)
     scale = rng.uniform(0.01, 0.1, 5).astype(np.float32)
     b = np.zeros(5, np.float32)

@@ -1,11 +1,13 @@
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lowrank_core import configs, data as data_lib, model, train
+from lowrank_core import configs, model, train
+from lowrank_core import data as data_lib
 from lowrank_core.errors import ConfigError
 
 
@@ -35,7 +37,7 @@ def test_l2_penalty_is_half_sum_of_squares():
 
 
 def test_loss_adds_l2_term():
-    params = model.init_params(jax.random.PRNGKey(0))
+    params = model.init_params(jax.random.PRNGKey(0), model.TINY_SPEC)
     images = np.zeros((2, 32, 32, 3), np.uint8)
     labels = np.array([1, 2])
     plain = train.loss_fn(params, images, labels, 0.0)
@@ -45,7 +47,7 @@ def test_loss_adds_l2_term():
 
 def test_update_descends_the_loss():
     config = configs.TrainConfig(batch_size=8, num_steps=5, lr_schedule="constant", learning_rate=1e-4,
-                                 augment="none", warmup_steps=0)
+                                 augment="none", warmup_steps=0, network=model.TINY_SPEC)
     optimizer = train.make_optimizer(config)
     state = train.init_state(config, optimizer)
     update = train.make_update(config, optimizer)
@@ -59,11 +61,19 @@ def test_update_descends_the_loss():
     assert after < before  # would rise if updates were applied with the wrong sign
 
 
-def test_augment_keeps_shape_and_pixels():
-    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    out = train.augment(jax.random.PRNGKey(0), jnp.asarray(images), "flip_crop")
-    assert out.shape == images.shape and out.dtype == images.dtype
+def test_augment_keeps_the_pixels_of_each_image():
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     assert train.augment(jax.random.PRNGKey(0), images, "none") is images
+    flipped = np.asarray(train.augment(jax.random.PRNGKey(0), jnp.asarray(images), "flip"))
+    for image, out in zip(images, flipped):  # each image as it was, or mirrored
+        assert np.array_equal(out, image) or np.array_equal(out, image[:, ::-1])
+    assert any(np.array_equal(out, image[:, ::-1]) for image, out in zip(images, flipped))
+    shifted = np.asarray(train.augment(jax.random.PRNGKey(1), jnp.asarray(images), "flip_crop"))
+    assert shifted.shape == images.shape and shifted.dtype == images.dtype
+    for image, out in zip(images, shifted):  # a 32×32 window of the reflect-padded (maybe mirrored) image
+        windows = [np.pad(candidate, ((4, 4), (4, 4), (0, 0)), mode="reflect")[dy:dy + 32, dx:dx + 32]
+                   for candidate in (image, image[:, ::-1]) for dy in range(9) for dx in range(9)]
+        assert any(np.array_equal(out, window) for window in windows)
 
 
 def test_split_uses_the_large_part_for_training(tiny_data):
@@ -81,6 +91,39 @@ def test_training_is_deterministic_and_reports_progress(tiny_data):
     jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
     assert [p.step for p in seen] == list(range(1, config.num_steps + 1))
     assert [row["step"] for row in first.history] == [3, 6]
+
+
+def test_reported_loss_is_the_mean_since_the_previous_evaluation(tiny_data, monkeypatch):
+    # Every step's loss, recorded by wrapping the jitted update; the progress
+    # report must average the steps since the previous evaluation, not repeat one.
+    losses = []
+    real_make_update = train.make_update
+
+    def recording_make_update(config, optimizer):
+        update = real_make_update(config, optimizer)
+
+        def recorded(state, images, labels):
+            state, loss = update(state, images, labels)
+            losses.append(float(loss))
+            return state, loss
+
+        return recorded
+
+    monkeypatch.setattr(train, "make_update", recording_make_update)
+    config = configs.get_preset("tiny")
+    seen = []
+    train.train(config, tiny_data, on_progress=seen.append)
+    reported = {p.step: p.loss for p in seen}
+    assert [step for step, loss in reported.items() if loss is not None] == [3, 6]
+    assert reported[3] == pytest.approx(np.mean(losses[:3]), rel=1e-5)
+    assert reported[6] == pytest.approx(np.mean(losses[3:6]), rel=1e-5)
+
+
+def test_train_config_round_trips_through_metadata():
+    config = configs.get_preset("tiny")
+    assert configs.TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    old = {k: v for k, v in configs.get_preset("baseline").to_dict().items() if k != "network"}
+    assert configs.TrainConfig.from_dict(old).network == model.SEED_SPEC  # checkpoints before the spec existed
 
 
 def test_train_and_save_writes_a_loadable_checkpoint(tmp_path, tiny_data):

@@ -102,6 +102,12 @@ class Variant:
         finetune = FinetuneConfig(**values["finetune"]) if values.get("finetune") else None
         return cls(tuple((s["method"], get(s["method"]).config_from_dict(s["config"])) for s in steps), finetune)
 
+    def check(self, spec) -> None:
+        """Each step's config against the network ``spec``; raises :class:`ConfigError`
+        (cheap: run before reading any data)."""
+        for name, config in self.steps:
+            get(name).check(config, spec)
+
     def describe(self) -> str:
         text = " → ".join(get(n).describe(c) for n, c in self.steps)
         if self.finetune:

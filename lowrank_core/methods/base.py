@@ -51,6 +51,8 @@ class Method:
     kind: str = "structure"
     # After fine-tuning (or at once without it): e.g. multiply SVD factors out for the reconstructed form.
     finalize: Callable[[Params, Any], Params] = lambda params, config: params
+    # Cheap checks of a config against the network (names, ranks), before any data is read.
+    check: Callable[[Any, Any], None] = lambda config, spec: None
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     config_from_args: Callable[[argparse.Namespace], Any] | None = None
 

@@ -82,6 +82,10 @@ def build(params: Params, config: PruneConfig, context: BuildContext) -> tuple[P
     return out, {"sparsity": compress.sparsity_of(out)}
 
 
+def check(config: PruneConfig, spec) -> None:
+    check_layer_names(config.only, spec.conv_layers + spec.dense_layers, "prunable layer")
+
+
 def describe(config: PruneConfig) -> str:
     kind = "structured" if config.structured else f"{config.scope}-wise"
     text = f"prune {config.sparsity:.0%} {kind} {config.schedule}"
@@ -107,4 +111,4 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
 
 
 METHOD = Method(name="prune", label="Pruning", colour="#ff7f0e", version=4, config_type=PruneConfig, build=build,
-                describe=describe, add_arguments=add_arguments, config_from_args=config_from_args)
+                check=check, describe=describe, add_arguments=add_arguments, config_from_args=config_from_args)

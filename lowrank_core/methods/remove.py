@@ -43,6 +43,12 @@ def build(params: Params, config: RemoveConfig, context: BuildContext) -> tuple[
     return out, {"reinitialized_layers": list(changed)}
 
 
+def check(config: RemoveConfig, spec) -> None:
+    for name in config.layers:
+        if name not in spec.hidden_layers:
+            raise ConfigError(f"cannot remove {name!r}; removable layers are {', '.join(spec.hidden_layers)}")
+
+
 def describe(config: RemoveConfig) -> str:
     return f"remove {'+'.join(config.layers)}, retrain {config.retrain_steps} steps"
 
@@ -59,4 +65,4 @@ def config_from_args(args: argparse.Namespace) -> RemoveConfig:
 
 
 METHOD = Method(name="remove", label="Layer removal", colour="#2ca02c", version=4, config_type=RemoveConfig,
-                build=build, describe=describe, add_arguments=add_arguments, config_from_args=config_from_args)
+                build=build, check=check, describe=describe, add_arguments=add_arguments, config_from_args=config_from_args)

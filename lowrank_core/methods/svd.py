@@ -16,8 +16,15 @@ import numpy as np
 
 from lowrank_core import compress
 from lowrank_core.errors import ConfigError
-from lowrank_core.methods.base import (BuildContext, Method, Params, check_layer_names, dense_names, is_dense_name,
-                                       parse_float)
+from lowrank_core.methods.base import (
+    BuildContext,
+    Method,
+    Params,
+    check_layer_names,
+    dense_names,
+    is_dense_name,
+    parse_float,
+)
 
 FORMS = ("reconstructed", "factorized")
 
@@ -121,6 +128,18 @@ def _check_names(config: SvdConfig, params) -> None:
             raise ConfigError(f"{name} is already factorized or quantized; put SVD before int8 storage")
 
 
+def check(config: SvdConfig, spec) -> None:
+    """Layer names and explicit ranks against the network ``spec`` (a :class:`model.NetworkSpec`)."""
+    shapes = spec.shapes()
+    names = spec.dense_layers
+    check_layer_names([n for n, _ in config.layer_ranks] + [n for n, _ in config.layer_fractions] + list(config.only),
+                      names, "dense layer")
+    for name, rank in config.layer_ranks:
+        limit = min(shapes[name]["w"])
+        if rank > limit:
+            raise ConfigError(f"rank of {name} must be an integer in 1..{limit}, got {rank}")
+
+
 def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Params, dict]:
     """Each chosen layer as its rank-k factors ``u``, ``v`` (see :func:`finalize` for the form)."""
     _check_names(config, params)
@@ -217,5 +236,5 @@ def config_from_args(args: argparse.Namespace) -> SvdConfig:
 
 
 METHOD = Method(name="svd", label="Low-rank (SVD)", colour="#1f77b4", version=4, config_type=SvdConfig,
-                build=build, finalize=finalize, describe=describe, add_arguments=add_arguments,
+                build=build, finalize=finalize, check=check, describe=describe, add_arguments=add_arguments,
                 config_from_args=config_from_args)
