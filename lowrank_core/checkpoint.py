@@ -100,15 +100,40 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def _retired_copies(directory: pathlib.Path) -> list[pathlib.Path]:
+    """Complete older checkpoints a save moved aside (newest first)."""
+    found = [p for p in directory.parent.glob(f".{directory.name}.old.*/{directory.name}")
+             if (p / PARAMS_FILE).is_file() and (p / METADATA_FILE).is_file()]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def recover(directory: str | os.PathLike) -> None:
+    """Puts the previous checkpoint back if a save was killed between its two
+    renames (the folder moved aside, the new one not yet in place)."""
+    directory = pathlib.Path(directory)
+    if directory.exists():
+        return
+    for candidate in _retired_copies(directory):
+        with contextlib.suppress(OSError):  # another process may have restored it first
+            os.replace(candidate, directory)
+            return
+
+
 def save(directory: str | os.PathLike, params: model.Params, metadata: dict[str, Any],
          *, dtype: np.dtype | str = np.float32) -> pathlib.Path:
-    """Writes a checkpoint folder atomically (a new folder renamed over the old)."""
+    """Writes a checkpoint folder atomically (a new folder renamed over the old).
+
+    The old folder is moved aside, then the new one renamed into place: a crash
+    between the two leaves the old one aside, and :func:`recover` (run by every
+    load and save) puts it back, so either the old or the new checkpoint loads.
+    """
     directory = pathlib.Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    recover(directory)
     metadata = dict(metadata, format_version=FORMAT_VERSION, storage_dtype=np.dtype(dtype).name)
     metadata.setdefault("library_versions", library_versions())
     metadata.setdefault("date", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.new.", dir=directory.parent))
     try:
         atomic_write_bytes(staging / PARAMS_FILE, params_to_npz_bytes(params, dtype))
         atomic_write_json(staging / METADATA_FILE, metadata)
@@ -116,9 +141,10 @@ def save(directory: str | os.PathLike, params: model.Params, metadata: dict[str,
             retired = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
             os.replace(directory, retired / directory.name)
             os.replace(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, directory)
+        for old in directory.parent.glob(f".{directory.name}.old.*"):  # this one's, and any a crash left
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -127,6 +153,7 @@ def save(directory: str | os.PathLike, params: model.Params, metadata: dict[str,
 
 def load_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's metadata; a clear error if missing or unreadable."""
+    recover(directory)
     path = pathlib.Path(directory) / METADATA_FILE
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))
@@ -148,6 +175,7 @@ def load_params(directory: str | os.PathLike, *, check: bool = True,
     bytes comes back too, so a cache keyed by it can never describe other
     weights than the ones loaded. Returns params, or (params, digest).
     """
+    recover(directory)
     path = pathlib.Path(directory) / PARAMS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; is {directory} a checkpoint folder?")
@@ -180,6 +208,7 @@ def load(directory: str | os.PathLike) -> tuple[dict[str, dict[str, np.ndarray]]
 def load_with_digest(directory: str | os.PathLike) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any], str]:
     """(params, metadata, sha256 of the params bytes read) of a checkpoint folder."""
     directory = pathlib.Path(directory)
+    recover(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
     params, digest = load_params(directory, with_digest=True)

@@ -188,6 +188,23 @@ def decode_meta(raw: bytes, *, where: str) -> tuple[str, ...]:
 
 
 _NEEDED = TRAIN_BATCHES + (TEST_BATCH, META_FILE)
+# A genuine batch pickle is ≈ 31 MB (10,000 images); anything much larger is
+# refused before it is read, so a small archive declaring gigabytes of zeros
+# cannot exhaust memory.
+MAX_MEMBER_BYTES = 64 * 2**20
+
+
+def _too_large(where: str, size: int) -> DataError:
+    return DataError(f"{where} declares {size / 2**20:,.0f} MiB; a CIFAR-10 batch is about 31 MiB, so it is "
+                     f"refused unread (limit {MAX_MEMBER_BYTES // 2**20} MiB): use a genuine CIFAR-10 copy")
+
+
+def _read_limited(handle, where: str) -> bytes:
+    """Reads at most MAX_MEMBER_BYTES from ``handle``; a stream running past it is refused."""
+    blob = handle.read(MAX_MEMBER_BYTES + 1)
+    if len(blob) > MAX_MEMBER_BYTES:
+        raise _too_large(where, len(blob))
+    return blob
 
 
 def _read_archive(path: pathlib.Path) -> dict[str, bytes]:
@@ -199,8 +216,13 @@ def _read_archive(path: pathlib.Path) -> dict[str, bytes]:
             for member in archive:
                 parts = pathlib.PurePosixPath(member.name).parts
                 if member.isfile() and len(parts) >= 2 and parts[-2] == BATCH_DIR and parts[-1] in _NEEDED:
+                    if member.size > MAX_MEMBER_BYTES:
+                        raise _too_large(f"{path}:{member.name}", member.size)
                     handle = archive.extractfile(member)
-                    files[parts[-1]] = handle.read() if handle else b""
+                    files[parts[-1]] = _read_limited(handle, f"{path}:{member.name}") if handle else b""
+                elif member.size > MAX_MEMBER_BYTES:
+                    # Skipping it would still decompress all of it: stop here.
+                    raise _too_large(f"{path}:{member.name}", member.size)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DataError(
             f"{path} is not a readable CIFAR-10 archive (truncated or corrupt: {exc}); "
@@ -214,7 +236,11 @@ def _read_folder(path: pathlib.Path) -> dict[str, bytes]:
     files = {}
     for name in _NEEDED:
         if (folder / name).is_file():
-            files[name] = (folder / name).read_bytes()
+            size = (folder / name).stat().st_size
+            if size > MAX_MEMBER_BYTES:
+                raise _too_large(str(folder / name), size)
+            with open(folder / name, "rb") as handle:
+                files[name] = _read_limited(handle, str(folder / name))
     return files
 
 

@@ -223,3 +223,40 @@ def test_real_archive_loads(shared_archive):
     assert data.x_train.shape == (50000, 32, 32, 3) and data.x_test.shape == (10000, 32, 32, 3)
     assert np.bincount(data.y_test).tolist() == [1000] * 10
     assert np.bincount(data.y_train).tolist() == [5000] * 10
+
+
+def _archive_declaring(path, member_name: str, declared: int, actual: int = 1 << 20):
+    """A .tar.gz whose member header declares ``declared`` bytes but carries only ``actual`` zeros."""
+    import gzip
+    import tarfile as tar
+
+    info = tar.TarInfo(f"{data_lib.BATCH_DIR}/{member_name}")
+    info.size = declared
+    with gzip.open(path, "wb") as out:
+        out.write(info.tobuf(format=tar.GNU_FORMAT))
+        out.write(b"\0" * actual)
+    return path
+
+
+@pytest.mark.parametrize("member", ["data_batch_1", "readme_of_3_gib.bin"])
+def test_oversized_members_are_refused_before_reading(tmp_path, member):
+    import time
+    import tracemalloc
+
+    archive = _archive_declaring(tmp_path / "big.tar.gz", member, 3 * 2**30)
+    tracemalloc.start()
+    started = time.perf_counter()
+    with pytest.raises(DataError, match="refused unread"):
+        data_lib.read_source(archive)
+    elapsed = time.perf_counter() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert elapsed < 1.0 and peak < 100 * 2**20
+
+
+def test_oversized_batch_file_in_a_folder_is_refused(tmp_path):
+    folder = write_folder(tmp_path / "src", n_per_batch=4)
+    with open(folder / "data_batch_2", "r+b") as handle:  # sparse: 200 MiB on paper, nothing on disk
+        handle.truncate(200 * 2**20)
+    with pytest.raises(DataError, match="data_batch_2 declares 200 MiB"):
+        data_lib.read_source(folder)
