@@ -192,6 +192,12 @@ def test_drop_dead_units_is_lossless(params):
     assert compress.drop_dead_units(params)["linear"]["w"].shape == (512, 96)  # nothing dead: unchanged
 
 
+def test_output_kept_compresses_every_hidden_layer(params, svds):
+    out = svd_compress(params, SvdConfig(0.25, "factorized", include_output=False), svds)
+    assert [n for n in model.DENSE_LAYERS if "u" in out[n]] == list(model.HIDDEN_LAYERS)
+    assert out["linear_3"]["u"].shape == (64, 8) and out["linear_4"]["w"] is params["linear_4"]["w"]
+
+
 def test_layer_fractions_and_only(params, svds):
     config = SvdConfig(0.5, layer_fractions=(("linear_1", 0.1),), only=("linear", "linear_1"))
     ranks = choose_ranks(config, svds)

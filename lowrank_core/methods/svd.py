@@ -95,9 +95,10 @@ class SvdConfig:
         return tuple(n for n in layers if n in self.only) if self.only else layers
 
 
-def choose_ranks(config: SvdConfig, svds) -> dict[str, int]:
-    """The rank the config gives each layer it compresses (``svds``: SVDs of the dense layers by name)."""
-    layers = config.layers_of(svds)
+def choose_ranks(config: SvdConfig, svds, layers: tuple[str, ...] | None = None) -> dict[str, int]:
+    """The rank the config gives each layer it compresses: ``layers`` (default: the
+    config's layers of a network whose dense layers are the keys of ``svds``)."""
+    layers = config.layers_of(svds) if layers is None else layers
     svds = {n: svds[n] for n in layers}
     explicit, fractions = dict(config.layer_ranks), dict(config.layer_fractions)
     budget = compress.ranks_for_budget(svds, layers, config.param_budget) if config.param_budget else {}
@@ -143,8 +144,9 @@ def check(config: SvdConfig, spec) -> None:
 def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Params, dict]:
     """Each chosen layer as its rank-k factors ``u``, ``v`` (see :func:`finalize` for the form)."""
     _check_names(config, params)
-    svds = {name: context.svd(params[name]["w"]) for name in config.layers_of(params)}
-    ranks = choose_ranks(config, svds)
+    layers = config.layers_of(params)
+    ranks = choose_ranks(config, {name: context.svd(params[name]["w"]) for name in layers}, layers)
+    svds = {name: context.svd(params[name]["w"]) for name in layers}
     out = compress.copy_params(params)
     for name, k in ranks.items():
         u_k, sv_k = compress.rank_approximated_weight(svds[name], k)
@@ -235,6 +237,6 @@ def config_from_args(args: argparse.Namespace) -> SvdConfig:
         param_budget=None if args.param_budget is None else parse_float(args.param_budget, "parameter budget"))
 
 
-METHOD = Method(name="svd", label="Low-rank (SVD)", colour="#1f77b4", version=4, config_type=SvdConfig,
+METHOD = Method(name="svd", label="Low-rank (SVD)", colour="#1f77b4", version=5, config_type=SvdConfig,
                 build=build, finalize=finalize, check=check, describe=describe, add_arguments=add_arguments,
                 config_from_args=config_from_args)
