@@ -6,14 +6,16 @@ from pages.common import sidebar
 
 st.set_page_config(page_title="Low-rank compression explorer", layout="wide")
 sidebar()
-navigation = st.navigation([
-    st.Page("pages/overview.py", title="Overview", default=True),
-    st.Page("pages/low_rank.py", title="Low-rank (SVD)"),
-    st.Page("pages/spectra.py", title="Spectra"),
-    st.Page("pages/pruning.py", title="Pruning"),
-    st.Page("pages/layer_removal.py", title="Layer removal"),
-    st.Page("pages/storage.py", title="Int8 & cleanup"),
-    st.Page("pages/compare.py", title="Compare & export"),
-    st.Page("pages/train_data.py", title="Train / data"),
-])
+navigation = st.navigation(
+    [
+        st.Page("pages/overview.py", title="Overview", default=True),
+        st.Page("pages/low_rank.py", title="Low-rank (SVD)"),
+        st.Page("pages/spectra.py", title="Spectra"),
+        st.Page("pages/pruning.py", title="Pruning"),
+        st.Page("pages/layer_removal.py", title="Layer removal"),
+        st.Page("pages/storage.py", title="Int8 & cleanup"),
+        st.Page("pages/compare.py", title="Compare & export"),
+        st.Page("pages/train_data.py", title="Train / data"),
+    ]
+)
 navigation.run()

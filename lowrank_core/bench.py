@@ -54,21 +54,29 @@ def bench_inference(params, images: np.ndarray, repeats: int = 3) -> dict:
     device_params = jax.device_put(params)
 
     def plain_path():
-        return np.concatenate([np.asarray(plain(device_params, images[i:i + 1000]))
-                               for i in range(0, len(images), 1000)])
+        return np.concatenate(
+            [np.asarray(plain(device_params, images[i : i + 1000])) for i in range(0, len(images), 1000)]
+        )
 
     def product_path():
         return measure.predict_full(params, images)
 
     same = float(np.mean(plain_path() == product_path()))
     samples = _alternate({"plain": plain_path, "product": product_path}, repeats)
-    return {"row": "test-set inference", "images": int(len(images)), "same_argmax": same,
-            "plain": _summary(samples["plain"]), "product": _summary(samples["product"]),
-            "speedup": _ratio(samples["plain"], samples["product"]), "target": 2.5}
+    return {
+        "row": "test-set inference",
+        "images": int(len(images)),
+        "same_argmax": same,
+        "plain": _summary(samples["plain"]),
+        "product": _summary(samples["product"]),
+        "speedup": _ratio(samples["plain"], samples["product"]),
+        "target": 2.5,
+    }
 
 
-def bench_factorized(params, features: np.ndarray, svds, fractions=FRACTIONS, batch_sizes=(1, 1000),
-                     repeats: int = 7) -> list[dict]:
+def bench_factorized(
+    params, features: np.ndarray, svds, fractions=FRACTIONS, batch_sizes=(1, 1000), repeats: int = 7
+) -> list[dict]:
     """Row 2: the dense stack factorized at each rank fraction vs dense, measured and theoretical."""
     dense_fn = jax.jit(model.dense_forward)
     dense = jax.device_put(measure.dense_params(params))
@@ -78,20 +86,31 @@ def bench_factorized(params, features: np.ndarray, svds, fractions=FRACTIONS, ba
         variant = svd.svd_compress(params, svd.SvdConfig(fraction, "factorized"), svds)
         factorized = jax.device_put(measure.dense_params(variant))
         # The same rank as one dense matrix per layer: the function the factorized form must match.
-        reconstructed = jax.device_put(measure.dense_params(
-            svd.svd_compress(params, svd.SvdConfig(fraction, "reconstructed"), svds)))
+        reconstructed = jax.device_put(
+            measure.dense_params(svd.svd_compress(params, svd.SvdConfig(fraction, "reconstructed"), svds))
+        )
         theoretical = dense_macs / (measure.macs_per_image(variant) - measure.conv_macs(params))
         for batch_size in batch_sizes:
             x = jax.device_put(features[:batch_size])
             same = float(np.mean(np.argmax(dense_fn(reconstructed, x), -1) == np.argmax(dense_fn(factorized, x), -1)))
-            samples = _alternate({"dense": lambda x=x: dense_fn(dense, x),
-                                  "factorized": lambda x=x, f=factorized: dense_fn(f, x)}, repeats)
+            samples = _alternate(
+                {"dense": lambda x=x: dense_fn(dense, x), "factorized": lambda x=x, f=factorized: dense_fn(f, x)},
+                repeats,
+            )
             speedup = _ratio(samples["dense"], samples["factorized"])
-            rows.append({"row": "factorized vs dense", "rank_fraction": fraction, "batch_size": batch_size,
-                         "dense": _summary(samples["dense"]), "factorized": _summary(samples["factorized"]),
-                         "speedup": speedup, "theoretical": theoretical,
-                         "measured_over_theoretical": speedup["median"] / theoretical,
-                         "argmax_agreement_with_reconstructed": same})
+            rows.append(
+                {
+                    "row": "factorized vs dense",
+                    "rank_fraction": fraction,
+                    "batch_size": batch_size,
+                    "dense": _summary(samples["dense"]),
+                    "factorized": _summary(samples["factorized"]),
+                    "speedup": speedup,
+                    "theoretical": theoretical,
+                    "measured_over_theoretical": speedup["median"] / theoretical,
+                    "argmax_agreement_with_reconstructed": same,
+                }
+            )
     return rows
 
 
@@ -106,8 +125,8 @@ def bench_training(data: Cifar10, steps: int = 15) -> dict:
         optimizer = train.make_optimizer(config)
         update = train.make_update(config, optimizer)
         state = train.init_state(config, optimizer, data.x_train)
-        images = jnp.asarray(data.x_train[:config.batch_size])
-        labels = jnp.asarray(data.y_train[:config.batch_size])
+        images = jnp.asarray(data.x_train[: config.batch_size])
+        labels = jnp.asarray(data.y_train[: config.batch_size])
         states[name] = state
 
         def step(update=update, name=name, images=images, labels=labels):
@@ -125,8 +144,13 @@ def bench_training(data: Cifar10, steps: int = 15) -> dict:
     return out
 
 
-def bench_time_to_accuracy(data: Cifar10, preset: str | configs.TrainConfig = "default", target: float = 0.66,
-                           eval_every: int = 100, log: Callable[[str], None] = print) -> dict:
+def bench_time_to_accuracy(
+    data: Cifar10,
+    preset: str | configs.TrainConfig = "default",
+    target: float = 0.66,
+    eval_every: int = 100,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Row 3 (measured): wall time of ``preset`` (a preset name or a config)
     until its evaluated params first reach ``target`` accuracy on the whole test set.
 
@@ -156,17 +180,32 @@ def bench_time_to_accuracy(data: Cifar10, preset: str | configs.TrainConfig = "d
             train_s += time.perf_counter() - started
             kept = state.avg_params if config.eval_params == "ema" else state.params
             accuracy = evaluation.accuracy(kept, data.x_test, data.y_test)
-            curve.append({"step": step, "epochs": step * config.batch_size / images_per_epoch,
-                          "train_s": train_s, "test_accuracy": accuracy})
+            curve.append(
+                {
+                    "step": step,
+                    "epochs": step * config.batch_size / images_per_epoch,
+                    "train_s": train_s,
+                    "test_accuracy": accuracy,
+                }
+            )
             log(f"  {config.preset} step {step}: {train_s:.0f} s, test accuracy {accuracy:.4f}")
             if accuracy >= target:
                 reached = curve[-1]
                 break
         else:
             train_s += time.perf_counter() - started
-    return {"row": "training to accuracy", "preset": config.preset, "config": config.to_dict(), "target": target,
-            "eval_every": eval_every, "init_s": init_s, "reached": reached, "curve": curve, "batch_size": config.batch_size,
-            "steps": config.num_steps}
+    return {
+        "row": "training to accuracy",
+        "preset": config.preset,
+        "config": config.to_dict(),
+        "target": target,
+        "eval_every": eval_every,
+        "init_s": init_s,
+        "reached": reached,
+        "curve": curve,
+        "batch_size": config.batch_size,
+        "steps": config.num_steps,
+    }
 
 
 # Short recipes for the "recipes" row: how few training images can reach the
@@ -174,13 +213,19 @@ def bench_time_to_accuracy(data: Cifar10, preset: str | configs.TrainConfig = "d
 # at its own horizon (the best use of a fixed budget), from the default preset.
 RECIPE_HORIZONS = (1.0, 1.5, 2.0)  # epochs of the 45,000 training images
 RECIPE_SETTINGS = (  # (batch size, peak learning rate, augmentation)
-    (32, 5e-4, "none"), (64, 5e-4, "none"), (64, 1e-3, "none"),
-    (128, 1e-3, "none"), (128, 2e-3, "none"), (128, 1e-3, "flip"), (256, 2e-3, "none"),
+    (32, 5e-4, "none"),
+    (64, 5e-4, "none"),
+    (64, 1e-3, "none"),
+    (128, 1e-3, "none"),
+    (128, 2e-3, "none"),
+    (128, 1e-3, "flip"),
+    (256, 2e-3, "none"),
 )
 
 
-def recipe_grid(images_per_epoch: int = 45_000, horizons=RECIPE_HORIZONS, settings=RECIPE_SETTINGS,
-                warmup_fraction: float = 0.1) -> list[configs.TrainConfig]:
+def recipe_grid(
+    images_per_epoch: int = 45_000, horizons=RECIPE_HORIZONS, settings=RECIPE_SETTINGS, warmup_fraction: float = 0.1
+) -> list[configs.TrainConfig]:
     """The default preset with each (batch size, peak lr, augmentation) and
     horizon: warm-up over ``warmup_fraction`` of the steps, cosine decay to 0 at the end."""
     default = configs.get_preset("default")
@@ -188,15 +233,28 @@ def recipe_grid(images_per_epoch: int = 45_000, horizons=RECIPE_HORIZONS, settin
     for epochs in horizons:
         for batch_size, learning_rate, augment in settings:
             steps = max(1, round(epochs * images_per_epoch / batch_size))
-            grid.append(dataclasses.replace(
-                default, preset=f"bs{batch_size} lr{learning_rate:g} {augment} {epochs:g}ep", batch_size=batch_size,
-                num_steps=steps, learning_rate=learning_rate, warmup_steps=round(warmup_fraction * steps),
-                augment=augment, eval_every=steps))
+            grid.append(
+                dataclasses.replace(
+                    default,
+                    preset=f"bs{batch_size} lr{learning_rate:g} {augment} {epochs:g}ep",
+                    batch_size=batch_size,
+                    num_steps=steps,
+                    learning_rate=learning_rate,
+                    warmup_steps=round(warmup_fraction * steps),
+                    augment=augment,
+                    eval_every=steps,
+                )
+            )
     return grid
 
 
-def bench_recipes(data: Cifar10, grid: list[configs.TrainConfig], target: float = 0.66,
-                  eval_images: int = 4500, log: Callable[[str], None] = print) -> list[dict]:
+def bench_recipes(
+    data: Cifar10,
+    grid: list[configs.TrainConfig],
+    target: float = 0.66,
+    eval_images: int = 4500,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Row 3 (context): every config of ``grid`` trained until ``target`` or its
     end, whole test set evaluated about every ``eval_images`` training images.
     Answers how many epochs this network needs to reach the target at all."""
@@ -215,8 +273,15 @@ def bench_scaling(params, images: np.ndarray, batch_sizes=(1, 10, 100, 1000, 10_
     for batch_size in batch_sizes:
         x = jax.device_put(images[:batch_size])
         stats = measure.time_calls(lambda x=x: forward(device_params, x), repeats=5 if batch_size < 10_000 else 3)
-        rows.append({"row": "latency vs batch", "batch_size": batch_size, "median_ms": stats["median_ms"],
-                     "iqr_ms": stats["iqr_ms"], "per_image_ms": stats["median_ms"] / batch_size})
+        rows.append(
+            {
+                "row": "latency vs batch",
+                "batch_size": batch_size,
+                "median_ms": stats["median_ms"],
+                "iqr_ms": stats["iqr_ms"],
+                "per_image_ms": stats["median_ms"] / batch_size,
+            }
+        )
     return rows
 
 
@@ -227,8 +292,7 @@ def bench_sweep_scaling(engine, points=(1, 2, 4)) -> list[dict]:
         grid = np.linspace(0.3, 0.9, n)
         started = time.perf_counter()
         for f in grid:
-            engine.evaluate("svd", svd.SvdConfig(float(round(f, 6)), "factorized"), with_latency=False,
-                            use_cache=False)
+            engine.evaluate("svd", svd.SvdConfig(float(round(f, 6)), "factorized"), with_latency=False, use_cache=False)
         rows.append({"row": "sweep time vs points", "points": n, "seconds": time.perf_counter() - started})
     return rows
 
@@ -236,9 +300,14 @@ def bench_sweep_scaling(engine, points=(1, 2, 4)) -> list[dict]:
 def environment() -> dict:
     import os
 
-    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "device": str(jax.devices()[0])}
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0]),
+    }
 
 
 def _duration(minutes: float) -> str:
@@ -247,60 +316,88 @@ def _duration(minutes: float) -> str:
 
 def to_markdown(report: dict) -> str:
     """The report as markdown tables: ratios first, absolute figures beside them."""
-    lines = [f"Machine: {report['environment']['cpus']} CPUs, {report['environment']['backend']} "
-             f"({report['environment']['device']}), jax {report['environment']['jax']}", ""]
-    comparison_header = ["| comparison | ratio (median, IQR) | target | absolute | same predictions |", "|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {report['environment']['cpus']} CPUs, {report['environment']['backend']} "
+        f"({report['environment']['device']}), jax {report['environment']['jax']}",
+        "",
+    ]
+    comparison_header = [
+        "| comparison | ratio (median, IQR) | target | absolute | same predictions |",
+        "|---|---|---|---|---|",
+    ]
     lines += comparison_header
     inf = report.get("inference")
     if inf:
         s = inf["speedup"]
-        lines.append(f"| test-set inference ({inf['images']:,} images): product path vs plain `net.apply` (batches of 1,000) "
-                     f"| **{s['median']:.2f}×** ({s['q1']:.2f}–{s['q3']:.2f}) | ≥ {inf['target']}× "
-                     f"| {inf['product']['median_s']:.2f} s vs {inf['plain']['median_s']:.2f} s "
-                     f"| {100 * inf['same_argmax']:.2f} % same argmax |")
+        lines.append(
+            f"| test-set inference ({inf['images']:,} images): product path vs plain `net.apply` (batches of 1,000) "
+            f"| **{s['median']:.2f}×** ({s['q1']:.2f}–{s['q3']:.2f}) | ≥ {inf['target']}× "
+            f"| {inf['product']['median_s']:.2f} s vs {inf['plain']['median_s']:.2f} s "
+            f"| {100 * inf['same_argmax']:.2f} % same argmax |"
+        )
     for row in report.get("factorized", []):
         s = row["speedup"]
-        lines.append(f"| dense stack factorized at f={row['rank_fraction']} vs dense, batch {row['batch_size']} "
-                     f"| **{s['median']:.2f}×** ({s['q1']:.2f}–{s['q3']:.2f}); theoretical {row['theoretical']:.2f}× "
-                     f"→ {row['measured_over_theoretical']:.2f} of it | ≥ 0.7 of theoretical at batch 1,000, f ≤ 0.25 "
-                     f"| {1e3 * row['factorized']['median_s']:.2f} ms vs {1e3 * row['dense']['median_s']:.2f} ms "
-                     f"| {100 * row['argmax_agreement_with_reconstructed']:.1f} % same argmax as the reconstructed rank-k layers |")
+        lines.append(
+            f"| dense stack factorized at f={row['rank_fraction']} vs dense, batch {row['batch_size']} "
+            f"| **{s['median']:.2f}×** ({s['q1']:.2f}–{s['q3']:.2f}); theoretical {row['theoretical']:.2f}× "
+            f"→ {row['measured_over_theoretical']:.2f} of it | ≥ 0.7 of theoretical at batch 1,000, f ≤ 0.25 "
+            f"| {1e3 * row['factorized']['median_s']:.2f} ms vs {1e3 * row['dense']['median_s']:.2f} ms "
+            f"| {100 * row['argmax_agreement_with_reconstructed']:.1f} % same argmax as the reconstructed rank-k layers |"
+        )
     tr = report.get("training")
     if tr:
-        lines.append(f"| training: default preset vs seed preset (projected from alternately timed steps) "
-                     f"| **{tr['projected_speedup']:.1f}×** | ≥ 5×, default ≤ 4 min "
-                     f"| {_duration(tr['default']['projected_minutes'])} ({tr['default']['steps']} steps × "
-                     f"{1e3 * tr['default']['step_s']['median_s']:.1f} ms) vs {_duration(tr['seed']['projected_minutes'])} "
-                     f"({tr['seed']['steps']} × {1e3 * tr['seed']['step_s']['median_s']:.1f} ms) | n/a |")
+        lines.append(
+            f"| training: default preset vs seed preset (projected from alternately timed steps) "
+            f"| **{tr['projected_speedup']:.1f}×** | ≥ 5×, default ≤ 4 min "
+            f"| {_duration(tr['default']['projected_minutes'])} ({tr['default']['steps']} steps × "
+            f"{1e3 * tr['default']['step_s']['median_s']:.1f} ms) vs {_duration(tr['seed']['projected_minutes'])} "
+            f"({tr['seed']['steps']} × {1e3 * tr['seed']['step_s']['median_s']:.1f} ms) | n/a |"
+        )
     runs = report.get("to_accuracy") or []
     if runs:
         by_preset = {run["preset"]: run for run in runs}
         parts = []
         for run in runs:
             reached = run["reached"]
-            parts.append(f"{run['preset']}: " + (f"{_duration(reached['train_s'] / 60)} (step {reached['step']:,}, "
-                                                 f"evaluated every {run['eval_every']})"
-                                                 if reached else f"not reached in {run['steps']:,} steps"))
+            parts.append(
+                f"{run['preset']}: "
+                + (
+                    f"{_duration(reached['train_s'] / 60)} (step {reached['step']:,}, "
+                    f"evaluated every {run['eval_every']})"
+                    if reached
+                    else f"not reached in {run['steps']:,} steps"
+                )
+            )
         ratio = ""
         if all(by_preset.get(p, {}).get("reached") for p in ("default", "seed")):
             ratio = f"**{by_preset['seed']['reached']['train_s'] / by_preset['default']['reached']['train_s']:.1f}×**"
-        lines.append(f"| training to {runs[0]['target']:.2f} test accuracy (measured: whole test set evaluated "
-                     f"periodically, evaluation off the clock) | {ratio or 'n/a'} "
-                     f"| default ≤ 4 min, ≥ 5× faster than seed | {'; '.join(parts)} | n/a |")
+        lines.append(
+            f"| training to {runs[0]['target']:.2f} test accuracy (measured: whole test set evaluated "
+            f"periodically, evaluation off the clock) | {ratio or 'n/a'} "
+            f"| default ≤ 4 min, ≥ 5× faster than seed | {'; '.join(parts)} | n/a |"
+        )
     if lines[-2:] == comparison_header:  # no comparison rows in this report
         del lines[-2:]
     if report.get("recipes"):
-        lines += ["", f"| recipe (Adam, cosine to 0 at the horizon) | steps | first reaches {report['recipes'][0]['target']:.2f} "
-                  "at (epochs) | accuracy there, or at the end | training time |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"| recipe (Adam, cosine to 0 at the horizon) | steps | first reaches {report['recipes'][0]['target']:.2f} "
+            "at (epochs) | accuracy there, or at the end | training time |",
+            "|---|---|---|---|---|",
+        ]
         for run in report["recipes"]:
             last = run["reached"] or run["curve"][-1]
             first = f"**{last['epochs']:.2f}**" if run["reached"] else "not reached"
-            lines.append(f"| {run['preset']} | {run['steps']:,} | {first} | {last['test_accuracy']:.4f} "
-                         f"| {_duration(last['train_s'] / 60)} |")
+            lines.append(
+                f"| {run['preset']} | {run['steps']:,} | {first} | {last['test_accuracy']:.4f} "
+                f"| {_duration(last['train_s'] / 60)} |"
+            )
     if report.get("scaling"):
         lines += ["", "| batch size | median latency (ms) | IQR (ms) | per image (ms) |", "|---|---|---|---|"]
         for row in report["scaling"]:
-            lines.append(f"| {row['batch_size']:,} | {row['median_ms']:.1f} | {row['iqr_ms']:.1f} | {row['per_image_ms']:.3f} |")
+            lines.append(
+                f"| {row['batch_size']:,} | {row['median_ms']:.1f} | {row['iqr_ms']:.1f} | {row['per_image_ms']:.3f} |"
+            )
     if report.get("sweep"):
         lines += ["", "| uncached SVD grid points | seconds | per point |", "|---|---|---|"]
         for row in report["sweep"]:
@@ -333,8 +430,9 @@ def run(engine, config: BenchConfig, log: Callable[[str], None] = print) -> dict
     if "factorized" in config.rows:
         log("factorized vs dense dense stack …")
         fractions = (1.0, 0.25, 0.05) if config.quick else FRACTIONS
-        report["factorized"] = bench_factorized(engine.params, engine.test_features, engine.svds, fractions,
-                                                repeats=3 if config.quick else 7)
+        report["factorized"] = bench_factorized(
+            engine.params, engine.test_features, engine.svds, fractions, repeats=3 if config.quick else 7
+        )
     if "training" in config.rows:
         log("training step rates …")
         report["training"] = bench_training(engine.data, steps=4 if config.quick else 15)
@@ -343,14 +441,18 @@ def run(engine, config: BenchConfig, log: Callable[[str], None] = print) -> dict
         for preset in config.to_accuracy_presets:
             log(f"training {preset} to 0.66 test accuracy …")
             batch_size = configs.get_preset(preset).batch_size
-            report["to_accuracy"].append(bench_time_to_accuracy(
-                engine.data, preset, eval_every=max(1, config.to_accuracy_eval_images // batch_size), log=log))
+            report["to_accuracy"].append(
+                bench_time_to_accuracy(
+                    engine.data, preset, eval_every=max(1, config.to_accuracy_eval_images // batch_size), log=log
+                )
+            )
     if "recipes" in config.rows:
         report["recipes"] = bench_recipes(engine.data, recipe_grid(), log=log)
     if "scaling" in config.rows:
         log("latency vs batch size …")
-        report["scaling"] = bench_scaling(engine.params, engine.data.x_test,
-                                          (1, 100, 1000) if config.quick else (1, 10, 100, 1000, 10_000))
+        report["scaling"] = bench_scaling(
+            engine.params, engine.data.x_test, (1, 100, 1000) if config.quick else (1, 10, 100, 1000, 10_000)
+        )
     if "sweep" in config.rows:
         log("sweep time vs grid points …")
         report["sweep"] = bench_sweep_scaling(engine, (1, 2) if config.quick else (1, 2, 4))

@@ -56,8 +56,9 @@ def _stored_dtype(key: str, value: np.ndarray, float_dtype) -> np.dtype:
     return np.dtype(float_dtype)
 
 
-def as_stored(params: model.Params, float_dtype: np.dtype | str = np.float32,
-              float32_modules: tuple[str, ...] = ()) -> dict[str, dict[str, np.ndarray]]:
+def as_stored(
+    params: model.Params, float_dtype: np.dtype | str = np.float32, float32_modules: tuple[str, ...] = ()
+) -> dict[str, dict[str, np.ndarray]]:
     """``params`` exactly as :func:`params_to_npz_bytes` stores them, read back
     (floats rounded to ``float_dtype``, computed in float32): what a variant is measured as."""
     out = {}
@@ -71,15 +72,20 @@ def as_stored(params: model.Params, float_dtype: np.dtype | str = np.float32,
     return out
 
 
-def params_to_npz_bytes(params: model.Params, dtype: np.dtype | str = np.float32,
-                        float32_modules: tuple[str, ...] = ()) -> bytes:
+def params_to_npz_bytes(
+    params: model.Params, dtype: np.dtype | str = np.float32, float32_modules: tuple[str, ...] = ()
+) -> bytes:
     """The bytes of a ``params.npz`` holding ``params`` (the product's stored format):
     one array per ``<module>/<param>``; float arrays as ``dtype`` (float32 in
     ``float32_modules``), int8 matrices (``<key>_q``) as int8 with float32 ``<key>_scale``."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: v.astype(_stored_dtype(k, v, np.float32 if k.rpartition("/")[0] in float32_modules
-                                                   else dtype))
-                        for k, v in flatten_params(params).items()})
+    np.savez(
+        buffer,
+        **{
+            k: v.astype(_stored_dtype(k, v, np.float32 if k.rpartition("/")[0] in float32_modules else dtype))
+            for k, v in flatten_params(params).items()
+        },
+    )
     return buffer.getvalue()
 
 
@@ -88,8 +94,9 @@ def variant_from_npz_bytes(blob: bytes) -> dict[str, dict[str, np.ndarray]]:
     int8 matrices and their scales as stored (what :func:`model.forward` runs)."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         flat = {k: npz[k] for k in npz.files}
-    return unflatten_params({k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
-                             for k, v in flat.items()})
+    return unflatten_params(
+        {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in flat.items()}
+    )
 
 
 def library_versions() -> dict[str, str]:
@@ -102,8 +109,11 @@ def library_versions() -> dict[str, str]:
 
 def _retired_copies(directory: pathlib.Path) -> list[pathlib.Path]:
     """Complete older checkpoints a save moved aside (newest first)."""
-    found = [p for p in directory.parent.glob(f".{directory.name}.old.*/{directory.name}")
-             if (p / PARAMS_FILE).is_file() and (p / METADATA_FILE).is_file()]
+    found = [
+        p
+        for p in directory.parent.glob(f".{directory.name}.old.*/{directory.name}")
+        if (p / PARAMS_FILE).is_file() and (p / METADATA_FILE).is_file()
+    ]
     return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
@@ -119,8 +129,9 @@ def recover(directory: str | os.PathLike) -> None:
             return
 
 
-def save(directory: str | os.PathLike, params: model.Params, metadata: dict[str, Any],
-         *, dtype: np.dtype | str = np.float32) -> pathlib.Path:
+def save(
+    directory: str | os.PathLike, params: model.Params, metadata: dict[str, Any], *, dtype: np.dtype | str = np.float32
+) -> pathlib.Path:
     """Writes a checkpoint folder atomically (a new folder renamed over the old).
 
     The old folder is moved aside, then the new one renamed into place: a crash
@@ -166,8 +177,7 @@ def load_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     return metadata
 
 
-def load_params(directory: str | os.PathLike, *, check: bool = True,
-                with_digest: bool = False):
+def load_params(directory: str | os.PathLike, *, check: bool = True, with_digest: bool = False):
     """Reads ``params.npz`` as float32, checking finiteness and (if ``check``) that
     the shapes form one network (:func:`model.spec_of`).
 

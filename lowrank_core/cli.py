@@ -28,16 +28,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     dataset = data.load_cifar10(args.data)
     out_dir = pathlib.Path(args.out) if args.out else paths.artifacts_dir() / "checkpoints" / config.preset
     with tqdm(total=config.num_steps, desc=f"train[{config.preset}]", unit="step") as bar:
+
         def on_progress(p: train.TrainProgress) -> None:
             bar.update(p.step - bar.n)
             if p.val_accuracy is not None:
                 bar.set_postfix(loss=f"{p.loss:.3f}", val_acc=f"{p.val_accuracy:.3f}")
 
         metadata = train.train_and_save(config, dataset, out_dir, on_progress=on_progress, resume=args.resume)
-    print(json.dumps({"checkpoint": str(out_dir), "test_accuracy": metadata["test_accuracy"],
-                      "n_test": metadata["n_test"], "train_seconds": metadata["train_seconds"],
-                      "storage_dtype": metadata["storage_dtype"],
-                      "resumed_from_step": metadata["resumed_from_step"]}))
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(out_dir),
+                "test_accuracy": metadata["test_accuracy"],
+                "n_test": metadata["n_test"],
+                "train_seconds": metadata["train_seconds"],
+                "storage_dtype": metadata["storage_dtype"],
+                "resumed_from_step": metadata["resumed_from_step"],
+            }
+        )
+    )
     return 0
 
 
@@ -71,8 +80,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.export and not args.export.endswith(".npz"):
         raise ConfigError(f"--export wants a path ending in .npz, got {args.export!r}")
     eng = _make_engine(args, variant)
-    result = eng.evaluate(variant, with_latency=not args.no_latency, use_cache=not args.no_cache,
-                          with_layer_latency=not args.no_latency)
+    result = eng.evaluate(
+        variant, with_latency=not args.no_latency, use_cache=not args.no_cache, with_layer_latency=not args.no_latency
+    )
     if args.export:
         try:
             atomic_write_bytes(args.export, eng.variant_npz(result))
@@ -92,7 +102,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _parse_grid(text: str) -> list[float]:
-    """"0.05:1.0:0.05" (start:stop:step, stop included) or "0.1,0.5,1"."""
+    """ "0.05:1.0:0.05" (start:stop:step, stop included) or "0.1,0.5,1"."""
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
@@ -129,10 +139,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     rows = []
     for config in tqdm(grid, desc=f"sweep[{args.method}]"):
         result = eng.evaluate(Variant(((name, config),), base.finetune), with_latency=not args.no_latency)
-        row = {"method": args.method, **{f"config.{k}": v for k, v in result["config"].items()},
-               "accuracy": result["accuracy"], "n_test": result["n_test"], "params": result["params"],
-               "macs": result["macs"], "bytes": result["bytes"], "latency_ms": result.get("latency_ms"),
-               "latency_batch1_ms": result.get("latency_batch1_ms")}
+        row = {
+            "method": args.method,
+            **{f"config.{k}": v for k, v in result["config"].items()},
+            "accuracy": result["accuracy"],
+            "n_test": result["n_test"],
+            "params": result["params"],
+            "macs": result["macs"],
+            "bytes": result["bytes"],
+            "latency_ms": result.get("latency_ms"),
+            "latency_batch1_ms": result.get("latency_batch1_ms"),
+        }
         rows.append(row)
     out = pathlib.Path(args.out) if args.out else paths.artifacts_dir() / "sweeps" / f"{args.method}"
     buffer = io.StringIO()
@@ -155,8 +172,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     unknown = [r for r in rows if r not in known]
     if unknown or not rows:
         raise ConfigError(f"unknown bench rows {unknown or rows}; choose from {', '.join(known)}")
-    report = bench.run(_make_engine(args), bench.BenchConfig(quick=args.quick, rows=rows),
-                       log=lambda line: print(line, file=sys.stderr))
+    report = bench.run(
+        _make_engine(args),
+        bench.BenchConfig(quick=args.quick, rows=rows),
+        log=lambda line: print(line, file=sys.stderr),
+    )
     table = bench.to_markdown(report)
     out = pathlib.Path(args.out) if args.out else paths.artifacts_dir() / "bench" / "bench"
     atomic_write_json(out.with_suffix(".json"), report)
@@ -173,6 +193,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     grid = _parse_grid(args.grid)
     eng = _make_engine(args)
     with tqdm(desc=f"sensitivity[{args.method}]", unit="point") as bar:
+
         def on_progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
@@ -189,12 +210,20 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
     p.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
-    p.add_argument("--method", default="baseline", type=_method_name,
-                   help=f"one of {', '.join(methods.REGISTRY)}, or a pipeline such as svd+quantize")
+    p.add_argument(
+        "--method",
+        default="baseline",
+        type=_method_name,
+        help=f"one of {', '.join(methods.REGISTRY)}, or a pipeline such as svd+quantize",
+    )
     for method in methods.REGISTRY.values():
         method.add_arguments(p)
-    p.add_argument("--finetune-steps", type=int, default=0,
-                   help="fine-tune the dense stack afterwards (frozen convolutions; structure and int8 grid kept)")
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=0,
+        help="fine-tune the dense stack afterwards (frozen convolutions; structure and int8 grid kept)",
+    )
     p.add_argument("--no-latency", action="store_true", help="skip latency timing")
 
 
@@ -203,8 +232,9 @@ def _method_name(text: str) -> str:
 
     for name in text.split("+"):
         if name.strip() not in methods.REGISTRY:
-            raise argparse.ArgumentTypeError(f"unknown method {name.strip()!r}; choose from "
-                                             f"{', '.join(methods.REGISTRY)} (or join them with '+')")
+            raise argparse.ArgumentTypeError(
+                f"unknown method {name.strip()!r}; choose from {', '.join(methods.REGISTRY)} (or join them with '+')"
+            )
     return text
 
 
@@ -225,16 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--out", help="checkpoint folder (default artifacts/checkpoints/<preset>)")
     p_train.add_argument("--steps", type=int, help="override the preset's number of steps")
     p_train.add_argument("--eval-every", type=int, help="override steps between evaluations (= resume points)")
-    p_train.add_argument("--resume", action="store_true",
-                         help="continue from the last resume point of an interrupted run with the same settings")
+    p_train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last resume point of an interrupted run with the same settings",
+    )
     p_train.set_defaults(func=_cmd_train)
 
     p_eval = sub.add_parser("evaluate", help="measure a variant on all test images (cached)")
     _add_method_options(p_eval)
     p_eval.add_argument("--json", action="store_true", help="print one JSON object")
     p_eval.add_argument("--no-cache", action="store_true", help="recompute even if cached")
-    p_eval.add_argument("--export", metavar="PATH.npz",
-                        help="write the variant's parameters in the stored format (see the README)")
+    p_eval.add_argument(
+        "--export", metavar="PATH.npz", help="write the variant's parameters in the stored format (see the README)"
+    )
     p_eval.set_defaults(func=_cmd_evaluate)
 
     p_sweep = sub.add_parser("sweep", help="evaluate a grid of settings; writes CSV and JSON")
@@ -256,10 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
     p_bench.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
     p_bench.add_argument("--quick", action="store_true", help="fewer repeats, 2,000 images (a smoke run)")
-    p_bench.add_argument("--rows", default="inference,factorized,training,scaling,sweep",
-                         help="comma list of rows to run; add to_accuracy to train the default and seed "
-                              "presets to 0.66 test accuracy (minutes), recipes for 21 short schedules "
-                              "trained towards it (about an hour on a CPU)")
+    p_bench.add_argument(
+        "--rows",
+        default="inference,factorized,training,scaling,sweep",
+        help="comma list of rows to run; add to_accuracy to train the default and seed "
+        "presets to 0.66 test accuracy (minutes), recipes for 21 short schedules "
+        "trained towards it (about an hour on a CPU)",
+    )
     p_bench.add_argument("--out", help="output path without extension (default artifacts/bench/bench)")
     p_bench.set_defaults(func=_cmd_bench)
     return parser

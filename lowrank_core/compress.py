@@ -164,7 +164,7 @@ def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarra
         threshold = np.partition(magnitude, n_prune - 1)[n_prune - 1]
         below = magnitude < threshold
         keep[below] = False
-        keep[np.flatnonzero(magnitude == threshold)[:n_prune - int(below.sum())]] = False
+        keep[np.flatnonzero(magnitude == threshold)[: n_prune - int(below.sum())]] = False
         return keep
 
     if config.scope == "layer":
@@ -173,7 +173,7 @@ def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarra
     keep = keep_top(flat, int(round(config.sparsity * flat.size)))
     masks, offset = {}, 0
     for name, w in kernels.items():
-        masks[name] = keep[offset:offset + w.size].reshape(w.shape)
+        masks[name] = keep[offset : offset + w.size].reshape(w.shape)
         offset += w.size
     return masks
 

@@ -66,8 +66,9 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
         if isinstance(values.get("network"), dict):
-            values["network"] = NetworkSpec(**{k: tuple(v) if isinstance(v, list) else v
-                                               for k, v in values["network"].items()})
+            values["network"] = NetworkSpec(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in values["network"].items()}
+            )
         return cls(**values)
 
 
@@ -75,8 +76,16 @@ PRESETS: dict[str, TrainConfig] = {
     # The seed notebooks' recipe, bugs fixed: Adam 1e-3 constant, batch 64,
     # 10,001 steps, L2 1e-4 added, EMA 0.001 evaluated, no augmentation.
     "seed": TrainConfig(
-        preset="seed", batch_size=64, num_steps=10_001, learning_rate=1e-3, lr_schedule="constant",
-        warmup_steps=0, ema_step_size=0.001, eval_params="ema", augment="none", eval_every=1000,
+        preset="seed",
+        batch_size=64,
+        num_steps=10_001,
+        learning_rate=1e-3,
+        lr_schedule="constant",
+        warmup_steps=0,
+        ema_step_size=0.001,
+        eval_params="ema",
+        augment="none",
+        eval_every=1000,
     ),
     # Fast: patch-whitened first convolution and unit-variance layers at the
     # start (so the first epoch is not spent learning to see), larger batches,
@@ -85,21 +94,47 @@ PRESETS: dict[str, TrainConfig] = {
     # the raw params while the learning rate is high, equal to them once the
     # schedule has decayed.
     "default": TrainConfig(
-        preset="default", batch_size=128, num_steps=703, learning_rate=1e-3, lr_schedule="cosine",
-        warmup_steps=70, ema_step_size=0.02, eval_params="ema", augment="flip", init="whitened", eval_every=200,
+        preset="default",
+        batch_size=128,
+        num_steps=703,
+        learning_rate=1e-3,
+        lr_schedule="cosine",
+        warmup_steps=70,
+        ema_step_size=0.02,
+        eval_params="ema",
+        augment="flip",
+        init="whitened",
+        eval_every=200,
     ),
     # The shipped checkpoint: the earlier default recipe (Haiku's init, raw
     # params) run 15,000 steps with shifts too.
     # (≈ 38 epochs: about 80 minutes on a 2-core CPU, about a minute on a GPU.)
     "baseline": TrainConfig(
-        preset="baseline", batch_size=128, num_steps=15_000, learning_rate=1e-3, lr_schedule="cosine",
-        warmup_steps=500, ema_step_size=0.01, eval_params="raw", augment="flip_crop", eval_every=1000,
+        preset="baseline",
+        batch_size=128,
+        num_steps=15_000,
+        learning_rate=1e-3,
+        lr_schedule="cosine",
+        warmup_steps=500,
+        ema_step_size=0.01,
+        eval_params="raw",
+        augment="flip_crop",
+        eval_every=1000,
     ),
     # Smoke tests: seconds on synthetic data, with a small network of the same shape of layers.
     "tiny": TrainConfig(
-        preset="tiny", batch_size=16, num_steps=6, learning_rate=1e-3, lr_schedule="constant",
-        warmup_steps=0, ema_step_size=0.1, eval_params="raw", augment="flip_crop",
-        validation_size=16, eval_every=3, network=TINY_SPEC,
+        preset="tiny",
+        batch_size=16,
+        num_steps=6,
+        learning_rate=1e-3,
+        lr_schedule="constant",
+        warmup_steps=0,
+        ema_step_size=0.1,
+        eval_params="raw",
+        augment="flip_crop",
+        validation_size=16,
+        eval_every=3,
+        network=TINY_SPEC,
     ),
 }
 

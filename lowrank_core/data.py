@@ -195,8 +195,10 @@ MAX_MEMBER_BYTES = 64 * 2**20
 
 
 def _too_large(where: str, size: int) -> DataError:
-    return DataError(f"{where} declares {size / 2**20:,.0f} MiB; a CIFAR-10 batch is about 31 MiB, so it is "
-                     f"refused unread (limit {MAX_MEMBER_BYTES // 2**20} MiB): use a genuine CIFAR-10 copy")
+    return DataError(
+        f"{where} declares {size / 2**20:,.0f} MiB; a CIFAR-10 batch is about 31 MiB, so it is "
+        f"refused unread (limit {MAX_MEMBER_BYTES // 2**20} MiB): use a genuine CIFAR-10 copy"
+    )
 
 
 def _read_limited(handle, where: str) -> bytes:
@@ -344,8 +346,9 @@ def _tqdm_progress(desc: str) -> tuple[ProgressFn, Callable[[], None]]:
 # Locating and caching
 
 
-def resolve_source(path: str | os.PathLike | None = None, *, download: bool = True,
-                   progress: ProgressFn | None = None) -> DataSource:
+def resolve_source(
+    path: str | os.PathLike | None = None, *, download: bool = True, progress: ProgressFn | None = None
+) -> DataSource:
     """Finds CIFAR-10: explicit path, then ``LOWRANK_CIFAR10``, then the cache, then a download."""
     if path:
         candidate = pathlib.Path(path).expanduser()
@@ -379,9 +382,7 @@ def resolve_source(path: str | os.PathLike | None = None, *, download: bool = Tr
 def _cache_key(path: pathlib.Path) -> str:
     path = path.resolve()
     stats = [path.stat()] if path.is_file() else [p.stat() for p in sorted(path.rglob("*")) if p.is_file()]
-    fingerprint = json.dumps(
-        [_DECODE_VERSION, str(path), [(s.st_size, s.st_mtime_ns) for s in stats]]
-    )
+    fingerprint = json.dumps([_DECODE_VERSION, str(path), [(s.st_size, s.st_mtime_ns) for s in stats]])
     return hashlib.sha256(fingerprint.encode()).hexdigest()[:24]
 
 
@@ -390,16 +391,25 @@ def _load_decoded(cache_file: pathlib.Path) -> Cifar10 | None:
         with np.load(cache_file, allow_pickle=False) as npz:
             info = json.loads(str(npz["info"]))
             return Cifar10(
-                x_train=npz["x_train"], y_train=npz["y_train"],
-                x_test=npz["x_test"], y_test=npz["y_test"],
-                class_names=tuple(info["class_names"]), source=info["source"], sha256=info["sha256"],
+                x_train=npz["x_train"],
+                y_train=npz["y_train"],
+                x_test=npz["x_test"],
+                y_test=npz["y_test"],
+                class_names=tuple(info["class_names"]),
+                source=info["source"],
+                sha256=info["sha256"],
             )
     except Exception:
         return None  # missing or corrupt cache: decode again
 
 
-def load_cifar10(path: str | os.PathLike | None = None, *, download: bool = True,
-                 progress: ProgressFn | None = None, use_cache: bool = True) -> Cifar10:
+def load_cifar10(
+    path: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    progress: ProgressFn | None = None,
+    use_cache: bool = True,
+) -> Cifar10:
     """Loads CIFAR-10 from the first source found (see :func:`resolve_source`).
 
     The decoded arrays are cached under ``artifacts/data/decoded/``; the cache
@@ -418,8 +428,14 @@ def load_cifar10(path: str | os.PathLike | None = None, *, download: bool = True
         info = json.dumps({"class_names": list(data.class_names), "source": data.source, "sha256": data.sha256})
         try:
             with atomic_open(cache_file, "wb") as out:
-                np.savez(out, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
-                         y_test=data.y_test, info=np.asarray(info))
+                np.savez(
+                    out,
+                    x_train=data.x_train,
+                    y_train=data.y_train,
+                    x_test=data.x_test,
+                    y_test=data.y_test,
+                    info=np.asarray(info),
+                )
         except OSError:
             pass  # a read-only or full disk only costs the next load its speed
     return data

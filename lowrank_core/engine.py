@@ -95,19 +95,28 @@ class Engine:
         init = self.init_singular_values()
         out = {}
         for name, svd in self.svds.items():
-            out[name] = {"trained": compress.spectrum_curves(svd.s), "init": compress.spectrum_curves(init[name]),
-                         "stats": compress.spectrum_stats(svd.s), "init_stats": compress.spectrum_stats(init[name]),
-                         "shape": tuple(self.params[name]["w"].shape)}
+            out[name] = {
+                "trained": compress.spectrum_curves(svd.s),
+                "init": compress.spectrum_curves(init[name]),
+                "stats": compress.spectrum_stats(svd.s),
+                "init_stats": compress.spectrum_stats(init[name]),
+                "shape": tuple(self.params[name]["w"].shape),
+            }
         return out
 
     # ---- variants ----
 
-    def build(self, method, config=None, finetune: FinetuneConfig | None = None,
-              on_progress: ProgressFn | None = None) -> tuple[dict, dict]:
+    def build(
+        self, method, config=None, finetune: FinetuneConfig | None = None, on_progress: ProgressFn | None = None
+    ) -> tuple[dict, dict]:
         """(params of the variant as stored, facts such as ranks or changed layers)."""
         variant = as_variant(method, config, finetune)
-        context = BuildContext(svd=self.intermediates.svd_of, train_features=lambda: self.train_features,
-                               train_labels=self.data.y_train, on_progress=on_progress)
+        context = BuildContext(
+            svd=self.intermediates.svd_of,
+            train_features=lambda: self.train_features,
+            train_labels=self.data.y_train,
+            on_progress=on_progress,
+        )
         structure = [(n, c) for n, c in variant.steps if get(n).kind != "storage"]
         storage = [(n, c) for n, c in variant.steps if get(n).kind == "storage"]
         params, facts = self.params, {}
@@ -133,13 +142,24 @@ class Engine:
         if any(name == "prune" for name, _ in variant.steps):
             masks = {n: np.asarray(layer["w"]) != 0 for n, layer in dense.items() if "w" in layer}
         out = dict(params)
-        out.update(finetune_dense(dense, self.train_features, self.data.y_train, variant.finetune, masks=masks,
-                                  on_progress=on_progress))
+        out.update(
+            finetune_dense(
+                dense, self.train_features, self.data.y_train, variant.finetune, masks=masks, on_progress=on_progress
+            )
+        )
         return out
 
-    def evaluate(self, method, config=None, *, finetune: FinetuneConfig | None = None,
-                 with_latency: bool = True, use_cache: bool = True,
-                 on_progress: ProgressFn | None = None, with_layer_latency: bool = False) -> dict:
+    def evaluate(
+        self,
+        method,
+        config=None,
+        *,
+        finetune: FinetuneConfig | None = None,
+        with_latency: bool = True,
+        use_cache: bool = True,
+        on_progress: ProgressFn | None = None,
+        with_layer_latency: bool = False,
+    ) -> dict:
         """Measures a variant (cached): accuracy on every test image, size, latency."""
         variant = as_variant(method, config, finetune)
         variant.check(self.spec)
@@ -155,8 +175,9 @@ class Engine:
             self.store.put(key, result)
             return result
 
-    def _measure(self, variant: Variant, with_latency: bool, with_layer_latency: bool,
-                 on_progress: ProgressFn | None) -> dict:
+    def _measure(
+        self, variant: Variant, with_latency: bool, with_layer_latency: bool, on_progress: ProgressFn | None
+    ) -> dict:
         params, facts = self.build(variant, on_progress=on_progress)
         if measure.same_convolutions(params, self.params):
             predictions = measure.predict_from_features(params, self.test_features)
@@ -175,8 +196,9 @@ class Engine:
             "accuracy": float(np.mean(predictions == self.data.y_test)),
             "n_test": int(self.data.y_test.shape[0]),
             "params": measure.count_params(params),
-            "nonzero_params": int(sum(np.count_nonzero(v) for ps in params.values() for k, v in ps.items()
-                                      if not k.endswith("_scale"))),
+            "nonzero_params": int(
+                sum(np.count_nonzero(v) for ps in params.values() for k, v in ps.items() if not k.endswith("_scale"))
+            ),
             "macs": measure.macs_per_image(params),
             "bytes": stored,
             "storage_dtype": self.storage_dtype,
@@ -190,8 +212,13 @@ class Engine:
     def _latency(self, params: dict, with_layer_latency: bool) -> dict:
         lat = measure.latency(params, self.data.x_test)
         batch = max(int(b) for b in lat)
-        out = {"latency": lat, "batch_size": batch, "latency_ms": lat[str(batch)]["median_ms"],
-               "latency_batch1_ms": lat["1"]["median_ms"], "measured_on": self.environment}
+        out = {
+            "latency": lat,
+            "batch_size": batch,
+            "latency_ms": lat[str(batch)]["median_ms"],
+            "latency_batch1_ms": lat["1"]["median_ms"],
+            "measured_on": self.environment,
+        }
         if with_layer_latency:  # a few seconds more: the CLI asks for it, the app on demand
             out["layer_latency_ms"] = measure.layer_latency(params, self.data.x_test)
         return out
@@ -213,8 +240,9 @@ class Engine:
             self.store.put(key, record)
         return record
 
-    def cached_result(self, method, config=None, finetune: FinetuneConfig | None = None,
-                      with_latency: bool = False) -> dict | None:
+    def cached_result(
+        self, method, config=None, finetune: FinetuneConfig | None = None, with_latency: bool = False
+    ) -> dict | None:
         """The cached result of a variant, or None if never measured (computes nothing)."""
         record = self.store.get(result_key(self.checkpoint_hash, as_variant(method, config, finetune)))
         if record is None or (with_latency and not (record.get("latency") and self._here(record))):
@@ -227,8 +255,18 @@ class Engine:
         out = []
         for record in self.store.all().values():
             if record.get("latency") and not self._here(record):
-                moved = {k: record[k] for k in ("latency", "latency_ms", "latency_batch1_ms", "layer_latency_ms",
-                                                "batch_size", "measured_on") if k in record}
+                moved = {
+                    k: record[k]
+                    for k in (
+                        "latency",
+                        "latency_ms",
+                        "latency_batch1_ms",
+                        "layer_latency_ms",
+                        "batch_size",
+                        "measured_on",
+                    )
+                    if k in record
+                }
                 record = {k: v for k, v in record.items() if k not in moved} | {"latency_elsewhere": moved}
             out.append(record)
         return out
@@ -245,8 +283,13 @@ class Engine:
     def _npz(self, params: dict, facts: dict) -> bytes:
         return checkpoint.params_to_npz_bytes(params, self.storage_dtype, tuple(facts["float32_layers"]))
 
-    def sensitivity(self, method: str, grid: list[float], layers: tuple[str, ...] | None = None,
-                    on_progress: ProgressFn | None = None) -> list[dict]:
+    def sensitivity(
+        self,
+        method: str,
+        grid: list[float],
+        layers: tuple[str, ...] | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> list[dict]:
         """Compresses one layer at a time over ``grid`` (rank fractions for
         "svd", sparsities for "prune"), everything else intact: rows of
         (layer, value, accuracy). Accuracy only; each point is cached."""
@@ -272,4 +315,3 @@ class Engine:
 def config_from_dict(method: str, values) -> object:
     """The frozen config of ``method`` from its JSON form."""
     return get(method).config_from_dict(values)
-

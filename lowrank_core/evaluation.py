@@ -7,8 +7,7 @@ import numpy as np
 from lowrank_core import measure, model
 
 
-def accuracy(params: model.Params, images: np.ndarray, labels: np.ndarray,
-             batch_size: int | None = None) -> float:
+def accuracy(params: model.Params, images: np.ndarray, labels: np.ndarray, batch_size: int | None = None) -> float:
     """Fraction of ``images`` whose predicted class equals ``labels``."""
     if images.shape[0] == 0:
         raise ValueError("no images to evaluate")

@@ -39,10 +39,15 @@ class FinetuneState(NamedTuple):
 MaskSchedule = Callable[[int, dict], "dict | None"]
 
 
-def finetune_dense(dense: dict, features: np.ndarray, labels: np.ndarray, config: FinetuneConfig,
-                   masks: dict | None = None,
-                   on_progress: Callable[[int, int], None] | None = None,
-                   mask_schedule: MaskSchedule | None = None) -> dict:
+def finetune_dense(
+    dense: dict,
+    features: np.ndarray,
+    labels: np.ndarray,
+    config: FinetuneConfig,
+    masks: dict | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    mask_schedule: MaskSchedule | None = None,
+) -> dict:
     """Trains ``dense`` (the dense layers of a params tree) on conv ``features``.
 
     ``masks`` (``{layer: bool array}``) keep pruned weights at zero.
@@ -87,9 +92,16 @@ def finetune_dense(dense: dict, features: np.ndarray, labels: np.ndarray, config
     return jax.tree.map(lambda v: np.asarray(v, np.float32), state.params)
 
 
-def gradual_prune_dense(dense: dict, features: np.ndarray, labels: np.ndarray, config: FinetuneConfig,
-                        prune_config, frozen: dict | None = None, every: int = 50,
-                        on_progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
+def gradual_prune_dense(
+    dense: dict,
+    features: np.ndarray,
+    labels: np.ndarray,
+    config: FinetuneConfig,
+    prune_config,
+    frozen: dict | None = None,
+    every: int = 50,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict, dict]:
     """Fine-tunes ``dense`` while the pruned kernels reach ``prune_config.sparsity`` on
     Zhu & Gupta's cubic schedule (masks recomputed by magnitude every ``every``
     steps over the first 3/4 of training, then held).

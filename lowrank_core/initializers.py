@@ -43,13 +43,22 @@ def sample_patches(key: jax.Array, images: np.ndarray, kernel_shape: tuple[int, 
     index = np.asarray(jax.random.randint(index_key, (num_patches,), 0, n))
     row = np.asarray(jax.random.randint(row_key, (num_patches,), 0, h - kh + 1))
     col = np.asarray(jax.random.randint(col_key, (num_patches,), 0, w - kw + 1))
-    patches = images[index[:, None, None], row[:, None, None] + np.arange(kh)[None, :, None],
-                     col[:, None, None] + np.arange(kw)[None, None, :]]  # (P, kh, kw, C)
+    patches = images[
+        index[:, None, None],
+        row[:, None, None] + np.arange(kh)[None, :, None],
+        col[:, None, None] + np.arange(kw)[None, None, :],
+    ]  # (P, kh, kw, C)
     return np.asarray(model.preprocess(patches)).reshape(num_patches, -1)
 
 
-def patch_whitening_filters(key: jax.Array, images: np.ndarray, kernel_shape: tuple[int, int], num_filters: int,
-                            num_patches: int = WHITENING_PATCHES, epsilon: float = WHITENING_EPSILON) -> np.ndarray:
+def patch_whitening_filters(
+    key: jax.Array,
+    images: np.ndarray,
+    kernel_shape: tuple[int, int],
+    num_filters: int,
+    num_patches: int = WHITENING_PATCHES,
+    epsilon: float = WHITENING_EPSILON,
+) -> np.ndarray:
     """(kh, kw, channels, num_filters) filters: the ``num_filters`` leading
     eigenvectors of the patch covariance of ``images``, scaled by 1/√(λ + ε).
 
@@ -120,8 +129,11 @@ def whitened_init(key: jax.Array, images: np.ndarray, spec: model.NetworkSpec = 
     params = model.init_params(init_key, spec)
     first = spec.conv_layers[0]
     kh, kw, _, num_filters = params[first]["w"].shape
-    params = {**params, first: {**params[first], "w": jnp.asarray(
-        patch_whitening_filters(patch_key, images, (kh, kw), num_filters))}}
-    chosen = np.asarray(jax.random.choice(batch_key, images.shape[0], (min(SCALING_IMAGES, images.shape[0]),),
-                                          replace=False))
+    params = {
+        **params,
+        first: {**params[first], "w": jnp.asarray(patch_whitening_filters(patch_key, images, (kh, kw), num_filters))},
+    }
+    chosen = np.asarray(
+        jax.random.choice(batch_key, images.shape[0], (min(SCALING_IMAGES, images.shape[0]),), replace=False)
+    )
     return unit_variance_scaling(params, images[np.sort(chosen)], keep=(first,))

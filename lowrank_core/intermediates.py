@@ -45,8 +45,14 @@ def matrix_digest(matrix: np.ndarray) -> str:
 
 
 class Intermediates:
-    def __init__(self, params, metadata: dict, data: Cifar10, cache_dir: pathlib.Path,
-                 on_write_failure: Callable[[OSError], None]):
+    def __init__(
+        self,
+        params,
+        metadata: dict,
+        data: Cifar10,
+        cache_dir: pathlib.Path,
+        on_write_failure: Callable[[OSError], None],
+    ):
         self.params, self.metadata, self.data = params, metadata, data
         self.cache_dir = pathlib.Path(cache_dir)
         self._on_write_failure = on_write_failure
@@ -123,8 +129,9 @@ class Intermediates:
                 pass
             from lowrank_core import configs, train
 
-            config = dataclasses.replace(configs.TrainConfig.from_dict(self.metadata.get("config") or {}),
-                                         network=model.spec_of(self.params))
+            config = dataclasses.replace(
+                configs.TrainConfig.from_dict(self.metadata.get("config") or {}), network=model.spec_of(self.params)
+            )
             init = train.initial_params(config, self.data)
             self._init_s = {n: np.linalg.svd(np.asarray(init[n]["w"], np.float64), compute_uv=False) for n in names}
             self._save(path, self._init_s)

@@ -79,7 +79,7 @@ def _batched(fn: Callable, params, inputs: np.ndarray, batch_size: int | None) -
     params = jax.device_put(params)  # once, not on every call: the weights are ~85 MB
     outs, sizes = [], []
     for start in range(0, n, batch_size):
-        chunk = inputs[start:start + batch_size]
+        chunk = inputs[start : start + batch_size]
         size = chunk.shape[0]
         if size < batch_size and n > batch_size:
             chunk = np.concatenate([chunk, np.zeros((batch_size - size,) + chunk.shape[1:], chunk.dtype)])
@@ -154,7 +154,8 @@ def predict_full(params: Mapping, images: np.ndarray, batch_size: int | None = N
 def same_convolutions(a: Mapping, b: Mapping) -> bool:
     names = model.conv_layer_names(a)
     return names == model.conv_layer_names(b) and all(
-        np.array_equal(np.asarray(a[n][p]), np.asarray(b[n][p])) for n in names for p in ("w", "b"))
+        np.array_equal(np.asarray(a[n][p]), np.asarray(b[n][p])) for n in names for p in ("w", "b")
+    )
 
 
 # --------------------------------------------------------------------------
@@ -210,8 +211,14 @@ def environment() -> dict:
     except OSError:
         pass
     device = jax.devices()[0]
-    env = {"backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
-           "cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "host": platform.node()}
+    env = {
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "jax": jax.__version__,
+        "host": platform.node(),
+    }
     env["fingerprint"] = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
     return env
 
@@ -234,8 +241,13 @@ def time_calls(fn: Callable[[], jax.Array], repeats: int = 7, warmup: int = 2) -
         jax.block_until_ready(fn())
         samples.append(time.perf_counter() - started)
     q1, median, q3 = np.percentile(samples, [25, 50, 75])
-    return {"compile_s": compile_s, "median_ms": 1e3 * median, "iqr_ms": 1e3 * (q3 - q1),
-            "min_ms": 1e3 * min(samples), "repeats": repeats}
+    return {
+        "compile_s": compile_s,
+        "median_ms": 1e3 * median,
+        "iqr_ms": 1e3 * (q3 - q1),
+        "min_ms": 1e3 * min(samples),
+        "repeats": repeats,
+    }
 
 
 def timed_batch_sizes(n_images: int) -> tuple[int, ...]:
@@ -243,8 +255,7 @@ def timed_batch_sizes(n_images: int) -> tuple[int, ...]:
     return tuple(sorted({1, min(EVAL_BATCH, n_images)}))
 
 
-def latency(params: Mapping, images: np.ndarray, batch_sizes: tuple[int, ...] | None = None,
-            repeats: int = 7) -> dict:
+def latency(params: Mapping, images: np.ndarray, batch_sizes: tuple[int, ...] | None = None, repeats: int = 7) -> dict:
     """Whole-network latency (convolutions included) at each batch size, keyed by
     the batch actually timed, on the product's inference path (the same
     :func:`product_params` the accuracy uses, and :func:`fast_forward`)."""
@@ -265,12 +276,15 @@ def layer_latency(params: Mapping, images: np.ndarray, batch_size: int = EVAL_BA
     ``batch_size`` (or all images if fewer; ``batch_size`` in the result), product path."""
     params = jax.device_put(product_params(params))
     batch = jax.device_put(images[:batch_size])
-    out = {"batch_size": int(batch.shape[0]),
-           "convolutions": time_calls(lambda: _conv_features(params, batch), repeats=repeats)["median_ms"]}
+    out = {
+        "batch_size": int(batch.shape[0]),
+        "convolutions": time_calls(lambda: _conv_features(params, batch), repeats=repeats)["median_ms"],
+    }
     x = _conv_features(params, batch)
     for name in model.dense_layer_names(params):
         layer, inputs = params[name], x
-        out[name] = time_calls(lambda layer=layer, inputs=inputs: _dense_layer(layer, inputs),
-                               repeats=repeats)["median_ms"]
+        out[name] = time_calls(lambda layer=layer, inputs=inputs: _dense_layer(layer, inputs), repeats=repeats)[
+            "median_ms"
+        ]
         x = jax.nn.relu(_dense_layer(layer, inputs))
     return out

@@ -129,8 +129,11 @@ def net_fn(images: jnp.ndarray, spec: NetworkSpec = SEED_SPEC) -> jnp.ndarray:
     Haiku's module names)."""
     layers: list = []
     for channels in spec.conv_channels:
-        layers += [hk.Conv2D(output_channels=channels, kernel_shape=(spec.kernel, spec.kernel)), jax.nn.relu,
-                   _avg_pool_module()]
+        layers += [
+            hk.Conv2D(output_channels=channels, kernel_shape=(spec.kernel, spec.kernel)),
+            jax.nn.relu,
+            _avg_pool_module(),
+        ]
     layers.append(hk.Flatten())
     for width in spec.hidden_widths:
         layers += [hk.Linear(width), jax.nn.relu]
@@ -164,8 +167,11 @@ def expected_shapes(spec: NetworkSpec = SEED_SPEC) -> dict[str, dict[str, tuple[
 
 def _ordered(params: Params, prefix: str) -> list[str]:
     """Names ``prefix``, ``prefix_1``, ``prefix_2``, … present in ``params``, in that order."""
-    found = {0 if n == prefix else int(n[len(prefix) + 1:]): n for n in params
-             if n == prefix or (n.startswith(prefix + "_") and n[len(prefix) + 1:].isdigit())}
+    found = {
+        0 if n == prefix else int(n[len(prefix) + 1 :]): n
+        for n in params
+        if n == prefix or (n.startswith(prefix + "_") and n[len(prefix) + 1 :].isdigit())
+    }
     return [found[i] for i in sorted(found)]
 
 
@@ -173,13 +179,16 @@ def spec_of(params: Params) -> NetworkSpec:
     """The :class:`NetworkSpec` whose shapes ``params`` has (checked with :func:`check_params`)."""
     convs, dense = _ordered(params, "conv2_d"), _ordered(params, "linear")
     try:
-        spec = NetworkSpec(conv_channels=tuple(int(np.shape(params[n]["w"])[-1]) for n in convs),
-                           hidden_widths=tuple(int(np.shape(params[n]["w"])[1]) for n in dense[:-1]),
-                           num_classes=int(np.shape(params[dense[-1]]["w"])[1]),
-                           kernel=int(np.shape(params[convs[0]]["w"])[0]))
+        spec = NetworkSpec(
+            conv_channels=tuple(int(np.shape(params[n]["w"])[-1]) for n in convs),
+            hidden_widths=tuple(int(np.shape(params[n]["w"])[1]) for n in dense[:-1]),
+            num_classes=int(np.shape(params[dense[-1]]["w"])[1]),
+            kernel=int(np.shape(params[convs[0]]["w"])[0]),
+        )
     except (IndexError, KeyError, TypeError, ValueError):
-        raise CheckpointError("parameters do not hold convolutions 'conv2_d…' and dense layers 'linear…' "
-                              "with 'w' kernels") from None
+        raise CheckpointError(
+            "parameters do not hold convolutions 'conv2_d…' and dense layers 'linear…' with 'w' kernels"
+        ) from None
     check_params(params, spec)
     return spec
 
@@ -211,7 +220,8 @@ def check_params(params: Params, spec: NetworkSpec = SEED_SPEC) -> None:
 def _conv_same(x: jnp.ndarray, w: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     """A SAME, stride-1 NHWC convolution, as ``hk.Conv2D`` computes it (XLA's conv)."""
     y = jax.lax.conv_general_dilated(
-        x, w, window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x, w, window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return y + b
 
 
@@ -243,9 +253,13 @@ def _conv_same_tiled(x: jnp.ndarray, w: jnp.ndarray, b: jnp.ndarray, tile: int =
         return _conv_same(x, w, b)  # accelerators' own convolutions are fast
     span = tile + kw - 1
     padded = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
-    windows = jnp.stack([
-        jnp.stack([padded[:, dy:dy + h, t * tile:t * tile + span] for dy in range(kh)], axis=2)
-        for t in range(width // tile)], axis=2)  # (n, h, tiles, kh, span, cin)
+    windows = jnp.stack(
+        [
+            jnp.stack([padded[:, dy : dy + h, t * tile : t * tile + span] for dy in range(kh)], axis=2)
+            for t in range(width // tile)
+        ],
+        axis=2,
+    )  # (n, h, tiles, kh, span, cin)
     y = windows.reshape(n * h * (width // tile), -1) @ _tiled_kernel(w, tile)
     return y.reshape(n, h, width, cout) + b
 

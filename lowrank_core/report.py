@@ -57,17 +57,27 @@ def unique_labels(results: Sequence[dict]) -> dict[str, dict]:
 
 def flat_row(result: dict) -> dict:
     """One CSV-friendly row per result."""
-    return {"method": result["method"], "variant": describe(result), "accuracy": result["accuracy"],
-            "n_test": result["n_test"], "params": result["params"], "nonzero_params": result.get("nonzero_params"),
-            "macs_per_image": result["macs"], "bytes": result["bytes"],
-            "compression_ratio": result.get("compression_ratio"),
-            "latency_batch_size": result.get("batch_size"), "latency_ms": result.get("latency_ms"),
-            "latency_iqr_ms": (result.get("latency") or {}).get(str(result.get("batch_size")), {}).get("iqr_ms"),
-            "latency_ms_batch1": result.get("latency_batch1_ms"),
-            "latency_measured_on": (result.get("measured_on") or {}).get("cpu"),
-            "steps": json.dumps(result.get("steps") or [{"method": result["method"], "config": result.get("config")}],
-                                sort_keys=True),
-            "finetune": json.dumps(result.get("finetune")), "checkpoint": result.get("checkpoint")}
+    return {
+        "method": result["method"],
+        "variant": describe(result),
+        "accuracy": result["accuracy"],
+        "n_test": result["n_test"],
+        "params": result["params"],
+        "nonzero_params": result.get("nonzero_params"),
+        "macs_per_image": result["macs"],
+        "bytes": result["bytes"],
+        "compression_ratio": result.get("compression_ratio"),
+        "latency_batch_size": result.get("batch_size"),
+        "latency_ms": result.get("latency_ms"),
+        "latency_iqr_ms": (result.get("latency") or {}).get(str(result.get("batch_size")), {}).get("iqr_ms"),
+        "latency_ms_batch1": result.get("latency_batch1_ms"),
+        "latency_measured_on": (result.get("measured_on") or {}).get("cpu"),
+        "steps": json.dumps(
+            result.get("steps") or [{"method": result["method"], "config": result.get("config")}], sort_keys=True
+        ),
+        "finetune": json.dumps(result.get("finetune")),
+        "checkpoint": result.get("checkpoint"),
+    }
 
 
 def to_csv(results: Iterable[dict]) -> str:
@@ -98,8 +108,15 @@ def global_fraction_points(results: Iterable[dict]) -> dict[tuple[str, bool], li
     groups: dict[tuple[str, bool], dict[float, dict]] = {}
     for r in results:
         c = r.get("config") or {}
-        if (r["method"] != "svd" or r.get("finetune") or c.get("energy") or c.get("layer_ranks")
-                or c.get("layer_fractions") or c.get("param_budget") or c.get("only")):
+        if (
+            r["method"] != "svd"
+            or r.get("finetune")
+            or c.get("energy")
+            or c.get("layer_ranks")
+            or c.get("layer_fractions")
+            or c.get("param_budget")
+            or c.get("only")
+        ):
             continue
         groups.setdefault((c["form"], bool(c["include_output"])), {})[c["rank_fraction"]] = r
     return {key: [points[f] for f in sorted(points)] for key, points in groups.items()}
@@ -118,16 +135,21 @@ def svd_headlines(results: Iterable[dict], baseline: dict) -> list[str]:
         if len(timed) < 2:
             continue
         fractions = ", ".join(f"{r['config']['rank_fraction']:g}" for r in timed)
-        which = (f"{form}, output layer {'truncated too' if with_output else 'kept'}; "
-                 f"{len(timed)} measured fractions {fractions}")
+        which = (
+            f"{form}, output layer {'truncated too' if with_output else 'kept'}; "
+            f"{len(timed)} measured fractions {fractions}"
+        )
         faster = [r for r in timed if r["latency_ms"] < 0.95 * base_ms]
         if not faster:
-            lines.append(f"**{which}**: none runs ≥ 5 % faster than the baseline "
-                         f"({base_ms:.0f} ms per batch of {batch:,}).")
+            lines.append(
+                f"**{which}**: none runs ≥ 5 % faster than the baseline ({base_ms:.0f} ms per batch of {batch:,})."
+            )
             continue
         best = max(faster, key=lambda r: r["config"]["rank_fraction"])
-        lines.append(f"**{which}**: {len(faster)} of them run ≥ 5 % faster than the baseline; the largest is "
-                     f"f = {best['config']['rank_fraction']:g} ({best['latency_ms']:.0f} ms vs {base_ms:.0f} ms per "
-                     f"batch of {batch:,}, accuracy {best['accuracy']:.2%} vs {baseline['accuracy']:.2%} on "
-                     f"{best['n_test']:,} test images).")
+        lines.append(
+            f"**{which}**: {len(faster)} of them run ≥ 5 % faster than the baseline; the largest is "
+            f"f = {best['config']['rank_fraction']:g} ({best['latency_ms']:.0f} ms vs {base_ms:.0f} ms per "
+            f"batch of {batch:,}, accuracy {best['accuracy']:.2%} vs {baseline['accuracy']:.2%} on "
+            f"{best['n_test']:,} test images)."
+        )
     return lines

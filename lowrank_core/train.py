@@ -63,8 +63,11 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         lr = config.learning_rate
     else:
         lr = optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=config.learning_rate,
-            warmup_steps=config.warmup_steps, decay_steps=config.num_steps, end_value=0.0,
+            init_value=0.0,
+            peak_value=config.learning_rate,
+            warmup_steps=config.warmup_steps,
+            decay_steps=config.num_steps,
+            end_value=0.0,
         )
     return optax.adam(lr)
 
@@ -116,8 +119,9 @@ def make_update(config: TrainConfig, optimizer: optax.GradientTransformation):
     return update
 
 
-def init_state(config: TrainConfig, optimizer: optax.GradientTransformation,
-               train_images: np.ndarray | None = None) -> TrainState:
+def init_state(
+    config: TrainConfig, optimizer: optax.GradientTransformation, train_images: np.ndarray | None = None
+) -> TrainState:
     """The state before the first step. The ``whitened`` init estimates its
     scales from ``train_images`` (uint8 NHWC training images, never test images)."""
     init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -153,14 +157,18 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
     while True:
         order = rng.permutation(n)
         for start in range(0, n - batch_size + 1, batch_size):
-            idx = np.sort(order[start:start + batch_size])  # sorted gathers are faster
+            idx = np.sort(order[start : start + batch_size])  # sorted gathers are faster
             yield images[idx], labels[idx]
 
 
-def train(config: TrainConfig, data: Cifar10,
-          on_progress: Callable[[TrainProgress], None] | None = None,
-          state: TrainState | None = None, start_step: int = 0,
-          on_checkpoint: Callable[[int, TrainState], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    data: Cifar10,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    state: TrainState | None = None,
+    start_step: int = 0,
+    on_checkpoint: Callable[[int, TrainState], None] | None = None,
+) -> TrainResult:
     """Trains the seed network on ``data`` under ``config``.
 
     ``on_progress`` is called after every step (the CLI drives a progress bar
@@ -215,9 +223,12 @@ def save_resume_point(path, step: int, state: TrainState, config: TrainConfig) -
 
     leaves = jax.tree.leaves(state)
     buffer = io.BytesIO()
-    np.savez(buffer, step=np.int64(step), config=np.frombuffer(json.dumps(config.to_dict(), sort_keys=True).encode(),
-                                                                 np.uint8),
-             **{f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
+    np.savez(
+        buffer,
+        step=np.int64(step),
+        config=np.frombuffer(json.dumps(config.to_dict(), sort_keys=True).encode(), np.uint8),
+        **{f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)},
+    )
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -233,8 +244,9 @@ def load_resume_point(path, config: TrainConfig) -> tuple[int, TrainState] | Non
             loaded = [npz[f"leaf_{i:04d}"] for i in range(len(leaves))]
             if any(a.shape != np.shape(b) for a, b in zip(loaded, leaves)):
                 return None
-            state = jax.tree.unflatten(treedef, [jnp.asarray(a, dtype=jnp.asarray(b).dtype)
-                                                 for a, b in zip(loaded, leaves)])
+            state = jax.tree.unflatten(
+                treedef, [jnp.asarray(a, dtype=jnp.asarray(b).dtype) for a, b in zip(loaded, leaves)]
+            )
             return int(npz["step"]), state
     except Exception:
         return None  # missing, truncated or from another run: start afresh
@@ -243,8 +255,13 @@ def load_resume_point(path, config: TrainConfig) -> tuple[int, TrainState] | Non
 FLOAT16_TOLERANCE = 0.001  # float16 storage is used only if it moves test accuracy by ≤ 0.1 point
 
 
-def train_and_save(config: TrainConfig, data: Cifar10, out_dir,
-                   on_progress: Callable[[TrainProgress], None] | None = None, resume: bool = False) -> dict:
+def train_and_save(
+    config: TrainConfig,
+    data: Cifar10,
+    out_dir,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    resume: bool = False,
+) -> dict:
     """Trains, measures test accuracy on every test image, and writes a checkpoint.
 
     The parameters are stored as float16 when that changes full-test-set
@@ -264,8 +281,9 @@ def train_and_save(config: TrainConfig, data: Cifar10, out_dir,
         except OSError:
             pass  # a full disk costs the resume point, not the run
 
-    result = train(config, data, on_progress=on_progress, state=state, start_step=start_step,
-                   on_checkpoint=on_checkpoint)
+    result = train(
+        config, data, on_progress=on_progress, state=state, start_step=start_step, on_checkpoint=on_checkpoint
+    )
     params32 = jax.tree.map(lambda v: np.asarray(v, np.float32), result.params)
     acc32 = evaluation.accuracy(params32, data.x_test, data.y_test)
     params16 = jax.tree.map(lambda v: v.astype(np.float16).astype(np.float32), params32)

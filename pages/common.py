@@ -76,11 +76,15 @@ def get_engine() -> engine.Engine | None:
         st.error(f"{exc}")
         return None
     if eng.write_problem:
-        st.warning(f"{eng.write_problem}. Results stay available until the app restarts; "
-                   "set LOWRANK_ARTIFACTS to a writable folder to keep them.")
+        st.warning(
+            f"{eng.write_problem}. Results stay available until the app restarts; "
+            "set LOWRANK_ARTIFACTS to a writable folder to keep them."
+        )
     if eng.data.y_test.shape[0] < SMALL_TEST_SET:
-        st.warning(f"This data source has only {eng.data.y_test.shape[0]:,} test images (CIFAR-10 has 10,000): "
-                   "every accuracy here is measured on those few and says so.")
+        st.warning(
+            f"This data source has only {eng.data.y_test.shape[0]:,} test images (CIFAR-10 has 10,000): "
+            "every accuracy here is measured on those few and says so."
+        )
     return eng
 
 
@@ -94,12 +98,20 @@ def keys() -> tuple[str, str | None, str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def evaluate(checkpoint_path: str, data_source: str | None, digest: str, method, config=None,
-             finetune_steps: int = 0, with_latency: bool = False) -> dict:
+def evaluate(
+    checkpoint_path: str,
+    data_source: str | None,
+    digest: str,
+    method,
+    config=None,
+    finetune_steps: int = 0,
+    with_latency: bool = False,
+) -> dict:
     """A measured variant (frozen configs and variants are hashable cache keys)."""
     finetune = FinetuneConfig(steps=finetune_steps) if finetune_steps else None
-    return _engine(checkpoint_path, data_source, digest).evaluate(method, config, finetune=finetune,
-                                                                  with_latency=with_latency)
+    return _engine(checkpoint_path, data_source, digest).evaluate(
+        method, config, finetune=finetune, with_latency=with_latency
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -161,31 +173,55 @@ def fmt_mib(n_bytes: float) -> str:
 def metric_row(result: dict, base: dict) -> None:
     """Accuracy, latency, parameters, MACs and stored size, each with its delta vs the baseline."""
     cols = st.columns(5)
-    cols[0].metric("Test accuracy", f"{result['accuracy']:.2%}", f"{result['accuracy'] - base['accuracy']:+.2%}",
-                   help=f"measured on all {result['n_test']:,} test images of the loaded data")
+    cols[0].metric(
+        "Test accuracy",
+        f"{result['accuracy']:.2%}",
+        f"{result['accuracy'] - base['accuracy']:+.2%}",
+        help=f"measured on all {result['n_test']:,} test images of the loaded data",
+    )
     if "latency_ms" in result and "latency_ms" in base:
         stats = latency_stats(result)
         where = result.get("measured_on") or {}
-        cols[1].metric(f"Latency, batch {result['batch_size']:,}", f"{result['latency_ms']:.0f} ms",
-                       f"{result['latency_ms'] - base['latency_ms']:+.0f} ms", delta_color="inverse",
-                       help=f"median of {stats['repeats']} runs after warm-up (compile apart), IQR "
-                            f"{stats['iqr_ms']:.1f} ms; batch 1: {result['latency_batch1_ms']:.2f} ms; measured on "
-                            f"{where.get('cpu', '?')} ({where.get('backend', '?')}, {where.get('cores', '?')} cores)")
+        cols[1].metric(
+            f"Latency, batch {result['batch_size']:,}",
+            f"{result['latency_ms']:.0f} ms",
+            f"{result['latency_ms'] - base['latency_ms']:+.0f} ms",
+            delta_color="inverse",
+            help=f"median of {stats['repeats']} runs after warm-up (compile apart), IQR "
+            f"{stats['iqr_ms']:.1f} ms; batch 1: {result['latency_batch1_ms']:.2f} ms; measured on "
+            f"{where.get('cpu', '?')} ({where.get('backend', '?')}, {where.get('cores', '?')} cores)",
+        )
     else:
         cols[1].metric("Latency", "—", help="not measured: switch on 'Measure latency'")
-    cols[2].metric("Parameters", f"{result['params']:,}", f"{result['params'] - base['params']:+,}",
-                   delta_color="inverse")
-    cols[3].metric("MACs / image", f"{result['macs'] / 1e6:.2f} M", f"{(result['macs'] - base['macs']) / 1e6:+.2f} M",
-                   delta_color="inverse", help="computed from the layer shapes, not measured")
-    cols[4].metric("Stored size", fmt_mib(result["bytes"]), f"{(result['bytes'] - base['bytes']) / 2**20:+.1f} MiB",
-                   delta_color="inverse",
-                   help=f"bytes of the variant's .npz as Compare & export writes it ({result['bytes']:,} B; floats "
-                        f"as {result.get('storage_dtype', 'float32')}, int8 matrices with float32 scales)")
+    cols[2].metric(
+        "Parameters", f"{result['params']:,}", f"{result['params'] - base['params']:+,}", delta_color="inverse"
+    )
+    cols[3].metric(
+        "MACs / image",
+        f"{result['macs'] / 1e6:.2f} M",
+        f"{(result['macs'] - base['macs']) / 1e6:+.2f} M",
+        delta_color="inverse",
+        help="computed from the layer shapes, not measured",
+    )
+    cols[4].metric(
+        "Stored size",
+        fmt_mib(result["bytes"]),
+        f"{(result['bytes'] - base['bytes']) / 2**20:+.1f} MiB",
+        delta_color="inverse",
+        help=f"bytes of the variant's .npz as Compare & export writes it ({result['bytes']:,} B; floats "
+        f"as {result.get('storage_dtype', 'float32')}, int8 matrices with float32 scales)",
+    )
 
 
 def style(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=height,
-                      margin=dict(t=50, b=40, l=60, r=20), legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(
+        title=title,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        height=height,
+        margin=dict(t=50, b=40, l=60, r=20),
+        legend=dict(orientation="h", y=-0.25),
+    )
     return fig
 
 
@@ -203,12 +239,18 @@ def validate_path(text: str, kind: str) -> str | None:
 def sidebar() -> None:
     """Data source and checkpoint settings, and the loaded model, on every page."""
     with st.sidebar:
-        st.text_input("CIFAR-10 path (archive or folder)", key="data_path",
-                      placeholder="default: $LOWRANK_CIFAR10 or artifacts/data",
-                      help="cifar-10-python.tar.gz or a cifar-10-batches-py/ folder")
-        st.text_input("Checkpoint folder", key="checkpoint_path",
-                      placeholder="default: $LOWRANK_CHECKPOINT or artifacts/baseline",
-                      help="a folder holding params.npz and metadata.json")
+        st.text_input(
+            "CIFAR-10 path (archive or folder)",
+            key="data_path",
+            placeholder="default: $LOWRANK_CIFAR10 or artifacts/data",
+            help="cifar-10-python.tar.gz or a cifar-10-batches-py/ folder",
+        )
+        st.text_input(
+            "Checkpoint folder",
+            key="checkpoint_path",
+            placeholder="default: $LOWRANK_CHECKPOINT or artifacts/baseline",
+            help="a folder holding params.npz and metadata.json",
+        )
         typed = st.session_state.get("checkpoint_path")
         if typed and (problem := validate_path(typed, "checkpoint")):
             st.error(f"{problem}; using the default checkpoint instead")

@@ -17,28 +17,44 @@ if eng is not None:
         st.info("Nothing measured yet: move a slider on the Low-rank, Pruning or Layer removal page first.")
         st.stop()
     labels = report.unique_labels(results)
-    default = [label for label, r in labels.items() if r["method"] == "baseline"][:1] + \
-        [label for label, r in labels.items() if r["method"] != "baseline"][:2]
+    default = [label for label, r in labels.items() if r["method"] == "baseline"][:1] + [
+        label for label, r in labels.items() if r["method"] != "baseline"
+    ][:2]
     picked = st.multiselect("Variants", list(labels), default=default, key="compare_pick")
     chosen = [labels[p] for p in picked]
     if chosen:
         table = pd.DataFrame([report.flat_row(r) for r in chosen]).drop(columns=["steps", "finetune", "checkpoint"])
         st.dataframe(table, hide_index=True)
         cols = st.columns(3)
-        for col, (title, value, unit) in zip(cols, [
+        for col, (title, value, unit) in zip(
+            cols,
+            [
                 ("Test accuracy", lambda r: 100 * r["accuracy"], "%"),
                 ("Latency (batch in the table)", lambda r: r.get("latency_ms"), "ms"),
-                ("Stored size", lambda r: r["bytes"] / 2**20, "MiB")]):
-            fig = go.Figure(go.Bar(x=picked, y=[value(r) for r in chosen],
-                                   marker_color=[report.method_colour(r["method"]) for r in chosen]))
+                ("Stored size", lambda r: r["bytes"] / 2**20, "MiB"),
+            ],
+        ):
+            fig = go.Figure(
+                go.Bar(
+                    x=picked,
+                    y=[value(r) for r in chosen],
+                    marker_color=[report.method_colour(r["method"]) for r in chosen],
+                )
+            )
             fig.update_xaxes(showticklabels=False)
             col.plotly_chart(style(fig, title, "variant (hover for name)", unit, 320), key=f"compare_{unit}")
     st.subheader("Export")
     e1, e2 = st.columns(2)
-    e1.download_button("Results table (CSV)", report.to_csv(results), "lowrank_results.csv", "text/csv",
-                       key="export_csv")
-    e2.download_button("Results table (JSON)", json.dumps(results, indent=1), "lowrank_results.json",
-                       "application/json", key="export_json")
+    e1.download_button(
+        "Results table (CSV)", report.to_csv(results), "lowrank_results.csv", "text/csv", key="export_csv"
+    )
+    e2.download_button(
+        "Results table (JSON)",
+        json.dumps(results, indent=1),
+        "lowrank_results.json",
+        "application/json",
+        key="export_json",
+    )
     target = st.selectbox("Parameters of one variant (.npz)", list(labels), key="export_variant")
     if st.button("Prepare the .npz", key="export_prepare"):
         with st.spinner("Rebuilding the variant…"):
@@ -46,7 +62,11 @@ if eng is not None:
         if blob is not None:
             st.session_state["export_blob"] = (target, blob)
     if st.session_state.get("export_blob", (None,))[0] == target:
-        st.download_button(f"Download {target}.npz ({fmt_mib(len(st.session_state['export_blob'][1]))}; the "
-                           "stored size measured for it)",
-                           st.session_state["export_blob"][1], "variant_params.npz", "application/octet-stream",
-                           key="export_npz")
+        st.download_button(
+            f"Download {target}.npz ({fmt_mib(len(st.session_state['export_blob'][1]))}; the "
+            "stored size measured for it)",
+            st.session_state["export_blob"][1],
+            "variant_params.npz",
+            "application/octet-stream",
+            key="export_npz",
+        )

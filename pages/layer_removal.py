@@ -11,13 +11,17 @@ from pages.common import METHOD_COLORS, baseline_result, get_engine, keys, metri
 st.title("Removing hidden layers")
 eng = get_engine()
 if eng is not None:
-    layers = st.multiselect("Hidden layers to remove", model.dense_layer_names(eng.params)[:-1], default=["linear_1"],
-                            key="remove_layers")
-    steps = st.slider("Retraining steps (dense head over frozen convolutions, batch 256)", 0, 2000, 300, 50,
-                      key="remove_steps")
+    layers = st.multiselect(
+        "Hidden layers to remove", model.dense_layer_names(eng.params)[:-1], default=["linear_1"], key="remove_layers"
+    )
+    steps = st.slider(
+        "Retraining steps (dense head over frozen convolutions, batch 256)", 0, 2000, 300, 50, key="remove_steps"
+    )
     measure_latency = st.toggle("Measure latency (adds a few seconds)", True, key="remove_latency")
-    st.caption("Every layer after a cut sees new inputs, so the whole dense head is retrained on the cached "
-               "outputs of the convolutions (the second seed's option A).")
+    st.caption(
+        "Every layer after a cut sees new inputs, so the whole dense head is retrained on the cached "
+        "outputs of the convolutions (the second seed's option A)."
+    )
     try:
         config = RemoveConfig(layers=tuple(layers), retrain_steps=int(steps))
     except ConfigError as exc:
@@ -31,14 +35,24 @@ if eng is not None:
             result = eng.evaluate("remove", config, with_latency=measure_latency, on_progress=on_progress)
             bar.empty()
         else:
-            st.info("Not measured yet: press 'Remove and retrain' (features of the training set are computed once, "
-                    "then each step takes a fraction of a second).")
+            st.info(
+                "Not measured yet: press 'Remove and retrain' (features of the training set are computed once, "
+                "then each step takes a fraction of a second)."
+            )
     if result is not None:
         metric_row(result, base)
         fig = go.Figure()
         names = ["accuracy (%)", "parameters (M)", "MACs (M)"]
-        for label, r, colour in (("baseline", base, METHOD_COLORS["baseline"]),
-                                 ("without " + "+".join(layers), result, METHOD_COLORS["remove"])):
-            fig.add_trace(go.Bar(name=label, x=names, y=[100 * r["accuracy"], r["params"] / 1e6, r["macs"] / 1e6],
-                                 marker_color=colour))
+        for label, r, colour in (
+            ("baseline", base, METHOD_COLORS["baseline"]),
+            ("without " + "+".join(layers), result, METHOD_COLORS["remove"]),
+        ):
+            fig.add_trace(
+                go.Bar(
+                    name=label,
+                    x=names,
+                    y=[100 * r["accuracy"], r["params"] / 1e6, r["macs"] / 1e6],
+                    marker_color=colour,
+                )
+            )
         st.plotly_chart(style(fig, "Result beside the baseline", "", "value", 340), key="remove_bars")

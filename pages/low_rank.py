@@ -29,10 +29,19 @@ st.title("Low-rank approximation (truncated SVD)")
 eng = get_engine()
 if eng is not None:
     c1, c2, c3 = st.columns([2, 1, 1])
-    mode = c1.radio("Choose ranks by", ["global rank fraction", "energy threshold", "parameter budget"],
-                    key="svd_mode", horizontal=True)
-    form = c2.radio("Form", ["reconstructed", "factorized"], key="svd_form", horizontal=True,
-                    help="reconstructed: W_k = U_k S_k V_kᵀ, same shapes; factorized: two thinner layers")
+    mode = c1.radio(
+        "Choose ranks by",
+        ["global rank fraction", "energy threshold", "parameter budget"],
+        key="svd_mode",
+        horizontal=True,
+    )
+    form = c2.radio(
+        "Form",
+        ["reconstructed", "factorized"],
+        key="svd_form",
+        horizontal=True,
+        help="reconstructed: W_k = U_k S_k V_kᵀ, same shapes; factorized: two thinner layers",
+    )
     include_output = c3.checkbox("Include output layer", True, key="svd_include_output")
     fraction, energy, budget = 0.5, None, None
     if mode == "global rank fraction":
@@ -40,56 +49,90 @@ if eng is not None:
     elif mode == "energy threshold":
         energy = st.slider("Energy kept per layer (Σ_{i≤k} σᵢ² ≥ E·Σσ²)", 0.50, 1.0, 0.90, 0.01, key="svd_energy")
     else:
-        budget = st.slider("Parameter budget (share of the dense weights, factorized count)", 0.01, 1.0, 0.2, 0.01,
-                           key="svd_budget")
+        budget = st.slider(
+            "Parameter budget (share of the dense weights, factorized count)", 0.01, 1.0, 0.2, 0.01, key="svd_budget"
+        )
     with st.expander("Per-layer rank fractions (override the rule above)"):
         dense_names = model.dense_layer_names(eng.params)
         override_cols = st.columns(len(dense_names))
         overrides = []
         for col, name in zip(override_cols, dense_names):
-            value = col.number_input(f"{name}", 0.0, 1.0, 0.0, 0.01, key=f"svd_override_{name}",
-                                     help="0 = use the rule above")
+            value = col.number_input(
+                f"{name}", 0.0, 1.0, 0.0, 0.01, key=f"svd_override_{name}", help="0 = use the rule above"
+            )
             if value > 0:
                 overrides.append((name, float(value)))
     o1, o2 = st.columns(2)
-    finetune_steps = 300 if o1.toggle("Fine-tune the dense stack (300 steps, frozen convolutions)", False,
-                                      key="svd_finetune") else 0
+    finetune_steps = (
+        300 if o1.toggle("Fine-tune the dense stack (300 steps, frozen convolutions)", False, key="svd_finetune") else 0
+    )
     measure_latency = o2.toggle("Measure latency (adds a few seconds)", False, key="svd_latency")
     try:
-        config = SvdConfig(rank_fraction=float(fraction), form=form, include_output=include_output,
-                                    energy=energy, param_budget=budget, layer_fractions=tuple(overrides))
+        config = SvdConfig(
+            rank_fraction=float(fraction),
+            form=form,
+            include_output=include_output,
+            energy=energy,
+            param_budget=budget,
+            layer_fractions=tuple(overrides),
+        )
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()
     base = baseline_result(*keys())
     if finetune_steps:
         on_progress, bar = progress_callback("Fine-tuning")
-        result = eng.evaluate("svd", config, finetune=FinetuneConfig(steps=finetune_steps),
-                              with_latency=measure_latency, on_progress=on_progress)
+        result = eng.evaluate(
+            "svd",
+            config,
+            finetune=FinetuneConfig(steps=finetune_steps),
+            with_latency=measure_latency,
+            on_progress=on_progress,
+        )
         bar.empty()
     else:
         with st.spinner(f"Computing on all {eng.data.y_test.shape[0]:,} test images…"):
             result = evaluate(*keys(), "svd", config, 0, measure_latency)
     metric_row(result, base)
-    st.caption("Ranks: " + ", ".join(f"{k} {v}" for k, v in result["facts"]["ranks"].items())
-               + ". Break-even ranks (factorized form smaller below): "
-               + ", ".join(f"{k} {v:.0f}" for k, v in result["facts"]["break_even_ranks"].items()))
+    st.caption(
+        "Ranks: "
+        + ", ".join(f"{k} {v}" for k, v in result["facts"]["ranks"].items())
+        + ". Break-even ranks (factorized form smaller below): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in result["facts"]["break_even_ranks"].items())
+    )
 
     st.subheader("Accuracy and latency vs rank fraction")
     points = {}
     for r in cached_results(*keys()):
         c = r["config"]
-        if (r["method"] == "svd" and not r.get("finetune") and c["include_output"] == include_output
-                and not (c.get("energy") or c.get("layer_ranks") or c.get("layer_fractions") or c.get("param_budget")
-                         or c.get("only"))):
+        if (
+            r["method"] == "svd"
+            and not r.get("finetune")
+            and c["include_output"] == include_output
+            and not (
+                c.get("energy")
+                or c.get("layer_ranks")
+                or c.get("layer_fractions")
+                or c.get("param_budget")
+                or c.get("only")
+            )
+        ):
             points[(c["form"], c["rank_fraction"])] = r
-    missing = [(fm, f) for fm in ("reconstructed", "factorized") for f in CURVE_GRID
-               if "latency_ms" not in points.get((fm, f), {})]
+    missing = [
+        (fm, f)
+        for fm in ("reconstructed", "factorized")
+        for f in CURVE_GRID
+        if "latency_ms" not in points.get((fm, f), {})
+    ]
     if missing and st.button(f"Measure curves ({len(missing)} points, with latency)", key="svd_curves"):
         on_progress, bar = progress_callback("Measuring")
         for i, (fm, f) in enumerate(missing):
-            points[(fm, f)] = eng.evaluate("svd", dataclasses.replace(config, rank_fraction=f, form=fm, energy=None,
-                                                                       param_budget=None, layer_fractions=()))
+            points[(fm, f)] = eng.evaluate(
+                "svd",
+                dataclasses.replace(
+                    config, rank_fraction=f, form=fm, energy=None, param_budget=None, layer_fractions=()
+                ),
+            )
             on_progress(i + 1, len(missing))
         bar.empty()
         cached_results.clear()
@@ -99,31 +142,72 @@ if eng is not None:
         if not series:
             continue
         line = dict(color=METHOD_COLORS["svd"], dash=FORM_DASH[fm])
-        acc_fig.add_trace(go.Scatter(x=[f for f, _ in series], y=[100 * r["accuracy"] for _, r in series],
-                                     mode="lines+markers", name=fm, line=line))
+        acc_fig.add_trace(
+            go.Scatter(
+                x=[f for f, _ in series],
+                y=[100 * r["accuracy"] for _, r in series],
+                mode="lines+markers",
+                name=fm,
+                line=line,
+            )
+        )
         timed = [(f, r) for f, r in series if "latency_ms" in r]
-        lat_fig.add_trace(go.Scatter(x=[f for f, _ in timed], y=[r["latency_ms"] for _, r in timed],
-                                     error_y=dict(array=[latency_stats(r)["iqr_ms"] for _, r in timed]),
-                                     mode="lines+markers", name=fm, line=line))
+        lat_fig.add_trace(
+            go.Scatter(
+                x=[f for f, _ in timed],
+                y=[r["latency_ms"] for _, r in timed],
+                error_y=dict(array=[latency_stats(r)["iqr_ms"] for _, r in timed]),
+                mode="lines+markers",
+                name=fm,
+                line=line,
+            )
+        )
     current = config.rank_fraction if mode == "global rank fraction" and not overrides else None
     if current is not None:
-        acc_fig.add_trace(go.Scatter(x=[current], y=[100 * result["accuracy"]], mode="markers", name="current",
-                                     marker=dict(size=14, color="#d62728", symbol="diamond")))
+        acc_fig.add_trace(
+            go.Scatter(
+                x=[current],
+                y=[100 * result["accuracy"]],
+                mode="markers",
+                name="current",
+                marker=dict(size=14, color="#d62728", symbol="diamond"),
+            )
+        )
         if "latency_ms" in result:
-            lat_fig.add_trace(go.Scatter(x=[current], y=[result["latency_ms"]], mode="markers", name="current",
-                                         marker=dict(size=14, color="#d62728", symbol="diamond")))
-    acc_fig.add_hline(y=100 * base["accuracy"], line=dict(color=METHOD_COLORS["baseline"], dash="dash"),
-                      annotation_text="baseline", annotation_position="bottom left")
-    lat_fig.add_hline(y=base["latency_ms"], line=dict(color=METHOD_COLORS["baseline"], dash="dash"),
-                      annotation_text="baseline", annotation_position="bottom left")
+            lat_fig.add_trace(
+                go.Scatter(
+                    x=[current],
+                    y=[result["latency_ms"]],
+                    mode="markers",
+                    name="current",
+                    marker=dict(size=14, color="#d62728", symbol="diamond"),
+                )
+            )
+    acc_fig.add_hline(
+        y=100 * base["accuracy"],
+        line=dict(color=METHOD_COLORS["baseline"], dash="dash"),
+        annotation_text="baseline",
+        annotation_position="bottom left",
+    )
+    lat_fig.add_hline(
+        y=base["latency_ms"],
+        line=dict(color=METHOD_COLORS["baseline"], dash="dash"),
+        annotation_text="baseline",
+        annotation_position="bottom left",
+    )
     dense = model.dense_layer_names(eng.params)
     layers = dense if include_output else dense[:-1]
     break_even = compress.break_even_fraction([eng.params[n]["w"].shape for n in layers])
     for fig in (acc_fig, lat_fig):
-        fig.add_vline(x=break_even, line=dict(color="#888", dash="dot"), annotation_text=f"break-even f={break_even:.2f}")
+        fig.add_vline(
+            x=break_even, line=dict(color="#888", dash="dot"), annotation_text=f"break-even f={break_even:.2f}"
+        )
     left, right = st.columns(2)
     left.plotly_chart(style(acc_fig, "Test accuracy", "rank fraction f", "accuracy (%)"), key="svd_acc_curve")
-    right.plotly_chart(style(lat_fig, "Latency, batch 1,000 (median, IQR bars)", "rank fraction f", "ms"),
-                       key="svd_latency_curve")
-    st.caption("Break-even f: the factorized dense stack holds as many weights (MACs) as the dense one; below it, "
-               "the factorized form is smaller. The reconstructed form keeps the dense shapes, so it never runs faster.")
+    right.plotly_chart(
+        style(lat_fig, "Latency, batch 1,000 (median, IQR bars)", "rank fraction f", "ms"), key="svd_latency_curve"
+    )
+    st.caption(
+        "Break-even f: the factorized dense stack holds as many weights (MACs) as the dense one; below it, "
+        "the factorized form is smaller. The reconstructed form keeps the dense shapes, so it never runs faster."
+    )

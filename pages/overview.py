@@ -30,14 +30,18 @@ if eng is not None:
     cols[0].metric("Test accuracy", f"{base['accuracy']:.2%}", help=f"measured on all {base['n_test']:,} test images")
     cols[1].metric("Parameters", f"{base['params']:,}")
     cols[2].metric("MACs / image", f"{base['macs'] / 1e6:.1f} M", help="computed from the layer shapes")
-    cols[3].metric("Stored size", fmt_mib(base["bytes"]),
-                   help=f"{base['bytes']:,} bytes: the params file as stored ({base['storage_dtype']})")
+    cols[3].metric(
+        "Stored size",
+        fmt_mib(base["bytes"]),
+        help=f"{base['bytes']:,} bytes: the params file as stored ({base['storage_dtype']})",
+    )
     latency_slot = cols[4].empty()
     latency_slot.metric(f"Latency, batch {batch:,}", "measuring…")
 
     st.subheader("Every measured variant")
-    axis = st.radio("Cost axis", ["stored size (MiB)", f"latency (ms per batch of {batch:,})"], horizontal=True,
-                    key="overview_axis")
+    axis = st.radio(
+        "Cost axis", ["stored size (MiB)", f"latency (ms per batch of {batch:,})"], horizontal=True, key="overview_axis"
+    )
     by_latency = axis.startswith("latency")
     measured = cached_results(*keys())
     timed = [r for r in measured if "latency_ms" in r and r["batch_size"] == batch]  # this machine's, one batch
@@ -50,27 +54,49 @@ if eng is not None:
     fig = go.Figure()
     for method in sorted({r["method"] for r in results}, key=lambda m: (m != "baseline", m)):
         points = [(r, on_front) for r, on_front in zip(results, front) if r["method"] == method]
-        fig.add_trace(go.Scatter(
-            x=[cost_of(r) for r, _ in points], y=[100 * r["accuracy"] for r, _ in points], mode="markers",
-            name=report.method_label(method), text=[report.describe(r) for r, _ in points],
-            hovertemplate="%{text}<br>accuracy %{y:.2f} %<br>cost %{x:.1f}<extra></extra>",
-            marker=dict(color=report.method_colour(method), size=[14 if f else 9 for _, f in points],
-                        symbol="star" if method == "baseline" else "circle",
-                        line=dict(width=[2 if f else 0 for _, f in points], color="#000"))))
+        fig.add_trace(
+            go.Scatter(
+                x=[cost_of(r) for r, _ in points],
+                y=[100 * r["accuracy"] for r, _ in points],
+                mode="markers",
+                name=report.method_label(method),
+                text=[report.describe(r) for r, _ in points],
+                hovertemplate="%{text}<br>accuracy %{y:.2f} %<br>cost %{x:.1f}<extra></extra>",
+                marker=dict(
+                    color=report.method_colour(method),
+                    size=[14 if f else 9 for _, f in points],
+                    symbol="star" if method == "baseline" else "circle",
+                    line=dict(width=[2 if f else 0 for _, f in points], color="#000"),
+                ),
+            )
+        )
     order = sorted(zip(results, front), key=lambda p: cost_of(p[0]))
-    fig.add_trace(go.Scatter(x=[cost_of(r) for r, f in order if f], y=[100 * r["accuracy"] for r, f in order if f],
-                             mode="lines", name="Pareto front", line=dict(color="#999", dash="dash")))
-    st.plotly_chart(style(fig, "Accuracy vs cost (outlined: Pareto-optimal)", axis, "test accuracy (%)", 460),
-                    key="overview_pareto")
-    st.caption(f"{len(results)} variants{' with measured latency' if by_latency else ''}, from the cache of this "
-               "checkpoint. Variants appear here as soon as any page or the CLI measures them.")
+    fig.add_trace(
+        go.Scatter(
+            x=[cost_of(r) for r, f in order if f],
+            y=[100 * r["accuracy"] for r, f in order if f],
+            mode="lines",
+            name="Pareto front",
+            line=dict(color="#999", dash="dash"),
+        )
+    )
+    st.plotly_chart(
+        style(fig, "Accuracy vs cost (outlined: Pareto-optimal)", axis, "test accuracy (%)", 460), key="overview_pareto"
+    )
+    st.caption(
+        f"{len(results)} variants{' with measured latency' if by_latency else ''}, from the cache of this "
+        "checkpoint. Variants appear here as soon as any page or the CLI measures them."
+    )
 
     with st.spinner("Timing the checkpoint (compile excluded, warm-up, 7 repeats)…"):
         base = baseline_result(*keys())
-    latency_slot.metric(f"Latency, batch {base['batch_size']:,}", f"{base['latency_ms']:.0f} ms",
-                        help=f"median of {latency_stats(base)['repeats']} runs after warm-up, IQR "
-                             f"{latency_stats(base)['iqr_ms']:.1f} ms; batch 1: {base['latency_batch1_ms']:.2f} ms; "
-                             f"measured on {base['measured_on']['cpu']} ({base['measured_on']['backend']})")
+    latency_slot.metric(
+        f"Latency, batch {base['batch_size']:,}",
+        f"{base['latency_ms']:.0f} ms",
+        help=f"median of {latency_stats(base)['repeats']} runs after warm-up, IQR "
+        f"{latency_stats(base)['iqr_ms']:.1f} ms; batch 1: {base['latency_batch1_ms']:.2f} ms; "
+        f"measured on {base['measured_on']['cpu']} ({base['measured_on']['backend']})",
+    )
 
     st.subheader("Does rank truncation save time?")
     headlines = report.svd_headlines(timed, base)
@@ -82,11 +108,23 @@ if eng is not None:
 
     with st.expander("Model card"):
         meta = eng.metadata
-        rows = [{"layer": name, "kernel shape": " × ".join(map(str, shapes["w"])),
-                 "parameters": sum(math.prod(s) for s in shapes.values())}
-                for name, shapes in eng.spec.shapes().items()]
+        rows = [
+            {
+                "layer": name,
+                "kernel shape": " × ".join(map(str, shapes["w"])),
+                "parameters": sum(math.prod(s) for s in shapes.values()),
+            }
+            for name, shapes in eng.spec.shapes().items()
+        ]
         st.dataframe(pd.DataFrame(rows), hide_index=True)
-        st.write({"preset": meta.get("preset"), "recorded test accuracy": meta.get("test_accuracy"),
-                  "training seconds": meta.get("train_seconds"), "trained on": meta.get("trained_on", "this machine"),
-                  "data sha256": meta.get("data_sha256"), "storage": meta.get("storage_dtype")})
+        st.write(
+            {
+                "preset": meta.get("preset"),
+                "recorded test accuracy": meta.get("test_accuracy"),
+                "training seconds": meta.get("train_seconds"),
+                "trained on": meta.get("trained_on", "this machine"),
+                "data sha256": meta.get("data_sha256"),
+                "storage": meta.get("storage_dtype"),
+            }
+        )
         st.json(meta.get("config", {}), expanded=False)

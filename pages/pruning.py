@@ -19,21 +19,43 @@ from pages.common import (
 st.title("Magnitude pruning")
 eng = get_engine()
 if eng is not None:
-    sparsity = st.slider("Sparsity (share of kernel weights, or of hidden units if structured)", 0.0, 0.99, 0.5,
-                         0.01, key="prune_sparsity")
+    sparsity = st.slider(
+        "Sparsity (share of kernel weights, or of hidden units if structured)",
+        0.0,
+        0.99,
+        0.5,
+        0.01,
+        key="prune_sparsity",
+    )
     c1, c2, c3 = st.columns(3)
     kind = c1.radio("Kind", ["unstructured", "structured (drop hidden units)"], key="prune_kind", horizontal=True)
     structured = kind.startswith("structured")
-    schedule = c2.radio("Schedule", ["one-shot", "gradual"], key="prune_schedule", horizontal=True,
-                        disabled=structured,
-                        help="gradual: Zhu & Gupta's cubic schedule while the dense stack fine-tunes (takes a minute)")
-    scope = c3.radio("Threshold", ["layer", "global"], key="prune_scope", horizontal=True, disabled=structured,
-                     help="layer: every kernel to the sparsity; global: one magnitude threshold over all kernels "
-                          "(convolutions included, gradual schedule too)")
+    schedule = c2.radio(
+        "Schedule",
+        ["one-shot", "gradual"],
+        key="prune_schedule",
+        horizontal=True,
+        disabled=structured,
+        help="gradual: Zhu & Gupta's cubic schedule while the dense stack fine-tunes (takes a minute)",
+    )
+    scope = c3.radio(
+        "Threshold",
+        ["layer", "global"],
+        key="prune_scope",
+        horizontal=True,
+        disabled=structured,
+        help="layer: every kernel to the sparsity; global: one magnitude threshold over all kernels "
+        "(convolutions included, gradual schedule too)",
+    )
     measure_latency = st.toggle("Measure latency (adds a few seconds)", False, key="prune_latency")
     try:
-        config = PruneConfig(sparsity=float(sparsity), scope=scope, structured=structured,
-                                      schedule="one-shot" if structured else schedule, gradual_steps=300)
+        config = PruneConfig(
+            sparsity=float(sparsity),
+            scope=scope,
+            structured=structured,
+            schedule="one-shot" if structured else schedule,
+            gradual_steps=300,
+        )
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()
@@ -47,13 +69,24 @@ if eng is not None:
             result = evaluate(*keys(), "prune", config, 0, measure_latency)
     metric_row(result, base)
     if structured:
-        st.info("Structured pruning makes the matrices physically smaller, so parameters, MACs and latency drop. "
-                "Unstructured pruning only zeroes weights: stored densely, it runs no faster.")
+        st.info(
+            "Structured pruning makes the matrices physically smaller, so parameters, MACs and latency drop. "
+            "Unstructured pruning only zeroes weights: stored densely, it runs no faster."
+        )
     else:
-        st.caption(f"Non-zero weights: {result['nonzero_params']:,} of {result['params']:,}. Stored densely, a "
-                   "masked matrix runs no faster; switch to structured to see latency move.")
+        st.caption(
+            f"Non-zero weights: {result['nonzero_params']:,} of {result['params']:,}. Stored densely, a "
+            "masked matrix runs no faster; switch to structured to see latency move."
+        )
     sparsities = result["facts"]["sparsity"]
-    fig = go.Figure(go.Bar(x=list(sparsities), y=[100 * v for v in sparsities.values()],
-                           marker_color=METHOD_COLORS["prune"], text=[f"{100 * v:.0f} %" for v in sparsities.values()]))
-    st.plotly_chart(style(fig, "Share of exactly-zero kernel weights per layer", "layer", "zero weights (%)", 320),
-                    key="prune_bars")
+    fig = go.Figure(
+        go.Bar(
+            x=list(sparsities),
+            y=[100 * v for v in sparsities.values()],
+            marker_color=METHOD_COLORS["prune"],
+            text=[f"{100 * v:.0f} %" for v in sparsities.values()],
+        )
+    )
+    st.plotly_chart(
+        style(fig, "Share of exactly-zero kernel weights per layer", "layer", "zero weights (%)", 320), key="prune_bars"
+    )

@@ -15,12 +15,17 @@ eng = get_engine()
 if eng is not None:
     c1, c2 = st.columns([2, 1])
     start = c1.radio("Start from", STARTS, key="storage_start")
-    int8 = c2.toggle("Store dense matrices as int8", True, key="storage_int8",
-                     help="symmetric int8, one float32 scale per output column; runs dequantized")
+    int8 = c2.toggle(
+        "Store dense matrices as int8",
+        True,
+        key="storage_int8",
+        help="symmetric int8, one float32 scale per output column; runs dequantized",
+    )
     fraction = None
     if start == STARTS[2]:
-        fraction = st.slider("Rank fraction f of the hidden layers (output layer kept)", 0.01, 1.0, 0.05, 0.01,
-                             key="storage_fraction")
+        fraction = st.slider(
+            "Rank fraction f of the hidden layers (output layer kept)", 0.01, 1.0, 0.05, 0.01, key="storage_fraction"
+        )
     measure_latency = st.toggle("Measure latency (adds a few seconds)", False, key="storage_latency")
     steps = []
     if start == STARTS[1]:
@@ -42,10 +47,12 @@ if eng is not None:
         result = evaluate(*keys(), variant, None, 0, measure_latency)
     st.caption(f"Variant: {result['label']}")
     metric_row(result, base)
-    st.caption(f"Stored size is the .npz this variant exports: {fmt_mib(result['bytes'])} vs "
-               f"{fmt_mib(base['bytes'])} for the checkpoint ({base['bytes'] / result['bytes']:.1f}× smaller). "
-               "Int8 halves a float16 checkpoint's dense matrices (quarters a float32 one); it runs no faster here "
-               "(dequantized to float32 on the fly). Dead-unit removal drops hidden units that can never change "
-               "the output, so accuracy is unchanged by construction.")
+    st.caption(
+        f"Stored size is the .npz this variant exports: {fmt_mib(result['bytes'])} vs "
+        f"{fmt_mib(base['bytes'])} for the checkpoint ({base['bytes'] / result['bytes']:.1f}× smaller). "
+        "Int8 halves a float16 checkpoint's dense matrices (quarters a float32 one); it runs no faster here "
+        "(dequantized to float32 on the fly). Dead-unit removal drops hidden units that can never change "
+        "the output, so accuracy is unchanged by construction."
+    )
     if result["facts"].get("widths"):
         st.write("Hidden widths after dropping dead units:", result["facts"]["widths"])

@@ -23,8 +23,12 @@ def make_batch(n: int, seed: int) -> dict:
     # Class-dependent colour so a network can learn something in a few steps.
     images = rng.integers(0, 60, (n, 3, 32, 32)).astype(np.uint8)
     images[np.arange(n), labels % 3] += (20 * labels).astype(np.uint8)[:, None, None]
-    return {b"batch_label": b"synthetic", b"labels": [int(v) for v in labels],
-            b"data": images.reshape(n, 3072), b"filenames": [b"x.png"] * n}
+    return {
+        b"batch_label": b"synthetic",
+        b"labels": [int(v) for v in labels],
+        b"data": images.reshape(n, 3072),
+        b"filenames": [b"x.png"] * n,
+    }
 
 
 def pickle_batch(obj) -> bytes:
@@ -36,8 +40,9 @@ def write_folder(root: pathlib.Path, n_per_batch: int = 24, overrides: dict | No
     folder.mkdir(parents=True, exist_ok=True)
     files = {name: pickle_batch(make_batch(n_per_batch, i)) for i, name in enumerate(data_lib.TRAIN_BATCHES)}
     files[data_lib.TEST_BATCH] = pickle_batch(make_batch(n_per_batch, 99))
-    files[data_lib.META_FILE] = pickle_batch({b"label_names": [n.encode() for n in CLASS_NAMES],
-                                              b"num_cases_per_batch": n_per_batch})
+    files[data_lib.META_FILE] = pickle_batch(
+        {b"label_names": [n.encode() for n in CLASS_NAMES], b"num_cases_per_batch": n_per_batch}
+    )
     files.update(overrides or {})
     for name, blob in files.items():
         if blob is not None:

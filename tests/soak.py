@@ -40,9 +40,26 @@ def start_server(env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """``streamlit run app.py`` on a free local port; returns (process, url) once it listens."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env or dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env or dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -103,10 +120,12 @@ async def soak(url: str, sessions: int, seconds: float, seed: int = 0) -> dict:
 
     report: dict = {"errors": [], "latencies": []}
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                           args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        await asyncio.gather(*(_session(browser, url, i, seconds, random.Random(seed + i), report)
-                               for i in range(sessions)))
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
+        await asyncio.gather(
+            *(_session(browser, url, i, seconds, random.Random(seed + i), report) for i in range(sessions))
+        )
         await browser.close()
     return report
 
@@ -143,10 +162,16 @@ def run(sessions: int, seconds: float, url: str | None = None) -> dict:
                 proc.kill()
                 proc.wait()
     lat = np.asarray(report["latencies"]) if report["latencies"] else np.asarray([np.nan])
-    return {"sessions": sessions, "seconds": seconds, "actions": len(report["latencies"]),
-            "errors": len(report["errors"]), "error_samples": report["errors"][:5],
-            "p50_s": float(np.percentile(lat, 50)), "p95_s": float(np.percentile(lat, 95)),
-            "server_peak_rss_gib": peak[0] / 2**30 if proc is not None else None}
+    return {
+        "sessions": sessions,
+        "seconds": seconds,
+        "actions": len(report["latencies"]),
+        "errors": len(report["errors"]),
+        "error_samples": report["errors"][:5],
+        "p50_s": float(np.percentile(lat, 50)),
+        "p95_s": float(np.percentile(lat, 95)),
+        "server_peak_rss_gib": peak[0] / 2**30 if proc is not None else None,
+    }
 
 
 def main() -> int:

@@ -104,11 +104,13 @@ def test_compare_page_lists_and_exports(env):
     assert not at.exception and not at.error
     options = at.multiselect(key="compare_pick").options
     assert len(options) == 5 and len(set(options)) == 5
-    at.multiselect(key="compare_pick").set_value([o for o in at.multiselect(key="compare_pick").options
-                                                 if o.startswith("SVD")]).run()
+    at.multiselect(key="compare_pick").set_value(
+        [o for o in at.multiselect(key="compare_pick").options if o.startswith("SVD")]
+    ).run()
     assert not at.exception and len(at.dataframe[0].value) == 1
-    at.selectbox(key="export_variant").set_value([o for o in at.selectbox(key="export_variant").options
-                                                  if o.startswith("SVD")][0]).run()
+    at.selectbox(key="export_variant").set_value(
+        [o for o in at.selectbox(key="export_variant").options if o.startswith("SVD")][0]
+    ).run()
     at.button(key="export_prepare").click().run()
     assert not at.exception and not at.error
     blob = at.session_state["export_blob"][1]

@@ -19,9 +19,15 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 # Each page, and an element that shows it has finished drawing.
-PAGES = {"": ".js-plotly-plot", "low_rank": '[data-testid="stMetric"]', "spectra": ".js-plotly-plot",
-         "pruning": ".js-plotly-plot", "layer_removal": '[data-testid="stButton"], [data-testid="stMetric"]',
-         "compare": '[data-testid="stDataFrame"]', "train_data": '[data-testid="stButton"]'}
+PAGES = {
+    "": ".js-plotly-plot",
+    "low_rank": '[data-testid="stMetric"]',
+    "spectra": ".js-plotly-plot",
+    "pruning": ".js-plotly-plot",
+    "layer_removal": '[data-testid="stButton"], [data-testid="stMetric"]',
+    "compare": '[data-testid="stDataFrame"]',
+    "train_data": '[data-testid="stButton"]',
+}
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 
@@ -31,8 +37,9 @@ def app_server(shared_archive, tmp_path_factory):
     import psutil
     from soak import start_server
 
-    env = dict(os.environ, LOWRANK_CIFAR10=str(shared_archive),
-               LOWRANK_ARTIFACTS=str(tmp_path_factory.mktemp("artifacts")))
+    env = dict(
+        os.environ, LOWRANK_CIFAR10=str(shared_archive), LOWRANK_ARTIFACTS=str(tmp_path_factory.mktemp("artifacts"))
+    )
     env.pop("LOWRANK_CHECKPOINT", None)
     started = time.perf_counter()
     proc, url = start_server(env)
@@ -70,9 +77,11 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
     timings = {}
     peak_rss = 0
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                                           "--disable-background-networking"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -104,7 +113,10 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
         page.wait_for_function(
             """(before) => { const v = [...document.querySelectorAll('[data-testid="stMetric"]')]
                  .find(m => m.innerText.includes('Test accuracy'));
-                 return v && !v.innerText.includes(before); }""", arg=before.split("\n")[0], timeout=60_000)
+                 return v && !v.innerText.includes(before); }""",
+            arg=before.split("\n")[0],
+            timeout=60_000,
+        )
         timings["uncached_rank_fraction_to_accuracy_s"] = time.perf_counter() - started
         _wait_until_idle(page)
         after = _metric(page, "Test accuracy")
@@ -118,7 +130,10 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
         page.wait_for_function(
             """(before) => { const v = [...document.querySelectorAll('[data-testid="stMetric"]')]
                  .find(m => m.innerText.includes('Test accuracy'));
-                 return v && v.innerText.includes(before); }""", arg=before.split("\n")[0], timeout=60_000)
+                 return v && v.innerText.includes(before); }""",
+            arg=before.split("\n")[0],
+            timeout=60_000,
+        )
         timings["cached_rank_fraction_to_accuracy_s"] = time.perf_counter() - started
 
         page.goto(f"{app_server['url']}/spectra")

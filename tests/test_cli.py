@@ -11,8 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_cli(*args, env_extra=None):
     # A dead local URL: a test must never reach the internet, even by mistake.
     env = dict(os.environ, PYTHONPATH=ROOT, LOWRANK_CIFAR10_URL="http://127.0.0.1:9/cifar.tgz", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "lowrank_core", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lowrank_core", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
 
 
 def test_train_then_evaluate_json(tmp_path, synthetic_archive):
@@ -26,43 +27,76 @@ def test_train_then_evaluate_json(tmp_path, synthetic_archive):
     assert payload["n_test"] == 24 and 0 <= payload["accuracy"] <= 1
     for key in ("method", "config", "params", "macs", "bytes", "latency_ms", "batch_size"):
         assert key in payload
-    assert set(payload["layer_latency_ms"]) == {"batch_size", "convolutions", "linear", "linear_1", "linear_2",
-                                                "linear_3", "linear_4"}
+    assert set(payload["layer_latency_ms"]) == {
+        "batch_size",
+        "convolutions",
+        "linear",
+        "linear_1",
+        "linear_2",
+        "linear_3",
+        "linear_4",
+    }
     assert payload["batch_size"] == 24 and set(payload["latency"]) == {"1", "24"}  # the batch actually timed
     # --export writes the measured variant in the stored format: the same bytes the record counts.
     export = tmp_path / "variant.npz"
-    exported = run_cli("evaluate", "--checkpoint", str(out), "--data", str(synthetic_archive), "--method",
-                       "svd+quantize", "--rank-fraction", "0.5", "--form", "factorized", "--no-latency", "--json",
-                       "--export", str(export))
+    exported = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(out),
+        "--data",
+        str(synthetic_archive),
+        "--method",
+        "svd+quantize",
+        "--rank-fraction",
+        "0.5",
+        "--form",
+        "factorized",
+        "--no-latency",
+        "--json",
+        "--export",
+        str(export),
+    )
     assert exported.returncode == 0, exported.stderr
     record = json.loads(exported.stdout)
     assert record["method"] == "svd+quantize" and export.stat().st_size == record["bytes"]
     assert [s["method"] for s in record["steps"]] == ["svd", "quantize"] and record["facts"]["ranks"]["linear"] == 48
-    dead = run_cli("evaluate", "--checkpoint", str(out), "--data", str(synthetic_archive), "--method", "dead_units",
-                   "--no-latency", "--json")
+    dead = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(out),
+        "--data",
+        str(synthetic_archive),
+        "--method",
+        "dead_units",
+        "--no-latency",
+        "--json",
+    )
     assert dead.returncode == 0, dead.stderr
     assert json.loads(dead.stdout)["method"] == "dead_units"
 
 
-@pytest.mark.parametrize("option, message", [
-    (["--method", "svd", "--rank-fraction", "nan"], "rank fraction"),
-    (["--method", "svd", "--rank-fraction", "0"], "rank fraction"),
-    (["--method", "svd", "--rank-fraction", "1.5"], "rank fraction"),
-    (["--method", "svd", "--energy", "0"], "energy"),
-    (["--method", "svd", "--energy", "1.01"], "energy"),
-    (["--method", "svd", "--layer-ranks", "linear=5000"], "rank of linear"),
-    (["--method", "svd", "--layer-fractions", "linear=x"], "rank fraction"),
-    (["--method", "svd", "--param-budget", "2"], "parameter budget"),
-    (["--method", "nope"], "unknown method"),
-    (["--method", "quantize+svd"], "must come last"),
-    (["--method", "svd", "--export", "out.txt"], "--export"),
-    (["--method", "svd", "--layer-ranks", "linear_9=5"], "unknown dense layer"),
-    (["--method", "prune", "--sparsity", "1"], "sparsity"),
-    (["--method", "prune", "--sparsity", "-0.1"], "sparsity"),
-    (["--method", "remove", "--remove", "linear_4"], "cannot remove"),
-    (["--method", "remove", "--remove", "conv2_d"], "cannot remove"),
-    (["--method", "prune", "--schedule", "gradual", "--structured"], "gradual pruning is unstructured"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--method", "svd", "--rank-fraction", "nan"], "rank fraction"),
+        (["--method", "svd", "--rank-fraction", "0"], "rank fraction"),
+        (["--method", "svd", "--rank-fraction", "1.5"], "rank fraction"),
+        (["--method", "svd", "--energy", "0"], "energy"),
+        (["--method", "svd", "--energy", "1.01"], "energy"),
+        (["--method", "svd", "--layer-ranks", "linear=5000"], "rank of linear"),
+        (["--method", "svd", "--layer-fractions", "linear=x"], "rank fraction"),
+        (["--method", "svd", "--param-budget", "2"], "parameter budget"),
+        (["--method", "nope"], "unknown method"),
+        (["--method", "quantize+svd"], "must come last"),
+        (["--method", "svd", "--export", "out.txt"], "--export"),
+        (["--method", "svd", "--layer-ranks", "linear_9=5"], "unknown dense layer"),
+        (["--method", "prune", "--sparsity", "1"], "sparsity"),
+        (["--method", "prune", "--sparsity", "-0.1"], "sparsity"),
+        (["--method", "remove", "--remove", "linear_4"], "cannot remove"),
+        (["--method", "remove", "--remove", "conv2_d"], "cannot remove"),
+        (["--method", "prune", "--schedule", "gradual", "--structured"], "gradual pruning is unstructured"),
+    ],
+)
 def test_impossible_settings_are_one_line_exit_2(option, message):
     result = run_cli("evaluate", *option, "--json")
     assert result.returncode == 2
@@ -70,11 +104,14 @@ def test_impossible_settings_are_one_line_exit_2(option, message):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["train", "--preset", "nope"],
-    ["evaluate", "--checkpoint", "/nonexistent", "--json"],
-    ["evaluate", "--data", "/nonexistent.tar.gz"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--preset", "nope"],
+        ["evaluate", "--checkpoint", "/nonexistent", "--json"],
+        ["evaluate", "--data", "/nonexistent.tar.gz"],
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args):
     result = run_cli(*args)
     assert result.returncode == 2

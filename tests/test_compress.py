@@ -53,17 +53,31 @@ def test_rank_rules(svds):
     assert compress.rank_for_fraction(0.01, 1000, 10) == 1
     s = np.array([3.0, 2.0, 1.0])
     assert compress.rank_for_energy(s, 9 / 14) == 1
-    assert compress.rank_for_energy(s, 0.92) == 2 and compress.rank_for_energy(s, 0.93) == 3 and compress.rank_for_energy(s, 1.0) == 3
+    assert (
+        compress.rank_for_energy(s, 0.92) == 2
+        and compress.rank_for_energy(s, 0.93) == 3
+        and compress.rank_for_energy(s, 1.0) == 3
+    )
     config = SvdConfig(0.5, layer_ranks=(("linear", 5),), include_output=False)
     ranks = choose_ranks(config, svds)
     assert ranks["linear"] == 5 and ranks["linear_1"] == 32 and "linear_4" not in ranks
     assert compress.break_even_rank(2000, 2000) == 1000
 
 
-@pytest.mark.parametrize("kwargs", [dict(rank_fraction=0), dict(rank_fraction=1.5), dict(rank_fraction=float("nan")),
-                                    dict(energy=0), dict(energy=1.2), dict(form="diagonal"),
-                                    dict(layer_ranks=(("conv2_d", 3),)), dict(layer_ranks=(("linear", 0),)),
-                                    dict(layer_ranks=(("linear", 2), ("linear", 3)))])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(rank_fraction=0),
+        dict(rank_fraction=1.5),
+        dict(rank_fraction=float("nan")),
+        dict(energy=0),
+        dict(energy=1.2),
+        dict(form="diagonal"),
+        dict(layer_ranks=(("conv2_d", 3),)),
+        dict(layer_ranks=(("linear", 0),)),
+        dict(layer_ranks=(("linear", 2), ("linear", 3))),
+    ],
+)
 def test_bad_svd_settings_raise(kwargs):
     with pytest.raises(ConfigError):
         SvdConfig(**kwargs)
@@ -89,8 +103,10 @@ def test_irrelevant_fields_are_canonical():
 @settings(max_examples=50, deadline=None)
 @given(st.floats(allow_nan=True, allow_infinity=True))
 def test_settings_parsers_accept_only_valid_ranges(value):
-    for make, ok in ((lambda v: SvdConfig(rank_fraction=v), lambda v: 0 < v <= 1),
-                     (lambda v: PruneConfig(sparsity=v), lambda v: 0 <= v < 1)):
+    for make, ok in (
+        (lambda v: SvdConfig(rank_fraction=v), lambda v: 0 < v <= 1),
+        (lambda v: PruneConfig(sparsity=v), lambda v: 0 <= v < 1),
+    ):
         if ok(value):
             make(value)
         else:
@@ -187,8 +203,9 @@ def test_drop_dead_units_is_lossless(params):
     slim = compress.drop_dead_units(dead)
     assert slim["linear"]["w"].shape == (512, 96 - 30)
     assert slim["linear_1"]["w"].shape == (96 - 30, 64)
-    np.testing.assert_allclose(np.asarray(model.forward(slim, images)), np.asarray(model.forward(dead, images)),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(model.forward(slim, images)), np.asarray(model.forward(dead, images)), rtol=1e-4, atol=1e-4
+    )
     assert compress.drop_dead_units(params)["linear"]["w"].shape == (512, 96)  # nothing dead: unchanged
 
 
@@ -279,13 +296,20 @@ def test_cli_grid_and_rank_text_never_escape_as_other_errors(text):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.floats(allow_nan=True, allow_infinity=True), st.lists(st.sampled_from(model.DENSE_LAYERS + ("x",)), max_size=3))
+@given(
+    st.floats(allow_nan=True, allow_infinity=True), st.lists(st.sampled_from(model.DENSE_LAYERS + ("x",)), max_size=3)
+)
 def test_energy_budget_and_layer_settings_are_validated(value, names):
-    for make, ok in ((lambda: SvdConfig(energy=value), 0 < value <= 1),
-                     (lambda: SvdConfig(param_budget=value), 0 < value <= 1),
-                     (lambda: SvdConfig(layer_fractions=tuple((n, value) for n in names)),
-                      all(n in model.DENSE_LAYERS for n in names) and len(set(names)) == len(names)
-                      and (not names or 0 < value <= 1))):
+    for make, ok in (
+        (lambda: SvdConfig(energy=value), 0 < value <= 1),
+        (lambda: SvdConfig(param_budget=value), 0 < value <= 1),
+        (
+            lambda: SvdConfig(layer_fractions=tuple((n, value) for n in names)),
+            all(n in model.DENSE_LAYERS for n in names)
+            and len(set(names)) == len(names)
+            and (not names or 0 < value <= 1),
+        ),
+    ):
         if ok:
             make()
         else:
@@ -294,8 +318,10 @@ def test_energy_budget_and_layer_settings_are_validated(value, names):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.sampled_from([0.0, -0.0, 0.5, -0.5, 1.0, 2.0, -3.0]), min_size=1, max_size=60),
-       st.floats(min_value=0.0, max_value=0.99))
+@given(
+    st.lists(st.sampled_from([0.0, -0.0, 0.5, -0.5, 1.0, 2.0, -3.0]), min_size=1, max_size=60),
+    st.floats(min_value=0.0, max_value=0.99),
+)
 def test_magnitude_mask_equals_stable_sort_definition(values, sparsity):
     # Heavy ties (the shipped checkpoint has millions of exact zeros): the
     # pruned set must be the stable argsort's first n, i.e. ties in position order.

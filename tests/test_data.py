@@ -77,14 +77,17 @@ def test_pickle_naming_other_globals_is_refused_before_running(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("blob, message", [
-    (pickle_batch({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}), "shape"),
-    (pickle_batch({b"data": np.zeros((4, 3072), np.float32), b"labels": [0] * 4}), "uint8"),
-    (pickle_batch({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 10]}), "0..9"),
-    (pickle_batch({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1]}), "labels"),
-    (pickle_batch([1, 2, 3]), "not a CIFAR-10 batch"),
-    (b"\x80\x02garbage", "not a valid CIFAR-10 batch"),
-])
+@pytest.mark.parametrize(
+    "blob, message",
+    [
+        (pickle_batch({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}), "shape"),
+        (pickle_batch({b"data": np.zeros((4, 3072), np.float32), b"labels": [0] * 4}), "uint8"),
+        (pickle_batch({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 10]}), "0..9"),
+        (pickle_batch({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1]}), "labels"),
+        (pickle_batch([1, 2, 3]), "not a CIFAR-10 batch"),
+        (b"\x80\x02garbage", "not a valid CIFAR-10 batch"),
+    ],
+)
 def test_malformed_batches_are_clear_errors(tmp_path, blob, message):
     folder = write_folder(tmp_path, overrides={"test_batch": blob})
     with pytest.raises(DataError, match=message):
@@ -180,8 +183,12 @@ def test_download_good_file(http_server, synthetic_archive, monkeypatch):
     md5 = hashlib.md5(handler.payload).hexdigest()
     dest = data_lib.paths.data_dir() / data_lib.ARCHIVE_NAME
     seen = []
-    data_lib.download_archive(dest, url=f"http://127.0.0.1:{server.server_port}/c.tgz", md5=md5,
-                              progress=lambda done, total: seen.append((done, total)))
+    data_lib.download_archive(
+        dest,
+        url=f"http://127.0.0.1:{server.server_port}/c.tgz",
+        md5=md5,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert dest.read_bytes() == handler.payload
     assert seen[-1] == (len(handler.payload), len(handler.payload))
 
@@ -199,8 +206,9 @@ def test_download_cut_midway_leaves_nothing(http_server):
     handler.cut_after = len(handler.payload) // 3
     dest = data_lib.paths.data_dir() / data_lib.ARCHIVE_NAME
     with pytest.raises(DataError):
-        data_lib.download_archive(dest, url=f"http://127.0.0.1:{server.server_port}/c.tgz",
-                                  md5=hashlib.md5(handler.payload).hexdigest())
+        data_lib.download_archive(
+            dest, url=f"http://127.0.0.1:{server.server_port}/c.tgz", md5=hashlib.md5(handler.payload).hexdigest()
+        )
     assert not dest.exists() and not list(dest.parent.glob("*.tmp"))
 
 

@@ -89,18 +89,27 @@ def test_fine_tuned_svd_keeps_each_layer_at_its_rank(tiny_engine, form):
 
 
 def test_fine_tuning_ends_on_the_int8_grid_and_keeps_pruned_zeros(tiny_engine):
-    tuned, facts = tiny_engine.build(methods.Variant((("svd", SvdConfig(0.5, "factorized")),
-                                                      ("quantize", QuantizeConfig())), FinetuneConfig(20)))
-    untuned, _ = tiny_engine.build(methods.Variant((("svd", SvdConfig(0.5, "factorized")),
-                                                    ("quantize", QuantizeConfig()))))
+    tuned, facts = tiny_engine.build(
+        methods.Variant((("svd", SvdConfig(0.5, "factorized")), ("quantize", QuantizeConfig())), FinetuneConfig(20))
+    )
+    untuned, _ = tiny_engine.build(
+        methods.Variant((("svd", SvdConfig(0.5, "factorized")), ("quantize", QuantizeConfig())))
+    )
     for name in facts["int8_layers"]:
         layer = tuned[name]
         assert set(layer) == {"u_q", "u_scale", "v_q", "v_scale", "b"}
         assert layer["u_q"].dtype == np.int8 and np.abs(layer["u_q"]).max() <= 127
     assert not np.array_equal(tuned["linear"]["u_q"], untuned["linear"]["u_q"])  # trained, then on the grid again
-    exported = _load_npz(tiny_engine.variant_npz(tiny_engine.evaluate(
-        methods.Variant((("svd", SvdConfig(0.5, "factorized")), ("quantize", QuantizeConfig())), FinetuneConfig(20)),
-        with_latency=False)))
+    exported = _load_npz(
+        tiny_engine.variant_npz(
+            tiny_engine.evaluate(
+                methods.Variant(
+                    (("svd", SvdConfig(0.5, "factorized")), ("quantize", QuantizeConfig())), FinetuneConfig(20)
+                ),
+                with_latency=False,
+            )
+        )
+    )
     assert exported["linear"]["u_q"].dtype == np.int8
     np.testing.assert_array_equal(exported["linear"]["u_q"], tuned["linear"]["u_q"])
 
@@ -113,10 +122,12 @@ def test_fine_tuning_ends_on_the_int8_grid_and_keeps_pruned_zeros(tiny_engine):
 
 
 def test_exported_variant_is_the_measured_one(tiny_engine):
-    for variant in (methods.Variant.of("baseline"), methods.Variant.of("quantize"),
-                    methods.Variant.of("svd", SvdConfig(0.3, "reconstructed")),
-                    methods.Variant((("prune", PruneConfig(0.5, structured=True)),
-                                     ("svd", SvdConfig(0.5, "factorized"))))):
+    for variant in (
+        methods.Variant.of("baseline"),
+        methods.Variant.of("quantize"),
+        methods.Variant.of("svd", SvdConfig(0.3, "reconstructed")),
+        methods.Variant((("prune", PruneConfig(0.5, structured=True)), ("svd", SvdConfig(0.5, "factorized")))),
+    ):
         result = tiny_engine.evaluate(variant, with_latency=False)
         blob = tiny_engine.variant_npz(result)
         assert len(blob) == result["bytes"], variant.name
@@ -127,8 +138,9 @@ def test_exported_variant_is_the_measured_one(tiny_engine):
 
 
 def test_global_gradual_pruning_uses_one_threshold_over_all_kernels(tiny_engine):
-    result = tiny_engine.evaluate("prune", PruneConfig(0.6, scope="global", schedule="gradual", gradual_steps=8),
-                                  with_latency=False)
+    result = tiny_engine.evaluate(
+        "prune", PruneConfig(0.6, scope="global", schedule="gradual", gradual_steps=8), with_latency=False
+    )
     params, _ = tiny_engine.build(methods.Variant.from_dict(result))
     kernels = [params[n]["w"] for n in result["facts"]["sparsity"]]
     zeros = sum(int(np.sum(k == 0)) for k in kernels)
@@ -151,8 +163,9 @@ def test_init_spectrum_rebuilds_the_init_the_checkpoint_names(tiny_checkpoint, t
     got = engine.Engine(whitened, data, cache_root=tmp_path / "c").init_singular_values()
     config = configs.TrainConfig.from_dict(metadata["config"])
     expected = train.initial_params(config, data)
-    np.testing.assert_allclose(got["linear_1"], np.linalg.svd(np.asarray(expected["linear_1"]["w"], np.float64),
-                                                              compute_uv=False), rtol=1e-5)
+    np.testing.assert_allclose(
+        got["linear_1"], np.linalg.svd(np.asarray(expected["linear_1"]["w"], np.float64), compute_uv=False), rtol=1e-5
+    )
     haiku = engine.Engine(ck, data, cache_root=tmp_path / "d").init_singular_values()
     assert not np.allclose(got["linear_1"], haiku["linear_1"])
 
@@ -205,8 +218,9 @@ def test_engine_is_keyed_by_the_bytes_it_loaded(tiny_checkpoint, tmp_path):
 
 @pytest.fixture(scope="module")
 def real_engine(shared_archive, tmp_path_factory):
-    return engine.Engine(paths.BASELINE_DIR, data_lib.load_cifar10(shared_archive),
-                         cache_root=tmp_path_factory.mktemp("cache"))
+    return engine.Engine(
+        paths.BASELINE_DIR, data_lib.load_cifar10(shared_archive), cache_root=tmp_path_factory.mktemp("cache")
+    )
 
 
 def test_baseline_stored_size_is_its_file(real_engine):
@@ -221,8 +235,7 @@ def test_baseline_stored_size_is_its_file(real_engine):
 def test_full_rank_svd_and_dead_units_keep_baseline_accuracy(real_engine):
     base = real_engine.evaluate("baseline", with_latency=False)
     # Two layers (their SVDs are shared with the sensitivity test; the others take a minute).
-    full = real_engine.evaluate("svd", SvdConfig(1.0, "factorized", only=("linear_1", "linear_4")),
-                                with_latency=False)
+    full = real_engine.evaluate("svd", SvdConfig(1.0, "factorized", only=("linear_1", "linear_4")), with_latency=False)
     assert abs(full["accuracy"] - base["accuracy"]) <= 0.002
     slim = real_engine.evaluate("dead_units", with_latency=False)
     assert slim["accuracy"] == base["accuracy"] and slim["params"] < 0.6 * base["params"]

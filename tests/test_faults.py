@@ -21,8 +21,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lowrank_core", *args], cwd=REPO, env=env or dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lowrank_core", *args],
+        cwd=REPO,
+        env=env or dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_kill_during_training_keeps_checkpoint_and_resumes(tiny_checkpoint, tmp_path):
@@ -34,8 +40,9 @@ def test_kill_during_training_keeps_checkpoint_and_resumes(tiny_checkpoint, tmp_
     shutil.copytree(previous, out)  # a good checkpoint already there
     before = (out / checkpoint.PARAMS_FILE).read_bytes()
     # A resume point holds the whole training state (≈ 340 MB): a few, not hundreds.
-    proc = _cli("train", "--preset", "tiny", "--steps", "60", "--eval-every", "20", "--data", str(archive),
-                "--out", str(out))
+    proc = _cli(
+        "train", "--preset", "tiny", "--steps", "60", "--eval-every", "20", "--data", str(archive), "--out", str(out)
+    )
     resume_file = train.resume_path(out)
     deadline = time.time() + 240
     while not resume_file.exists() and time.time() < deadline and proc.poll() is None:
@@ -45,8 +52,20 @@ def test_kill_during_training_keeps_checkpoint_and_resumes(tiny_checkpoint, tmp_
     proc.wait()
     assert (out / checkpoint.PARAMS_FILE).read_bytes() == before  # the previous checkpoint is intact
     checkpoint.load(out)
-    done = _cli("train", "--preset", "tiny", "--steps", "60", "--eval-every", "20", "--data", str(archive),
-                "--out", str(out), "--resume")
+    done = _cli(
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "60",
+        "--eval-every",
+        "20",
+        "--data",
+        str(archive),
+        "--out",
+        str(out),
+        "--resume",
+    )
     stdout, stderr = done.communicate(timeout=600)
     assert done.returncode == 0, stderr
     summary = json.loads(stdout.strip().splitlines()[-1])
@@ -109,8 +128,21 @@ def test_engine_recomputes_an_entry_left_half_written(tiny_checkpoint):
 def test_two_processes_on_one_variant_make_one_good_entry(tiny_checkpoint, tmp_path):
     archive, ck = tiny_checkpoint
     env = dict(os.environ, LOWRANK_ARTIFACTS=str(tmp_path / "shared_artifacts"))
-    args = ("evaluate", "--checkpoint", str(ck), "--data", str(archive), "--method", "svd", "--rank-fraction",
-            "0.3", "--form", "factorized", "--no-latency", "--json")
+    args = (
+        "evaluate",
+        "--checkpoint",
+        str(ck),
+        "--data",
+        str(archive),
+        "--method",
+        "svd",
+        "--rank-fraction",
+        "0.3",
+        "--form",
+        "factorized",
+        "--no-latency",
+        "--json",
+    )
     procs = [_cli(*args, env=env) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
@@ -151,8 +183,10 @@ def test_concurrent_sessions_compute_a_variant_once(tiny_checkpoint):
     eng.build = counting_build
     config = SvdConfig(0.15, "factorized")
     results = []
-    threads = [threading.Thread(target=lambda: results.append(eng.evaluate("svd", config, with_latency=False)))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(eng.evaluate("svd", config, with_latency=False)))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -182,8 +216,14 @@ def test_full_disk_keeps_results_in_memory_and_old_entries_intact(tiny_checkpoin
     entries = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
     assert entries
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    run = subprocess.run([sys.executable, "-c", FULL_DISK_RUN, str(archive), str(ck), str(cache)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_RUN, str(archive), str(ck), str(cache)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert "cannot write the cache" in out["problem"] and out["again"] == out["accuracy"]
@@ -226,8 +266,13 @@ def test_checkpoint_save_killed_at_every_point_leaves_one_loadable(tmp_path):
         directory = tmp_path / f"ck{kill_at}"
         old = {"linear": {"w": np.ones((3, 2), np.float32), "b": np.zeros(2, np.float32)}}
         checkpoint.save(directory, old, {"preset": "old"})
-        run = subprocess.run([sys.executable, "-c", SAVE_KILLED_AT, str(directory), str(kill_at)], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-c", SAVE_KILLED_AT, str(directory), str(kill_at)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == -signal.SIGKILL, run.stderr
         params = checkpoint.load_params(directory, check=False)
         metadata = checkpoint.load_metadata(directory)

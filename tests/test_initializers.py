@@ -29,8 +29,9 @@ def test_whitening_filters_decorrelate_patches_with_unit_variance():
     outputs = filters.reshape(75, 18).T.astype(np.float64) @ covariance @ filters.reshape(75, 18)
     eigenvalues = np.sort(np.linalg.eigvalsh(covariance))[::-1][:18]
     # Coordinates along the leading principal directions: variance λ/(λ+ε), uncorrelated.
-    np.testing.assert_allclose(np.diag(outputs), eigenvalues / (eigenvalues + initializers.WHITENING_EPSILON),
-                               rtol=0.05)
+    np.testing.assert_allclose(
+        np.diag(outputs), eigenvalues / (eigenvalues + initializers.WHITENING_EPSILON), rtol=0.05
+    )
     off_diagonal = outputs - np.diag(np.diag(outputs))
     assert np.abs(off_diagonal).max() < 0.05
 

@@ -27,7 +27,9 @@ def test_product_path_equals_plain_haiku_apply(real_data):
 
     params, _ = checkpoint.load(paths.BASELINE_DIR)
     plain_fn = jax.jit(lambda p, x: jnp.argmax(model.network.apply(p, model.preprocess(x)), -1))
-    plain = np.concatenate([np.asarray(plain_fn(params, real_data.x_test[i:i + 1000])) for i in range(0, 10_000, 1000)])
+    plain = np.concatenate(
+        [np.asarray(plain_fn(params, real_data.x_test[i : i + 1000])) for i in range(0, 10_000, 1000)]
+    )
     fast = measure.predict_full(params, real_data.x_test)  # dead units dropped, tiled convolution
     np.testing.assert_array_equal(plain, fast)  # every one of the 10,000 test images
 

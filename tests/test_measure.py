@@ -17,8 +17,12 @@ def params():
 def test_chunked_path_equals_model_forward(params, batch):
     # Divisible batches run the convolutions chunk by chunk; others in one piece.
     images = np.random.default_rng(batch).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-    np.testing.assert_allclose(np.asarray(measure.fast_forward(params, images)),
-                               np.asarray(model.forward(params, images)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(measure.fast_forward(params, images)),
+        np.asarray(model.forward(params, images)),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_conv_features_in_batches_equal_one_call(params):
@@ -58,11 +62,20 @@ def test_slim_params_give_the_same_logits_with_bucketed_widths(params):
     pruned = compress.prune_structured(pruned, PruneConfig(sparsity=0.37, structured=True))
     slim = measure.product_params(pruned)
     widths = [slim[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]]
-    assert [measure.product_params(params)[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]] == [3000, 2000, 2000, 1000]
+    assert [measure.product_params(params)[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]] == [
+        3000,
+        2000,
+        2000,
+        1000,
+    ]
     originals = [pruned[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]]
     assert all(w % measure.WIDTH_BUCKET == 0 or w == o for w, o in zip(widths, originals))
     assert all(w <= o for w, o in zip(widths, originals))  # never wider than the variant itself
     assert widths[0] < params["linear"]["w"].shape[1]  # structured pruning's dropped units stay dropped
     features = np.random.default_rng(3).normal(size=(64, 3072)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(model.dense_forward(slim, features)),
-                               np.asarray(model.dense_forward(pruned, features)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(model.dense_forward(slim, features)),
+        np.asarray(model.dense_forward(pruned, features)),
+        rtol=1e-4,
+        atol=1e-4,
+    )

@@ -17,7 +17,12 @@ def test_architecture_is_the_seeds(params):
     assert list(shapes) == ["conv2_d", "conv2_d_1", "linear", "linear_1", "linear_2", "linear_3", "linear_4"]
     assert shapes["conv2_d"]["w"] == (5, 5, 3, 18) and shapes["conv2_d_1"]["w"] == (5, 5, 18, 48)
     assert [shapes[n]["w"] for n in model.DENSE_LAYERS] == [
-        (3072, 3000), (3000, 2000), (2000, 2000), (2000, 1000), (1000, 10)]
+        (3072, 3000),
+        (3000, 2000),
+        (2000, 2000),
+        (2000, 1000),
+        (1000, 10),
+    ]
     assert sum(v.size for v in jax.tree.leaves(params)) == 21_257_026
 
 
@@ -39,8 +44,9 @@ def test_factorized_layer_equals_product(params):
     u, v = rng.normal(size=(7, 3)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)
     b = rng.normal(size=5).astype(np.float32)
     x = rng.normal(size=(4, 7)).astype(np.float32)
-    np.testing.assert_allclose(model.dense_layer({"u": u, "v": v, "b": b}, x),
-                               model.dense_layer({"w": u @ v, "b": b}, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        model.dense_layer({"u": u, "v": v, "b": b}, x), model.dense_layer({"w": u @ v, "b": b}, x), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_check_params_names_first_mismatch(params):
@@ -59,8 +65,9 @@ def test_tiled_convolution_equals_xla_convolution(shape):
     w = rng.normal(size=shape).astype(np.float32)
     b = rng.normal(size=shape[-1]).astype(np.float32)
     x = rng.normal(size=(3, 16, 16, shape[2])).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(model._conv_same_tiled(x, w, b)), np.asarray(model._conv_same(x, w, b)),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(model._conv_same_tiled(x, w, b)), np.asarray(model._conv_same(x, w, b)), rtol=1e-4, atol=1e-4
+    )
 
 
 def _reference_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -70,7 +77,7 @@ def _reference_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.zeros(x.shape[:3] + (w.shape[-1],), np.float64)
     for dy in range(kh):
         for dx in range(kw):
-            out += padded[:, dy:dy + x.shape[1], dx:dx + x.shape[2]] @ w[dy, dx]
+            out += padded[:, dy : dy + x.shape[1], dx : dx + x.shape[2]] @ w[dy, dx]
     return out + b
 
 
@@ -92,8 +99,7 @@ def test_network_spec_builds_what_it_says():
     assert model.spec_of(params) == spec and spec.feature_dim == 8 * 8 * 8
     images = np.random.default_rng(4).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     reference = model.make_network(spec).apply(params, model.preprocess(images))
-    np.testing.assert_allclose(np.asarray(model.forward(params, images)), np.asarray(reference), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model.forward(params, images)), np.asarray(reference), rtol=1e-4, atol=1e-5)
     assert model.SEED_SPEC.shapes() == model.expected_shapes()
     with pytest.raises(CheckpointError):
         model.NetworkSpec(conv_channels=(4, 4, 4, 4, 4, 4))  # 32 px cannot pool six times
@@ -106,5 +112,9 @@ def test_int8_and_factorized_layers_run_as_their_float_product():
     scale = rng.uniform(0.01, 0.1, 5).astype(np.float32)
     b = np.zeros(5, np.float32)
     x = rng.normal(size=(2, 7)).astype(np.float32)
-    np.testing.assert_allclose(model.dense_layer({"u": u, "v_q": q, "v_scale": scale, "b": b}, x),
-                               x @ u @ (q.astype(np.float32) * scale), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        model.dense_layer({"u": u, "v_q": q, "v_scale": scale, "b": b}, x),
+        x @ u @ (q.astype(np.float32) * scale),
+        rtol=1e-5,
+        atol=1e-5,
+    )

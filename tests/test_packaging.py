@@ -15,7 +15,9 @@ def _requirements(name: str) -> set[str]:
 def test_requirements_files_agree_with_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert _requirements("requirements.txt") == {d.replace(" ", "") for d in project["dependencies"]}
-    assert _requirements("requirements-dev.txt") == {d.replace(" ", "") for d in project["optional-dependencies"]["dev"]}
+    assert _requirements("requirements-dev.txt") == {
+        d.replace(" ", "") for d in project["optional-dependencies"]["dev"]
+    }
 
 
 def test_console_script_and_packages_are_declared():

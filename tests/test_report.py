@@ -9,11 +9,19 @@ from lowrank_core.methods.prune import PruneConfig
 from lowrank_core.methods.svd import SvdConfig
 
 
-def record(variant: methods.Variant, accuracy: float, latency_ms: float | None = None, batch: int = 1000,
-           n_bytes: int = 100) -> dict:
-    out = {**variant.to_dict(), "method": variant.name,
-           "config": methods.config_dict(variant.steps[0][1]) if len(variant.steps) == 1 else {},
-           "accuracy": accuracy, "n_test": 10_000, "params": 10, "macs": 10, "bytes": n_bytes}
+def record(
+    variant: methods.Variant, accuracy: float, latency_ms: float | None = None, batch: int = 1000, n_bytes: int = 100
+) -> dict:
+    out = {
+        **variant.to_dict(),
+        "method": variant.name,
+        "config": methods.config_dict(variant.steps[0][1]) if len(variant.steps) == 1 else {},
+        "accuracy": accuracy,
+        "n_test": 10_000,
+        "params": 10,
+        "macs": 10,
+        "bytes": n_bytes,
+    }
     if latency_ms is not None:
         out.update(latency_ms=latency_ms, batch_size=batch, latency={str(batch): {"iqr_ms": 1.0}})
     return out
@@ -24,10 +32,18 @@ def svd(f: float, form: str = "factorized", include_output: bool = True, **kw) -
 
 
 def test_labels_name_every_step_and_never_collide():
-    pipeline = methods.Variant((("prune", PruneConfig(0.5, structured=True)), ("svd", SvdConfig(0.2, "factorized")),
-                                ("quantize", methods.REGISTRY["quantize"].config_type())), FinetuneConfig(300))
-    assert report.describe(record(pipeline, 0.5)) == \
-        "prune 50% structured one-shot → SVD factorized f=0.2 → int8, fine-tuned 300 steps"
+    pipeline = methods.Variant(
+        (
+            ("prune", PruneConfig(0.5, structured=True)),
+            ("svd", SvdConfig(0.2, "factorized")),
+            ("quantize", methods.REGISTRY["quantize"].config_type()),
+        ),
+        FinetuneConfig(300),
+    )
+    assert (
+        report.describe(record(pipeline, 0.5))
+        == "prune 50% structured one-shot → SVD factorized f=0.2 → int8, fine-tuned 300 steps"
+    )
     assert report.method_label("svd+quantize") == "Low-rank (SVD) + Int8 storage"
     results = [record(svd(0.5), 0.8), record(svd(0.5), 0.8), record(svd(0.5, include_output=False), 0.8)]
     labels = report.unique_labels(results)
@@ -41,11 +57,17 @@ def test_pareto_mask():
 
 def test_headlines_use_only_comparable_measured_points():
     base = {"accuracy": 0.81, "latency_ms": 400.0, "batch_size": 1000}
-    results = [record(svd(0.1), 0.2, 100), record(svd(0.25), 0.36, 200), record(svd(0.5), 0.69, 420),
-               # output kept: a different curve, never mixed into the one above
-               record(svd(0.9, include_output=False), 0.81, 300), record(svd(0.05, include_output=False), 0.80, 50),
-               # another batch size, fine-tuned and per-layer results: not on these curves
-               record(svd(0.75), 0.8, 10, batch=40), record(svd(0.8, finetune=FinetuneConfig(5)), 0.8, 10)]
+    results = [
+        record(svd(0.1), 0.2, 100),
+        record(svd(0.25), 0.36, 200),
+        record(svd(0.5), 0.69, 420),
+        # output kept: a different curve, never mixed into the one above
+        record(svd(0.9, include_output=False), 0.81, 300),
+        record(svd(0.05, include_output=False), 0.80, 50),
+        # another batch size, fine-tuned and per-layer results: not on these curves
+        record(svd(0.75), 0.8, 10, batch=40),
+        record(svd(0.8, finetune=FinetuneConfig(5)), 0.8, 10),
+    ]
     lines = report.svd_headlines(results, base)
     assert len(lines) == 2
     truncated = next(line for line in lines if "truncated too" in line)

@@ -46,8 +46,15 @@ def test_loss_adds_l2_term():
 
 
 def test_update_descends_the_loss():
-    config = configs.TrainConfig(batch_size=8, num_steps=5, lr_schedule="constant", learning_rate=1e-4,
-                                 augment="none", warmup_steps=0, network=model.TINY_SPEC)
+    config = configs.TrainConfig(
+        batch_size=8,
+        num_steps=5,
+        lr_schedule="constant",
+        learning_rate=1e-4,
+        augment="none",
+        warmup_steps=0,
+        network=model.TINY_SPEC,
+    )
     optimizer = train.make_optimizer(config)
     state = train.init_state(config, optimizer)
     update = train.make_update(config, optimizer)
@@ -71,8 +78,12 @@ def test_augment_keeps_the_pixels_of_each_image():
     shifted = np.asarray(train.augment(jax.random.PRNGKey(1), jnp.asarray(images), "flip_crop"))
     assert shifted.shape == images.shape and shifted.dtype == images.dtype
     for image, out in zip(images, shifted):  # a 32×32 window of the reflect-padded (maybe mirrored) image
-        windows = [np.pad(candidate, ((4, 4), (4, 4), (0, 0)), mode="reflect")[dy:dy + 32, dx:dx + 32]
-                   for candidate in (image, image[:, ::-1]) for dy in range(9) for dx in range(9)]
+        windows = [
+            np.pad(candidate, ((4, 4), (4, 4), (0, 0)), mode="reflect")[dy : dy + 32, dx : dx + 32]
+            for candidate in (image, image[:, ::-1])
+            for dy in range(9)
+            for dx in range(9)
+        ]
         assert any(np.array_equal(out, window) for window in windows)
 
 

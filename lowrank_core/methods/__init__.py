@@ -76,7 +76,7 @@ class Variant:
             raise ConfigError("the baseline cannot be combined with other steps")
         if any(k == "storage" for k in kinds) and kinds.index("storage") < len(kinds) - kinds.count("storage"):
             raise ConfigError("storage steps (int8) must come last in a pipeline")
-        if "svd" in names and any(REGISTRY[n].kind != "storage" for n in names[names.index("svd") + 1:]):
+        if "svd" in names and any(REGISTRY[n].kind != "storage" for n in names[names.index("svd") + 1 :]):
             raise ConfigError("only int8 storage may follow SVD in a pipeline")
         if self.finetune is not None and not self.finetune.steps:
             object.__setattr__(self, "finetune", None)
@@ -92,8 +92,10 @@ class Variant:
         return "+".join(name for name, _ in self.steps)
 
     def to_dict(self) -> dict:
-        return {"steps": [{"method": n, "config": config_dict(c)} for n, c in self.steps],
-                "finetune": config_dict(self.finetune) if self.finetune else None}
+        return {
+            "steps": [{"method": n, "config": config_dict(c)} for n, c in self.steps],
+            "finetune": config_dict(self.finetune) if self.finetune else None,
+        }
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "Variant":
@@ -120,6 +122,8 @@ def result_key(checkpoint_hash: str, variant: Variant) -> str:
     content, every step's canonical config and code version, and fine-tuning.
     Where latency was measured is not part of it: records carry that (see
     :func:`lowrank_core.measure.environment`)."""
-    blob = json.dumps({"checkpoint": checkpoint_hash, **variant.to_dict(),
-                       "versions": [get(n).version for n, _ in variant.steps]}, sort_keys=True)
+    blob = json.dumps(
+        {"checkpoint": checkpoint_hash, **variant.to_dict(), "versions": [get(n).version for n, _ in variant.steps]},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

@@ -62,6 +62,7 @@ class Method:
 
     def config_from_dict(self, values: Mapping):
         """The frozen config from its JSON form (lists back to tuples)."""
+
         def as_tuple(v):
             return tuple(as_tuple(x) for x in v) if isinstance(v, list) else v
 

@@ -17,5 +17,13 @@ def build(params: Params, config: BaselineConfig, context: BuildContext) -> tupl
     return compress.copy_params(params), {}
 
 
-METHOD = Method(name="baseline", label="Baseline", colour="#222222", version=4, config_type=BaselineConfig,
-                build=build, describe=lambda config: "Baseline", kind="reference")
+METHOD = Method(
+    name="baseline",
+    label="Baseline",
+    colour="#222222",
+    version=4,
+    config_type=BaselineConfig,
+    build=build,
+    describe=lambda config: "Baseline",
+    kind="reference",
+)

@@ -19,5 +19,12 @@ def build(params: Params, config: DeadUnitsConfig, context: BuildContext) -> tup
     return out, {"widths": {n: int(out[n]["w"].shape[1]) for n in names if "w" in out[n]}}
 
 
-METHOD = Method(name="dead_units", label="Dead-unit removal (lossless)", colour="#8c564b", version=3,
-                config_type=DeadUnitsConfig, build=build, describe=lambda config: "dead units dropped")
+METHOD = Method(
+    name="dead_units",
+    label="Dead-unit removal (lossless)",
+    colour="#8c564b",
+    version=3,
+    config_type=DeadUnitsConfig,
+    build=build,
+    describe=lambda config: "dead units dropped",
+)

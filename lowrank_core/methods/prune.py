@@ -44,8 +44,9 @@ class PruneConfig:
             raise ConfigError(f"schedule must be 'one-shot' or 'gradual', got {self.schedule!r}")
         if self.schedule == "gradual" and self.structured:
             raise ConfigError("gradual pruning is unstructured; choose one-shot for structured pruning")
-        if not (isinstance(self.gradual_steps, int) and not isinstance(self.gradual_steps, bool)
-                and self.gradual_steps >= 1):
+        if not (
+            isinstance(self.gradual_steps, int) and not isinstance(self.gradual_steps, bool) and self.gradual_steps >= 1
+        ):
             raise ConfigError(f"gradual_steps must be a positive integer, got {self.gradual_steps}")
         if self.structured:
             object.__setattr__(self, "scope", "layer")
@@ -71,9 +72,14 @@ def build(params: Params, config: PruneConfig, context: BuildContext) -> tuple[P
         out = compress.copy_params(params)
         if dense:
             trained, masks = gradual_prune_dense(
-                {n: params[n] for n in model.dense_layer_names(params)}, context.train_features(),
-                context.train_labels, FinetuneConfig(steps=config.gradual_steps, seed=context.seed), config,
-                frozen=frozen, on_progress=context.on_progress)
+                {n: params[n] for n in model.dense_layer_names(params)},
+                context.train_features(),
+                context.train_labels,
+                FinetuneConfig(steps=config.gradual_steps, seed=context.seed),
+                config,
+                frozen=frozen,
+                on_progress=context.on_progress,
+            )
             out.update(trained)
             for name in frozen:
                 out[name] = dict(out[name], w=out[name]["w"] * masks[name])
@@ -99,16 +105,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sparsity", default="0.5", help="prune: fraction of kernel weights (or units) removed")
     group.add_argument("--scope", default="layer", choices=SCOPES)
     group.add_argument("--structured", action="store_true", help="prune: drop whole hidden units")
-    group.add_argument("--schedule", default="one-shot", choices=SCHEDULES,
-                       help="prune: gradual = Zhu & Gupta cubic schedule while fine-tuning the dense stack")
-    group.add_argument("--gradual-steps", type=int, default=DEFAULT_GRADUAL_STEPS,
-                       help="prune: fine-tuning steps of the gradual schedule")
+    group.add_argument(
+        "--schedule",
+        default="one-shot",
+        choices=SCHEDULES,
+        help="prune: gradual = Zhu & Gupta cubic schedule while fine-tuning the dense stack",
+    )
+    group.add_argument(
+        "--gradual-steps",
+        type=int,
+        default=DEFAULT_GRADUAL_STEPS,
+        help="prune: fine-tuning steps of the gradual schedule",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
-    return PruneConfig(sparsity=parse_float(args.sparsity, "sparsity"), scope=args.scope,
-                       structured=args.structured, schedule=args.schedule, gradual_steps=args.gradual_steps)
+    return PruneConfig(
+        sparsity=parse_float(args.sparsity, "sparsity"),
+        scope=args.scope,
+        structured=args.structured,
+        schedule=args.schedule,
+        gradual_steps=args.gradual_steps,
+    )
 
 
-METHOD = Method(name="prune", label="Pruning", colour="#ff7f0e", version=4, config_type=PruneConfig, build=build,
-                check=check, describe=describe, add_arguments=add_arguments, config_from_args=config_from_args)
+METHOD = Method(
+    name="prune",
+    label="Pruning",
+    colour="#ff7f0e",
+    version=4,
+    config_type=PruneConfig,
+    build=build,
+    check=check,
+    describe=describe,
+    add_arguments=add_arguments,
+    config_from_args=config_from_args,
+)

@@ -24,5 +24,13 @@ def build(params: Params, config: QuantizeConfig, context: BuildContext) -> tupl
     return out, {"int8_layers": [n for n, layer in out.items() if any(k.endswith("_q") for k in layer)]}
 
 
-METHOD = Method(name="quantize", label="Int8 storage", colour="#9467bd", version=4, config_type=QuantizeConfig,
-                build=build, describe=lambda config: "int8", kind="storage")
+METHOD = Method(
+    name="quantize",
+    label="Int8 storage",
+    colour="#9467bd",
+    version=4,
+    config_type=QuantizeConfig,
+    build=build,
+    describe=lambda config: "int8",
+    kind="storage",
+)

@@ -25,8 +25,9 @@ class RemoveConfig:
                 raise ConfigError(f"cannot remove {name!r}; only hidden dense layers (linear, linear_1, …) can go")
         if len(set(self.layers)) != len(self.layers):
             raise ConfigError("each layer may be removed once")
-        if not (isinstance(self.retrain_steps, int) and not isinstance(self.retrain_steps, bool)
-                and self.retrain_steps >= 0):
+        if not (
+            isinstance(self.retrain_steps, int) and not isinstance(self.retrain_steps, bool) and self.retrain_steps >= 0
+        ):
             raise ConfigError(f"retrain_steps must be an integer ≥ 0, got {self.retrain_steps}")
 
 
@@ -37,9 +38,15 @@ def build(params: Params, config: RemoveConfig, context: BuildContext) -> tuple[
         from lowrank_core import model
 
         dense = {n: out[n] for n in model.dense_layer_names(out)}
-        out.update(finetune_dense(dense, context.train_features(), context.train_labels,
-                                  FinetuneConfig(steps=config.retrain_steps, seed=context.seed),
-                                  on_progress=context.on_progress))
+        out.update(
+            finetune_dense(
+                dense,
+                context.train_features(),
+                context.train_labels,
+                FinetuneConfig(steps=config.retrain_steps, seed=context.seed),
+                on_progress=context.on_progress,
+            )
+        )
     return out, {"reinitialized_layers": list(changed)}
 
 
@@ -60,9 +67,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RemoveConfig:
-    return RemoveConfig(layers=tuple(n.strip() for n in (args.remove or "").split(",") if n.strip()),
-                        retrain_steps=args.retrain_steps)
+    return RemoveConfig(
+        layers=tuple(n.strip() for n in (args.remove or "").split(",") if n.strip()), retrain_steps=args.retrain_steps
+    )
 
 
-METHOD = Method(name="remove", label="Layer removal", colour="#2ca02c", version=4, config_type=RemoveConfig,
-                build=build, check=check, describe=describe, add_arguments=add_arguments, config_from_args=config_from_args)
+METHOD = Method(
+    name="remove",
+    label="Layer removal",
+    colour="#2ca02c",
+    version=4,
+    config_type=RemoveConfig,
+    build=build,
+    check=check,
+    describe=describe,
+    add_arguments=add_arguments,
+    config_from_args=config_from_args,
+)

@@ -72,7 +72,8 @@ class SvdConfig:
             if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
                 raise ConfigError(f"rank fraction of {name} must lie in (0, 1], got {fraction}")
         if self.param_budget is not None and not (
-                isinstance(self.param_budget, (int, float)) and 0 < self.param_budget <= 1):
+            isinstance(self.param_budget, (int, float)) and 0 < self.param_budget <= 1
+        ):
             raise ConfigError(f"parameter budget must lie in (0, 1], got {self.param_budget}")
         for name in self.only:
             if not is_dense_name(name):
@@ -122,8 +123,11 @@ def choose_ranks(config: SvdConfig, svds, layers: tuple[str, ...] | None = None)
 
 def _check_names(config: SvdConfig, params) -> None:
     names = dense_names(params)
-    check_layer_names([n for n, _ in config.layer_ranks] + [n for n, _ in config.layer_fractions] + list(config.only),
-                      names, "dense layer")
+    check_layer_names(
+        [n for n, _ in config.layer_ranks] + [n for n, _ in config.layer_fractions] + list(config.only),
+        names,
+        "dense layer",
+    )
     for name in config.layers_of(params):
         if "w" not in params[name]:
             raise ConfigError(f"{name} is already factorized or quantized; put SVD before int8 storage")
@@ -133,8 +137,11 @@ def check(config: SvdConfig, spec) -> None:
     """Layer names and explicit ranks against the network ``spec`` (a :class:`model.NetworkSpec`)."""
     shapes = spec.shapes()
     names = spec.dense_layers
-    check_layer_names([n for n, _ in config.layer_ranks] + [n for n, _ in config.layer_fractions] + list(config.only),
-                      names, "dense layer")
+    check_layer_names(
+        [n for n, _ in config.layer_ranks] + [n for n, _ in config.layer_fractions] + list(config.only),
+        names,
+        "dense layer",
+    )
     for name, rank in config.layer_ranks:
         limit = min(shapes[name]["w"])
         if rank > limit:
@@ -151,8 +158,7 @@ def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Par
     for name, k in ranks.items():
         u_k, sv_k = compress.rank_approximated_weight(svds[name], k)
         out[name] = {"u": np.ascontiguousarray(u_k), "v": np.ascontiguousarray(sv_k), "b": params[name]["b"]}
-    facts = {"ranks": ranks,
-             "break_even_ranks": {n: compress.break_even_rank(*params[n]["w"].shape) for n in ranks}}
+    facts = {"ranks": ranks, "break_even_ranks": {n: compress.break_even_rank(*params[n]["w"].shape) for n in ranks}}
     if config.form == "reconstructed":
         # Rounding W_k to float16 would make it full-rank again: it is stored as float32.
         facts["float32_layers"] = list(ranks)
@@ -175,8 +181,11 @@ def svd_compress(params: Params, config: SvdConfig, svds=None) -> Params:
     """The variant ``config`` makes of ``params`` in its form, without fine-tuning
     (``svds``: precomputed :class:`compress.LayerSvd` by layer name, optional)."""
     by_id = {id(params[n]["w"]): svd for n, svd in (svds or {}).items() if n in params and "w" in params[n]}
-    context = BuildContext(svd=lambda w: by_id.get(id(w)) or compress.layer_svd(w),
-                           train_features=lambda: None, train_labels=np.zeros(0, np.int32))
+    context = BuildContext(
+        svd=lambda w: by_id.get(id(w)) or compress.layer_svd(w),
+        train_features=lambda: None,
+        train_labels=np.zeros(0, np.int32),
+    )
     out, _ = build(params, config, context)
     return finalize(out, config)
 
@@ -228,15 +237,28 @@ def _rank(text: str, item: str) -> int:
 
 def config_from_args(args: argparse.Namespace) -> SvdConfig:
     return SvdConfig(
-        rank_fraction=parse_float(args.rank_fraction, "rank fraction"), form=args.form,
+        rank_fraction=parse_float(args.rank_fraction, "rank fraction"),
+        form=args.form,
         energy=None if args.energy is None else parse_float(args.energy, "energy"),
         layer_ranks=_pairs(args.layer_ranks, "--layer-ranks", _rank),
         include_output=not args.exclude_output,
-        layer_fractions=_pairs(args.layer_fractions, "--layer-fractions",
-                               lambda v, item: parse_float(v, f"rank fraction in {item!r}")),
-        param_budget=None if args.param_budget is None else parse_float(args.param_budget, "parameter budget"))
+        layer_fractions=_pairs(
+            args.layer_fractions, "--layer-fractions", lambda v, item: parse_float(v, f"rank fraction in {item!r}")
+        ),
+        param_budget=None if args.param_budget is None else parse_float(args.param_budget, "parameter budget"),
+    )
 
 
-METHOD = Method(name="svd", label="Low-rank (SVD)", colour="#1f77b4", version=5, config_type=SvdConfig,
-                build=build, finalize=finalize, check=check, describe=describe, add_arguments=add_arguments,
-                config_from_args=config_from_args)
+METHOD = Method(
+    name="svd",
+    label="Low-rank (SVD)",
+    colour="#1f77b4",
+    version=5,
+    config_type=SvdConfig,
+    build=build,
+    finalize=finalize,
+    check=check,
+    describe=describe,
+    add_arguments=add_arguments,
+    config_from_args=config_from_args,
+)
