@@ -57,6 +57,7 @@ class Engine:
         self.checkpoint_hash = hashlib.sha256((params_sha + data.sha256).encode()).hexdigest()[:16]
         self.cache_dir = (cache_root or paths.artifacts_dir() / "cache") / self.checkpoint_hash
         self.store = ResultStore(self.cache_dir / "results")
+        self.sensitivity_store = ResultStore(self.cache_dir / "sensitivity")
         self.intermediates = Intermediates(self.params, self.metadata, data, self.cache_dir, self._note_write_failure)
         self._variant_locks = KeyedLocks()
         self._intermediate_problem: str | None = None
@@ -283,6 +284,32 @@ class Engine:
     def _npz(self, params: dict, facts: dict) -> bytes:
         return checkpoint.params_to_npz_bytes(params, self.storage_dtype, tuple(facts["float32_layers"]))
 
+    def svd_sensitivity(
+        self, fractions=None, layers: tuple[str, ...] | None = None, on_progress: ProgressFn | None = None
+    ) -> list[dict]:
+        """Each dense layer truncated alone at each rank fraction, all test images
+        (:func:`sensitivity.svd_sensitivity`); cached on disk by checkpoint and grid."""
+        import json
+
+        from lowrank_core import sensitivity
+
+        fractions = tuple(float(f) for f in (fractions or sensitivity.DEFAULT_FRACTIONS))
+        layers = tuple(layers or model.dense_layer_names(self.params))
+        for f in fractions:
+            REGISTRY["svd"].config_type(rank_fraction=f)  # validates the grid
+        blob = {"checkpoint": self.checkpoint_hash, "fractions": fractions, "layers": layers,
+                "version": REGISTRY["svd"].version, "kind": "svd_sensitivity"}  # fmt: skip
+        key = hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:32]
+        with self._variant_locks(key):
+            if (hit := self.sensitivity_store.get(key)) is not None:
+                return hit["rows"]
+            rows = sensitivity.svd_sensitivity(
+                self.params, self.intermediates.svd_of, self.test_features, self.data.y_test,
+                fractions, layers, self.storage_dtype, on_progress,
+            )  # fmt: skip
+            self.sensitivity_store.put(key, {"rows": rows, "n_test": int(self.data.y_test.shape[0])})
+            return rows
+
     def sensitivity(
         self,
         method: str,
@@ -292,13 +319,15 @@ class Engine:
     ) -> list[dict]:
         """Compresses one layer at a time over ``grid`` (rank fractions for
         "svd", sparsities for "prune"), everything else intact: rows of
-        (layer, value, accuracy). Accuracy only; each point is cached."""
+        (layer, value, accuracy) on every test image. SVD takes the fast path
+        (:meth:`svd_sensitivity`); pruning measures each point (cached)."""
         from lowrank_core import compress
 
         if method == "svd":
-            layers = layers or tuple(model.dense_layer_names(self.params))
-            configs = [(n, v, REGISTRY["svd"].config_type(rank_fraction=v, only=(n,))) for n in layers for v in grid]
-        elif method == "prune":
+            rows = self.svd_sensitivity(grid, layers, on_progress)
+            return [{"layer": r["layer"], "value": r["fraction"], "rank": r["rank"], "accuracy": r["accuracy"]}
+                    for r in rows]  # fmt: skip
+        if method == "prune":
             layers = layers or compress.prunable_layers(self.params)
             configs = [(n, v, REGISTRY["prune"].config_type(sparsity=v, only=(n,))) for n in layers for v in grid]
         else:

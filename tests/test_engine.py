@@ -247,3 +247,18 @@ def test_sensitivity_shows_the_output_layer_is_fragile(real_engine):
     by = {(r["layer"], r["value"]): r["accuracy"] for r in rows}
     assert abs(by[("linear_4", 1.0)] - base) <= 0.002 and by[("linear_4", 0.1)] < base - 0.2
     assert by[("linear_1", 0.1)] > base - 0.01  # a hidden layer at 10 % of its rank barely moves
+
+
+def test_fast_svd_sensitivity_equals_measuring_each_cell(tiny_engine):
+    fractions = (0.05, 0.25, 1.0)
+    rows = tiny_engine.svd_sensitivity(fractions)
+    assert len(rows) == 5 * len(fractions)
+    n = tiny_engine.data.y_test.shape[0]
+    for row in rows:
+        measured = tiny_engine.evaluate("svd", SvdConfig(row["fraction"], only=(row["layer"],)), with_latency=False)
+        assert measured["facts"]["ranks"][row["layer"]] == row["rank"]
+        assert abs(measured["accuracy"] - row["accuracy"]) <= 1 / n + 1e-12, row  # float summation order only
+    calls = _counting(tiny_engine)
+    assert tiny_engine.svd_sensitivity(fractions) == rows and not calls  # cached
+    assert [r["value"] for r in tiny_engine.sensitivity("svd", list(fractions), layers=("linear_4",))] == [
+        0.05, 0.25, 1.0]  # fmt: skip

@@ -1,0 +1,116 @@
+"""Per-layer sensitivity, fast: one dense layer truncated at a time, everything
+else intact, accuracy on every test image.
+
+For a layer L the test images' inputs to L are computed once (the unchanged
+layers before it); the rank-r output ``x U_r (S V)_r + b`` is built up
+incrementally over increasing ranks (each rank adds its own slice of factors,
+so a whole grid costs one product at the largest rank); only the layers after
+L run per rank, in one compiled program per layer, on the product path (dead
+units dropped, see :func:`measure.product_params`). Factors are rounded to the
+checkpoint's storage dtype as the engine stores them, so a cell equals the
+engine's measurement of ``SvdConfig(rank_fraction=f, only=(L,))`` up to float
+summation order.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lowrank_core import compress, measure, model
+
+DEFAULT_FRACTIONS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15,
+                     0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # fmt: skip
+
+
+TAIL_BATCH = 2000  # measured fastest for the layers after a truncated one (10,000 rows)
+
+
+@jax.jit
+def _tail_predict(tail: dict, hidden: jnp.ndarray) -> jnp.ndarray:
+    return jnp.argmax(model.dense_forward(tail, hidden), axis=-1)
+
+
+def _rounded(values: np.ndarray, dtype) -> np.ndarray:
+    return values.astype(dtype).astype(np.float32)
+
+
+def svd_sensitivity(
+    params,
+    svd_of: Callable[[np.ndarray], compress.LayerSvd],
+    features: np.ndarray,
+    labels: np.ndarray,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    layers: Sequence[str] | None = None,
+    storage_dtype="float32",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[dict]:
+    """Rows ``{layer, fraction, rank, accuracy, layer_params}``: each of ``layers``
+    (default: every dense layer) truncated alone to rank ⌊f·min(m, n)⌋ (at least 1)
+    for each fraction f, measured on all of ``features`` (the convolutions'
+    test-set output). ``layer_params`` counts that layer factorized (k(m+n)+n)."""
+    names = model.dense_layer_names(params)
+    layers = tuple(layers or names)
+    unknown = [n for n in layers if n not in names]
+    if unknown:
+        from lowrank_core.errors import ConfigError
+
+        raise ConfigError(f"unknown dense layer {unknown[0]!r}; the network's are {', '.join(names)}")
+    total = len(layers) * len(fractions)
+    done = 0
+    rows = []
+    x = np.asarray(features, np.float32)
+    live_in = np.arange(x.shape[1])
+    for i, name in enumerate(names):
+        w, b = np.asarray(params[name]["w"], np.float32), np.asarray(params[name]["b"], np.float32)
+        m, n = w.shape
+        last = i == len(names) - 1
+        live_out = np.arange(n) if last else _live_units(w, b, np.asarray(params[names[i + 1]]["w"]))
+        if name in layers:
+            svd = svd_of(w)
+            by_rank: dict[int, list[float]] = {}
+            for f in fractions:
+                by_rank.setdefault(compress.rank_for_fraction(f, m, n), []).append(f)
+            tail = None
+            if not last:
+                following = {t: params[t] for t in names[i + 1 :]}
+                following[names[i + 1]] = dict(
+                    following[names[i + 1]], w=np.asarray(following[names[i + 1]]["w"])[live_out]
+                )
+                tail = measure.product_params(following)
+            # Only live inputs and outputs take part: a dead unit's column of W_r is zero too.
+            u_live, vt_live = svd.u[live_in], svd.vt[:, live_out]
+            y = np.broadcast_to(b[live_out], (x.shape[0], live_out.size)).astype(np.float32)
+            # The inputs projected on every direction the grid reaches, in one product (x is read once).
+            projected = x @ _rounded(u_live[:, : max(by_rank)], storage_dtype)
+            previous, accuracy = 0, None
+            for rank in sorted(by_rank):
+                sv = _rounded(svd.s[previous:rank, None] * vt_live[previous:rank], storage_dtype)
+                if accuracy is None or sv.any():  # directions past the layer's rank add exactly nothing
+                    y = y + projected[:, previous:rank] @ sv
+                    if tail is None:
+                        predictions = np.argmax(y, axis=-1)
+                    else:
+                        predictions = measure._batched(_tail_predict, tail, np.maximum(y, 0.0), TAIL_BATCH)
+                    accuracy = float(np.mean(predictions == labels))
+                previous = rank
+                for f in by_rank[rank]:
+                    rows.append({"layer": name, "fraction": f, "rank": rank, "accuracy": accuracy,
+                                 "layer_params": rank * (m + n) + n})  # fmt: skip
+                    done += 1
+                    if on_progress:
+                        on_progress(done, total)
+        if not last:
+            x = np.maximum(x @ w[np.ix_(live_in, live_out)] + b[live_out], 0.0)
+            live_in = live_out
+    order = {f: j for j, f in enumerate(fractions)}
+    return sorted(rows, key=lambda r: (names.index(r["layer"]), order[r["fraction"]]))
+
+
+def _live_units(w: np.ndarray, b: np.ndarray, w_next: np.ndarray) -> np.ndarray:
+    """Indices of a hidden layer's units that can affect the output (see :func:`compress.drop_dead_units`)."""
+    dead = ((w == 0).all(axis=0) & (b <= 0)) | (w_next == 0).all(axis=1)
+    return np.flatnonzero(~dead)
