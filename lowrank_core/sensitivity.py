@@ -22,8 +22,9 @@ import numpy as np
 
 from lowrank_core import compress, measure, model
 
-DEFAULT_FRACTIONS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15,
-                     0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # fmt: skip
+# 20 fractions, dense where trained layers are cheap to cut (the advisor chooses among these ranks).
+DEFAULT_FRACTIONS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.06,
+                     0.07, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)  # fmt: skip
 
 
 TAIL_BATCH = 2000  # measured fastest for the layers after a truncated one (10,000 rows)
