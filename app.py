@@ -9,7 +9,9 @@ sidebar()
 navigation = st.navigation(
     [
         st.Page("pages/overview.py", title="Overview", default=True),
+        st.Page("pages/advisor.py", title="Advisor"),
         st.Page("pages/low_rank.py", title="Low-rank (SVD)"),
+        st.Page("pages/sensitivity.py", title="Sensitivity"),
         st.Page("pages/spectra.py", title="Spectra"),
         st.Page("pages/pruning.py", title="Pruning"),
         st.Page("pages/layer_removal.py", title="Layer removal"),

@@ -171,7 +171,8 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
         if config.minimize == "bytes" and base["accuracy"] - int8["accuracy"] <= target + 1e-12:
             answer = int8
     report("done", 1.0)
-    search = {"question": f"smallest by {config.minimize} within {config.max_drop:g} points",
+    points = f"{config.max_drop:g} accuracy point{'' if config.max_drop == 1 else 's'}"
+    search = {"question": f"smallest by {config.minimize} within {points} of the baseline",
               "config": dataclasses.asdict(config), "baseline": _summary(base, base, None),
               "candidates": [_summary(r, base, p) for p, r in measured.items()],
               "with_int8": None if int8 is None else _summary(int8, base, plan),

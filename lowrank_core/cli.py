@@ -205,6 +205,57 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_advise(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from lowrank_core import advisor
+    from lowrank_core.errors import ConfigError
+
+    methods_ = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    config = advisor.AdvisorConfig(max_drop=_number(args.max_drop, "--max-drop"), minimize=args.minimize,
+                                   methods=methods_, finetune_steps=args.finetune_steps,
+                                   max_measurements=args.max_measurements)  # fmt: skip
+    budget = None if args.budget is None else _number(args.budget, "--budget")
+    if budget is not None and not 0 < budget <= 1:
+        raise ConfigError(f"--budget must be a share in (0, 1] of the baseline, got {args.budget}")
+    eng = _make_engine(args)
+    with tqdm(total=100, desc="advise", unit="%", disable=args.json) as bar:
+
+        def on_progress(stage: str, share: float) -> None:
+            bar.set_postfix_str(stage)
+            bar.update(int(100 * share) - bar.n)
+
+        if budget is None:
+            result = advisor.smallest_within(eng, config, on_progress)
+        else:
+            result = advisor.most_accurate_within(eng, budget, config, on_progress)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        search, base = result["advisor"], result["advisor"]["baseline"]
+        verdict = "found" if search["found"] else "nothing measured met it; the baseline is the answer"
+        print(f"{search['question']}: {verdict}")
+        print(
+            f"  {result['label']}: accuracy {result['accuracy']:.4f} ({100 * (result['accuracy'] - base['accuracy']):+.2f}"
+            f" points) on {result['n_test']:,} test images, {result['params']:,} params "
+            f"({base['params'] / result['params']:.1f}x fewer), {result['bytes']:,} bytes stored"
+        )
+        if search.get("with_int8"):
+            q = search["with_int8"]
+            print(
+                f"  with int8 on top: accuracy {q['accuracy']:.4f} ({-q['drop_points']:+.2f} points), "
+                f"{q['bytes']:,} bytes ({base['bytes'] / q['bytes']:.1f}x smaller)"
+            )
+        print(f"  {len(search['candidates'])} candidates measured; every one is cached and listed in the app")
+    return 0
+
+
+def _number(text: str, option: str) -> float:
+    from lowrank_core.methods.base import parse_float
+
+    return parse_float(text, option)
+
+
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     from lowrank_core import methods
 
@@ -285,6 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_sens.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
     p_sens.add_argument("--out", help="output path without extension")
     p_sens.set_defaults(func=_cmd_sensitivity)
+
+    p_adv = sub.add_parser("advise", help="the smallest variant within a drop, or the most accurate within a budget")
+    p_adv.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
+    p_adv.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    p_adv.add_argument("--max-drop", default="1.0", help="accuracy points below the baseline allowed (default 1.0)")
+    p_adv.add_argument("--minimize", default="params", choices=["params", "bytes", "latency"])
+    p_adv.add_argument("--budget", help="instead: the most accurate variant costing at most this share (0..1]")
+    p_adv.add_argument("--methods", default="svd,quantize", help="what to search: svd, optionally quantize")
+    p_adv.add_argument("--finetune-steps", type=int, default=0, help="fine-tune each candidate (frozen convolutions)")
+    p_adv.add_argument("--max-measurements", type=int, default=8, help="candidates measured at most")
+    p_adv.add_argument("--json", action="store_true", help="print the answer's measured record with the search")
+    p_adv.set_defaults(func=_cmd_advise)
 
     p_bench = sub.add_parser("bench", help="speed ratios measured in one run; markdown table + JSON")
     p_bench.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")

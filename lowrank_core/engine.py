@@ -285,10 +285,15 @@ class Engine:
         return checkpoint.params_to_npz_bytes(params, self.storage_dtype, tuple(facts["float32_layers"]))
 
     def svd_sensitivity(
-        self, fractions=None, layers: tuple[str, ...] | None = None, on_progress: ProgressFn | None = None
-    ) -> list[dict]:
+        self,
+        fractions=None,
+        layers: tuple[str, ...] | None = None,
+        on_progress: ProgressFn | None = None,
+        compute: bool = True,
+    ) -> list[dict] | None:
         """Each dense layer truncated alone at each rank fraction, all test images
-        (:func:`sensitivity.svd_sensitivity`); cached on disk by checkpoint and grid."""
+        (:func:`sensitivity.svd_sensitivity`); cached on disk by checkpoint and grid.
+        With ``compute=False`` only the cached table (or None)."""
         import json
 
         from lowrank_core import sensitivity
@@ -300,6 +305,9 @@ class Engine:
         blob = {"checkpoint": self.checkpoint_hash, "fractions": fractions, "layers": layers,
                 "version": REGISTRY["svd"].version, "kind": "svd_sensitivity"}  # fmt: skip
         key = hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:32]
+        if not compute:
+            hit = self.sensitivity_store.get(key)
+            return None if hit is None else hit["rows"]
         with self._variant_locks(key):
             if (hit := self.sensitivity_store.get(key)) is not None:
                 return hit["rows"]

@@ -167,7 +167,8 @@ def latency_stats(result: dict) -> dict:
 
 
 def fmt_mib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**20:.1f} MiB"
+    """A stored size in MiB (KiB below one MiB, so small networks still show differences)."""
+    return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} KiB"
 
 
 def metric_row(result: dict, base: dict) -> None:
@@ -206,7 +207,7 @@ def metric_row(result: dict, base: dict) -> None:
     cols[4].metric(
         "Stored size",
         fmt_mib(result["bytes"]),
-        f"{(result['bytes'] - base['bytes']) / 2**20:+.1f} MiB",
+        ("+" if result["bytes"] >= base["bytes"] else "-") + fmt_mib(abs(result["bytes"] - base["bytes"])),
         delta_color="inverse",
         help=f"bytes of the variant's .npz as Compare & export writes it ({result['bytes']:,} B; floats "
         f"as {result.get('storage_dtype', 'float32')}, int8 matrices with float32 scales)",

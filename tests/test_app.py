@@ -36,7 +36,9 @@ def test_overview_page(env):
     assert latency and latency[0].endswith(" ms")  # filled in after the chart is drawn
     stored = [m.value for m in at.metric if m.label == "Stored size"][0]
     _, ck = env
-    assert stored == f"{(ck / 'params.npz').stat().st_size / 2**20:.1f} MiB"
+    from pages.common import fmt_mib
+
+    assert stored == fmt_mib((ck / "params.npz").stat().st_size)
     assert "stored size" in at.get("plotly_chart")[0].proto.spec
     at.radio(key="overview_axis").set_value("latency (ms per batch of 40)").run()
     assert not at.exception and "latency" in at.get("plotly_chart")[0].proto.spec
@@ -160,3 +162,30 @@ def test_storage_page_reaches_int8_and_dead_units(env):
     at.radio(key="storage_start").set_value("SVD factorized, hidden layers at fraction f").run()
     at.toggle(key="storage_int8").set_value(True).run()
     assert not at.exception and "SVD factorized f=0.05, output kept → int8" in at.caption[0].value
+
+
+def test_sensitivity_page_draws_the_heatmap_and_checks_additivity(env):
+    at = AppTest.from_file("../pages/sensitivity.py", default_timeout=300).run()
+    assert not at.exception and not at.error and not at.get("plotly_chart")  # nothing measured yet
+    at.button(key="sensitivity_run").click().run()
+    assert not at.exception and not at.error
+    heatmap = at.get("plotly_chart")[0].proto.spec
+    assert '"type":"heatmap"' in heatmap.replace(" ", "") and "linear_4" in heatmap
+    at.button(key="sensitivity_additivity").click().run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert len(table) == 4 and "measured drop, all together (points)" in table.columns
+
+
+def test_advisor_page_answers_with_measured_candidates(env):
+    at = AppTest.from_file("../pages/advisor.py", default_timeout=300).run()
+    assert not at.exception and not at.error
+    at.number_input(key="advisor_drop").set_value(5.0).run()
+    at.button(key="advisor_run").click().run()
+    assert not at.exception and not at.error
+    assert at.success or at.warning
+    candidates = at.dataframe[0].value
+    assert len(candidates) >= 1 and "drop_points" in candidates.columns
+    at.radio(key="advisor_question").set_value("most accurate within a budget").run()
+    at.button(key="advisor_run").click().run()
+    assert not at.exception and not at.error and at.dataframe
