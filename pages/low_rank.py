@@ -1,11 +1,9 @@
 """Low-rank (SVD): choose ranks, see accuracy, latency and size live, and the curves."""
 
-import dataclasses
-
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import compress, model
+from lowrank_core import compress, model, report
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods.svd import SvdConfig
@@ -42,7 +40,13 @@ if eng is not None:
         horizontal=True,
         help="reconstructed: W_k = U_k S_k V_kᵀ, same shapes; factorized: two thinner layers",
     )
-    include_output = c3.checkbox("Include output layer", True, key="svd_include_output")
+    include_output = c3.checkbox(
+        "Truncate the output layer too",
+        False,
+        key="svd_include_output",
+        help="The seed's semantics: the 1000×10 output layer's rank falls to ⌊f·10⌋, which costs most of the "
+        "accuracy at small f (see the Sensitivity page). Off: only the hidden layers are truncated.",
+    )
     fraction, energy, budget = 0.5, None, None
     if mode == "global rank fraction":
         fraction = st.slider("Rank fraction f (k = max(1, ⌊f·min(m, n)⌋))", 0.01, 1.0, 0.5, 0.01, key="svd_fraction")
@@ -102,22 +106,9 @@ if eng is not None:
     )
 
     st.subheader("Accuracy and latency vs rank fraction")
-    points = {}
-    for r in cached_results(*keys()):
-        c = r["config"]
-        if (
-            r["method"] == "svd"
-            and not r.get("finetune")
-            and c["include_output"] == include_output
-            and not (
-                c.get("energy")
-                or c.get("layer_ranks")
-                or c.get("layer_fractions")
-                or c.get("param_budget")
-                or c.get("only")
-            )
-        ):
-            points[(c["form"], c["rank_fraction"])] = r
+    groups = report.global_fraction_points(cached_results(*keys()))
+    points = {(form_, r["config"]["rank_fraction"]): r for (form_, with_output), series in groups.items()
+              if with_output == include_output for r in series}  # fmt: skip
     missing = [
         (fm, f)
         for fm in ("reconstructed", "factorized")
@@ -128,40 +119,39 @@ if eng is not None:
         on_progress, bar = progress_callback("Measuring")
         for i, (fm, f) in enumerate(missing):
             points[(fm, f)] = eng.evaluate(
-                "svd",
-                dataclasses.replace(
-                    config, rank_fraction=f, form=fm, energy=None, param_budget=None, layer_fractions=()
-                ),
+                "svd", SvdConfig(rank_fraction=f, form=fm, include_output=include_output, only=config.only)
             )
             on_progress(i + 1, len(missing))
         bar.empty()
         cached_results.clear()
+        groups = report.global_fraction_points(cached_results(*keys()))
     acc_fig, lat_fig = go.Figure(), go.Figure()
-    for fm in ("reconstructed", "factorized"):
-        series = sorted((f, r) for (form_, f), r in points.items() if form_ == fm)
-        if not series:
-            continue
-        line = dict(color=METHOD_COLORS["svd"], dash=FORM_DASH[fm])
+    # Both curves when measured: with the output layer truncated too (the seed's) and kept.
+    for (fm, with_output), series in sorted(groups.items()):
+        colour = METHOD_COLORS["svd"] if not with_output else "#9aa9b8"
+        line = dict(color=colour, dash=FORM_DASH[fm])
+        name = f"{fm}, output {'truncated too' if with_output else 'kept'}"
         acc_fig.add_trace(
             go.Scatter(
-                x=[f for f, _ in series],
-                y=[100 * r["accuracy"] for _, r in series],
+                x=[r["config"]["rank_fraction"] for r in series],
+                y=[100 * r["accuracy"] for r in series],
                 mode="lines+markers",
-                name=fm,
+                name=name,
                 line=line,
             )
         )
-        timed = [(f, r) for f, r in series if "latency_ms" in r]
-        lat_fig.add_trace(
-            go.Scatter(
-                x=[f for f, _ in timed],
-                y=[r["latency_ms"] for _, r in timed],
-                error_y=dict(array=[latency_stats(r)["iqr_ms"] for _, r in timed]),
-                mode="lines+markers",
-                name=fm,
-                line=line,
+        timed = [r for r in series if "latency_ms" in r and with_output == include_output]
+        if timed:
+            lat_fig.add_trace(
+                go.Scatter(
+                    x=[r["config"]["rank_fraction"] for r in timed],
+                    y=[r["latency_ms"] for r in timed],
+                    error_y=dict(array=[latency_stats(r)["iqr_ms"] for r in timed]),
+                    mode="lines+markers",
+                    name=name,
+                    line=line,
+                )
             )
-        )
     current = config.rank_fraction if mode == "global rank fraction" and not overrides else None
     if current is not None:
         acc_fig.add_trace(

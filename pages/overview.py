@@ -38,12 +38,27 @@ if eng is not None:
     latency_slot = cols[4].empty()
     latency_slot.metric(f"Latency, batch {batch:,}", "measuring…")
 
+    measured = cached_results(*keys())
+    best = report.best_within(measured, base, max_drop=0.01)
+    if best:
+        parts = [f"**{base['params'] / best['params']['params']:.1f}× fewer parameters** "
+                 f"({best['params']['label']}, {best['params']['accuracy']:.2%})",
+                 f"**{base['bytes'] / best['bytes']['bytes']:.1f}× smaller stored** "
+                 f"({best['bytes']['label']}, {best['bytes']['accuracy']:.2%})"]  # fmt: skip
+        st.success(
+            "Within 1 point of the baseline, measured on all "
+            f"{base['n_test']:,} test images: " + "; ".join(parts) + ". "
+            f"Best of {len(measured)} measured variants; the Advisor searches for more."
+        )
+    else:
+        st.info("How small can it get within 1 point of accuracy? Ask the Advisor (one click); its measured answer "
+                "appears here.")  # fmt: skip
+
     st.subheader("Every measured variant")
     axis = st.radio(
         "Cost axis", ["stored size (MiB)", f"latency (ms per batch of {batch:,})"], horizontal=True, key="overview_axis"
     )
     by_latency = axis.startswith("latency")
-    measured = cached_results(*keys())
     timed = [r for r in measured if "latency_ms" in r and r["batch_size"] == batch]  # this machine's, one batch
     if by_latency:
         results = timed or [baseline_result(*keys())]

@@ -85,3 +85,20 @@ def test_csv_has_one_row_per_result_with_its_steps():
     rows = list(csv.DictReader(io.StringIO(report.to_csv(results))))
     assert [r["variant"] for r in rows] == ["SVD factorized f=0.5", "Baseline"]
     assert rows[0]["latency_ms"] == "100" and '"rank_fraction": 0.5' in rows[0]["steps"]
+
+
+def test_best_within_answers_only_from_measured_points_on_the_same_test_set():
+    base = {"accuracy": 0.80, "n_test": 10_000, "params": 1000, "bytes": 2000, "latency_ms": 10.0, "batch_size": 1000}
+    small = dict(record(svd(0.05, include_output=False), 0.795, 5.0, n_bytes=300), params=100)
+    tiny_but_bad = dict(record(svd(0.01), 0.70, 1.0, n_bytes=50), params=10)
+    other_set = dict(record(svd(0.02), 0.80, 1.0, n_bytes=40), params=5, n_test=40)
+    best = report.best_within([small, tiny_but_bad, other_set, record(methods.Variant.of("baseline"), 0.8)], base)
+    assert best["params"] is small and best["bytes"] is small and best["latency"] is small
+    assert report.best_within([tiny_but_bad], base) == {}
+
+
+def test_additivity_pairs_single_drops_with_the_measured_drop():
+    rows = [{"layer": n, "fraction": 0.1, "accuracy": a} for n, a in (("linear", 0.79), ("linear_1", 0.78))]
+    table = report.additivity(rows, 0.80, {0.1: 0.75, 0.2: 0.7}, ["linear", "linear_1"])
+    assert len(table) == 1 and table[0]["fraction"] == 0.1
+    assert abs(table[0]["sum_of_single_drops"] - 0.03) < 1e-9 and abs(table[0]["measured_drop"] - 0.05) < 1e-9

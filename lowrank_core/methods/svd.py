@@ -38,7 +38,8 @@ class SvdConfig:
     (ranks that keep the most spectral energy within that share of the
     compressed layers' dense parameter count, counted in factorized form),
     ``energy`` (smallest k keeping that share of Σσ²), else ``rank_fraction``
-    (k = max(1, ⌊f·min(m, n)⌋), the seed's semantics). ``only`` restricts the
+    (k = max(1, ⌊f·min(m, n)⌋), the seed's semantics). The output layer is
+    compressed if ``include_output`` or if it has its own rank or fraction. ``only`` restricts the
     compression to the named layers (the others keep their weights). Fields a
     chosen rule makes irrelevant are reset to their defaults, so two configs
     are equal exactly when they build the same variant. Ranks are checked
@@ -92,7 +93,9 @@ class SvdConfig:
     def layers_of(self, params) -> tuple[str, ...]:
         """The dense layers of ``params`` this config compresses."""
         names = dense_names(params)
-        layers = names if self.include_output else names[:-1]
+        named = {n for n, _ in self.layer_ranks} | {n for n, _ in self.layer_fractions}
+        # The output layer is in when included, or when given its own rank or fraction.
+        layers = tuple(n for n in names if self.include_output or n != names[-1] or n in named)
         return tuple(n for n in layers if n in self.only) if self.only else layers
 
 
@@ -253,7 +256,7 @@ METHOD = Method(
     name="svd",
     label="Low-rank (SVD)",
     colour="#1f77b4",
-    version=5,
+    version=6,
     config_type=SvdConfig,
     build=build,
     finalize=finalize,
