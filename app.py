@@ -16,6 +16,7 @@ navigation = st.navigation(
         st.Page("pages/pruning.py", title="Pruning"),
         st.Page("pages/layer_removal.py", title="Layer removal"),
         st.Page("pages/storage.py", title="Int8 & cleanup"),
+        st.Page("pages/changes.py", title="What changes"),
         st.Page("pages/compare.py", title="Compare & export"),
         st.Page("pages/train_data.py", title="Train / data"),
     ]

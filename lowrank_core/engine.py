@@ -19,6 +19,7 @@ floats in the checkpoint's storage dtype, int8 matrices with their scales.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pathlib
 from typing import Callable
@@ -28,6 +29,7 @@ import numpy as np
 from lowrank_core import checkpoint, measure, model, paths
 from lowrank_core.data import Cifar10
 from lowrank_core.errors import ConfigError
+from lowrank_core.fileio import atomic_write_bytes
 from lowrank_core.finetune import FinetuneConfig, finetune_dense
 from lowrank_core.intermediates import Intermediates, KeyedLocks
 from lowrank_core.methods import REGISTRY, BuildContext, Variant, config_dict, get, result_key
@@ -240,6 +242,42 @@ class Engine:
             record = {**record, **self._latency(params, with_layer_latency)}
             self.store.put(key, record)
         return record
+
+    def predictions(self, record: dict) -> np.ndarray:
+        """The test-set predictions of a measured variant (rebuilt from its record;
+        cached on disk beside the results). Their accuracy is the record's."""
+        variant = Variant.from_dict(record)
+        key = result_key(self.checkpoint_hash, variant)
+        path = self.cache_dir / "predictions" / f"{key}.npy"
+        with self._variant_locks(("predictions", key)):
+            try:
+                predictions = np.load(path, allow_pickle=False)
+                if predictions.shape == self.data.y_test.shape:
+                    return predictions
+            except Exception:
+                pass
+            params, _ = self.build(variant)
+            if measure.same_convolutions(params, self.params):
+                predictions = measure.predict_from_features(params, self.test_features)
+            else:
+                predictions = measure.predict_full(params, self.data.x_test)
+            predictions = predictions.astype(np.int32)
+            buffer = io.BytesIO()
+            np.save(buffer, predictions)
+            try:
+                atomic_write_bytes(path, buffer.getvalue())
+            except OSError as exc:
+                self._note_write_failure(exc)
+            return predictions
+
+    def impact(self, record: dict, reference: dict | None = None) -> dict:
+        """What ``record``'s variant changes against ``reference`` (default: the
+        baseline) on every test image (:func:`impact.compare`)."""
+        from lowrank_core import impact
+
+        reference = reference or self.evaluate("baseline", with_latency=False)
+        return impact.compare(self.data.y_test, self.predictions(reference), self.predictions(record),
+                              self.data.class_names)  # fmt: skip
 
     def cached_result(
         self, method, config=None, finetune: FinetuneConfig | None = None, with_latency: bool = False

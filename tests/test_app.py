@@ -189,3 +189,26 @@ def test_advisor_page_answers_with_measured_candidates(env):
     at.radio(key="advisor_question").set_value("most accurate within a budget").run()
     at.button(key="advisor_run").click().run()
     assert not at.exception and not at.error and at.dataframe
+
+
+def test_changes_page_shows_classes_confusion_and_gallery(env):
+    import numpy as np
+
+    from lowrank_core import engine as engine_lib
+    from lowrank_core.methods.svd import SvdConfig
+
+    archive, ck = env
+    eng = engine_lib.Engine(ck, data_lib.load_cifar10(archive))
+    base = eng.evaluate("baseline", with_latency=False)
+    variant = eng.evaluate("svd", SvdConfig(0.02, "factorized"), with_latency=False)
+    at = AppTest.from_file("../pages/changes.py", default_timeout=300).run()
+    assert not at.exception and not at.error
+    assert len(at.get("plotly_chart")) == 4
+    # Counts recomputed independently from the two prediction vectors.
+    y = eng.data.y_test
+    reference, predicted = eng.predictions(base), eng.predictions(variant)
+    assert np.mean(predicted == y) == variant["accuracy"] and np.mean(reference == y) == base["accuracy"]
+    fixed, broken = int(np.sum((reference != y) & (predicted == y))), int(np.sum((reference == y) & (predicted != y)))
+    caption = at.caption[0].value
+    assert f"{fixed:,} images fixed" in caption and f"{broken:,} broken" in caption
+    assert len(at.get("image")) == min(24, fixed) + min(24, broken)

@@ -21,7 +21,10 @@ CHROMIUM = "/usr/bin/chromium"
 # Each page, and an element that shows it has finished drawing.
 PAGES = {
     "": ".js-plotly-plot",
+    "advisor": '[data-testid="stButton"]',
     "low_rank": '[data-testid="stMetric"]',
+    "sensitivity": '[data-testid="stButton"]',
+    "storage": '[data-testid="stMetric"]',
     "spectra": ".js-plotly-plot",
     "pruning": ".js-plotly-plot",
     "layer_removal": '[data-testid="stButton"], [data-testid="stMetric"]',
