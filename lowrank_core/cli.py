@@ -250,6 +250,22 @@ def _cmd_advise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lowrank_core import share
+    from lowrank_core.errors import ConfigError
+    from lowrank_core.fileio import atomic_write_bytes
+
+    if not args.out.endswith((".html", ".htm")):
+        raise ConfigError(f"--out wants a path ending in .html, got {args.out!r}")
+    text = share.build(_make_engine(args))
+    try:
+        atomic_write_bytes(args.out, text.encode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot write {args.out} ({exc.strerror or exc})") from None
+    print(json.dumps({"report": args.out, "bytes": len(text.encode("utf-8"))}))
+    return 0
+
+
 def _number(text: str, option: str) -> float:
     from lowrank_core.methods.base import parse_float
 
@@ -348,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_adv.add_argument("--max-measurements", type=int, default=8, help="candidates measured at most")
     p_adv.add_argument("--json", action="store_true", help="print the answer's measured record with the search")
     p_adv.set_defaults(func=_cmd_advise)
+
+    p_report = sub.add_parser("report", help="a self-contained HTML report of everything measured")
+    p_report.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
+    p_report.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    p_report.add_argument("--out", default="report.html", help="where to write it (default report.html)")
+    p_report.set_defaults(func=_cmd_report)
 
     p_bench = sub.add_parser("bench", help="speed ratios measured in one run; markdown table + JSON")
     p_bench.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")

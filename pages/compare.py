@@ -55,6 +55,16 @@ if eng is not None:
         "application/json",
         key="export_json",
     )
+    if st.button("Prepare a shareable report (HTML, opens offline)", key="export_report_prepare"):
+        from lowrank_core import share
+
+        with st.spinner("Writing the report (charts, per-class impact, changed images)…"):
+            text = run_with_errors(share.build, eng, results)
+        if text is not None:
+            st.session_state["export_report"] = text
+    if st.session_state.get("export_report"):
+        st.download_button("Download report.html", st.session_state["export_report"], "report.html", "text/html",
+                           key="export_report")  # fmt: skip
     target = st.selectbox("Parameters of one variant (.npz)", list(labels), key="export_variant")
     if st.button("Prepare the .npz", key="export_prepare"):
         with st.spinner("Rebuilding the variant…"):
