@@ -5,8 +5,7 @@ import math
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lowrank_core import data as data_lib
-from lowrank_core import model
+from lowrank_core import data as data_lib, model
 from lowrank_core.finetune import FinetuneConfig
 
 

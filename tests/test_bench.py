@@ -5,8 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from lowrank_core import bench
-from lowrank_core import data as data_lib
+from lowrank_core import bench, data as data_lib
 
 
 @pytest.fixture

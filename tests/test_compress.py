@@ -1,8 +1,7 @@
 import jax
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from lowrank_core import checkpoint, compress, measure, model
 from lowrank_core.errors import ConfigError

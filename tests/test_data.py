@@ -11,8 +11,7 @@ import time
 import numpy as np
 import pytest
 from conftest import make_batch, pickle_batch, write_archive, write_folder
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from lowrank_core import data as data_lib
 from lowrank_core.errors import DataError, UnsafePickleError

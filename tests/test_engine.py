@@ -9,8 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lowrank_core import checkpoint, configs, engine, measure, methods, paths, train
-from lowrank_core import data as data_lib
+from lowrank_core import checkpoint, configs, data as data_lib, engine, measure, methods, paths, train
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods.prune import PruneConfig
 from lowrank_core.methods.quantize import QuantizeConfig

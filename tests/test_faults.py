@@ -13,8 +13,7 @@ import time
 
 import numpy as np
 
-from lowrank_core import checkpoint, configs, engine, methods, train
-from lowrank_core import data as data_lib
+from lowrank_core import checkpoint, configs, data as data_lib, engine, methods, train
 from lowrank_core.methods.svd import SvdConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from lowrank_core import checkpoint, evaluation, measure, model, paths
-from lowrank_core import data as data_lib
+from lowrank_core import checkpoint, data as data_lib, evaluation, measure, model, paths
 
 
 @pytest.fixture(scope="module")

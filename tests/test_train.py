@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lowrank_core import configs, model, train
-from lowrank_core import data as data_lib
+from lowrank_core import configs, data as data_lib, model, train
 from lowrank_core.errors import ConfigError
 
 
