@@ -107,6 +107,28 @@ class Engine:
             }
         return out
 
+    def checkpoint_spectra(self, directory: str | os.PathLike) -> dict[str, dict]:
+        """Spectrum curves of another checkpoint's dense layers (to overlay on this
+        one's), cached on disk by the content of its params file."""
+        from lowrank_core import compress
+
+        params, _, digest = checkpoint.load_with_digest(directory)
+        path = paths.artifacts_dir() / "cache" / "spectra" / f"{digest[:24]}.npz"
+        names = model.dense_layer_names(params)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                values = {n: npz[n] for n in names}
+        except Exception:
+            values = {n: np.linalg.svd(np.asarray(params[n]["w"], np.float64), compute_uv=False) for n in names}
+            buffer = io.BytesIO()
+            np.savez(buffer, **values)
+            try:
+                atomic_write_bytes(path, buffer.getvalue())
+            except OSError as exc:
+                self._note_write_failure(exc)
+        return {n: {"curves": compress.spectrum_curves(s), "stats": compress.spectrum_stats(s),
+                    "shape": tuple(params[n]["w"].shape)} for n, s in values.items()}  # fmt: skip
+
     # ---- variants ----
 
     def build(

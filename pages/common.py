@@ -130,6 +130,12 @@ def spectra(checkpoint_path: str, data_source: str | None, digest: str) -> dict:
     return _engine(checkpoint_path, data_source, digest).spectra()
 
 
+@st.cache_data(show_spinner="Computing the other checkpoint's singular values…", max_entries=4)
+def other_spectra(checkpoint_path: str, data_source: str | None, digest: str, other: str, other_digest: str) -> dict:
+    """Spectra of another checkpoint (keyed by its content digest too)."""
+    return _engine(checkpoint_path, data_source, digest).checkpoint_spectra(other)
+
+
 @st.cache_data(show_spinner=False, ttl=5, max_entries=8)
 def cached_results(checkpoint_path: str, data_source: str | None, digest: str) -> list[dict]:
     """Every result on disk for this checkpoint (short ttl: other tabs add to it)."""

@@ -4,8 +4,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import compress
-from pages.common import get_engine, keys, spectra
+from lowrank_core import compress, paths
+from pages.common import checkpoint_digest, get_engine, keys, other_spectra, run_with_errors, spectra, validate_path
 
 st.title("Singular-value spectra of the dense layers")
 eng = get_engine()
@@ -13,8 +13,27 @@ if eng is not None:
     c1, c2 = st.columns([2, 1])
     fraction = c1.slider("Truncation: rank fraction f", 0.01, 1.0, 0.5, 0.01, key="spectra_fraction")
     view = c2.radio("View", ["singular values", "normalized", "cumulative energy"], key="spectra_view", horizontal=True)
-    show_init = st.checkbox("Overlay the layer at its random initialization", True, key="spectra_init")
+    o1, o2 = st.columns([1, 2])
+    show_init = o1.checkbox("Overlay the layer at its random initialization", True, key="spectra_init")
+    trained = sorted(str(p.parent) for p in (paths.artifacts_dir() / "checkpoints").glob("*/params.npz"))
+    other_path = o2.selectbox(
+        "Overlay another checkpoint (e.g. one trained on the Train page)",
+        [""] + [str(paths.BASELINE_DIR)] + trained,
+        key="spectra_other",
+        accept_new_options=True,
+        help="a checkpoint folder of the same architecture; type a path or pick one",
+    )
+    other = None
+    if other_path:
+        problem = validate_path(other_path, "checkpoint")
+        if problem:
+            st.error(f"{problem}: pick a folder holding params.npz and metadata.json")
+        else:
+            other = run_with_errors(other_spectra, *keys(), other_path, checkpoint_digest(other_path))
     all_spectra = spectra(*keys())
+    if other is not None and any(other.get(n, {}).get("shape") != s["shape"] for n, s in all_spectra.items()):
+        st.error(f"{other_path} has other layer shapes than the loaded checkpoint: pick one of the same network")
+        other = None
     curve_key = {
         "singular values": "singular_values",
         "normalized": "normalized",
@@ -34,7 +53,12 @@ if eng is not None:
                     x=ranks, y=spec["init"][curve_key], name="initialization", line=dict(color="#aaaaaa", dash="dot")
                 )
             )
+        if other is not None:
+            theirs = other[name]["curves"][curve_key]
+            fig.add_trace(go.Scatter(x=list(range(1, len(theirs) + 1)), y=theirs, name="other checkpoint",
+                                     line=dict(color="#ff7f0e")))  # fmt: skip
         fig.add_vline(x=k, line=dict(color="#d62728"), annotation_text=f"k = {k}")
+        fig.update_yaxes(exponentformat="e")  # 1e-15, not plotly's SI "1f"
         fig.update_layout(
             title=f"{name} ({m}×{n})",
             height=320,
@@ -64,4 +88,12 @@ if eng is not None:
     st.caption(
         "Rank for E % energy: smallest k with Σ_{i≤k} σᵢ² ≥ E·Σσ². Effective rank: exp of the entropy of "
         "σ/Σσ. Stable rank: ‖W‖_F² / ‖W‖₂²."
+    )
+    dead = {n: s["stats"]["max_rank"] - s["stats"]["rank_99"] for n, s in all_spectra.items()}
+    st.caption(
+        "Where a trained spectrum falls off a cliff to ~1e-16, the layer has exactly-dead hidden units "
+        "(all-zero incoming weights with a non-positive bias, or never read by the next layer: weight decay and "
+        "float16 storage leave many in the shipped baseline). Each dead unit is a zero row or column, so the "
+        "rank beyond the live units is numerically zero; dropping them is lossless (Int8 & cleanup page). "
+        "Directions past the 99 % energy rank, per layer: " + ", ".join(f"{n} {d:,}" for n, d in dead.items()) + "."
     )

@@ -1,6 +1,7 @@
 """One AppTest per page, on a small checkpoint and synthetic data made here."""
 
 import math
+import pathlib
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -211,3 +212,21 @@ def test_changes_page_shows_classes_confusion_and_gallery(env):
     caption = at.caption[0].value
     assert f"{fixed:,} images fixed" in caption and f"{broken:,} broken" in caption
     assert len(at.get("image")) == min(24, fixed) + min(24, broken)
+
+
+def test_spectra_page_overlays_another_checkpoint(env):
+    import os
+    import shutil
+
+    from lowrank_core import paths
+
+    _, ck = env
+    other = pathlib.Path(os.environ["LOWRANK_ARTIFACTS"]) / "checkpoints" / "retrained"
+    shutil.copytree(ck, other)  # as the Train page would leave one
+    at = AppTest.from_file("../pages/spectra.py", default_timeout=300).run()
+    at.selectbox(key="spectra_other").set_value(str(other)).run()
+    assert not at.exception and not at.error
+    spec = at.get("plotly_chart")[0].proto.spec
+    assert "other checkpoint" in spec and '"exponentformat":"e"' in spec.replace(" ", "")
+    at.selectbox(key="spectra_other").set_value(str(paths.BASELINE_DIR)).run()  # the seed network: other shapes
+    assert not at.exception and at.error and "other layer shapes" in at.error[0].value
