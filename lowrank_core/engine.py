@@ -18,6 +18,7 @@ floats in the checkpoint's storage dtype, int8 matrices with their scales.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -208,7 +209,7 @@ class Engine:
             predictions = measure.predict_from_features(params, self.test_features)
         else:
             predictions = measure.predict_full(params, self.data.x_test)
-        baseline_bytes = measure.stored_bytes(self.params, self.storage_dtype)
+        baseline_bytes = self.baseline_bytes
         stored = len(self._npz(params, facts))
         single = len(variant.steps) == 1
         result = {
@@ -340,6 +341,11 @@ class Engine:
         """The measured variant's parameters in the product's stored format
         (rebuilt from its record; the same bytes its ``bytes`` counts)."""
         return self._npz(*self.build(Variant.from_dict(result)))
+
+    @functools.cached_property
+    def baseline_bytes(self) -> int:
+        """The checkpoint's size in the stored format (measured once)."""
+        return measure.stored_bytes(self.params, self.storage_dtype)
 
     def _npz(self, params: dict, facts: dict) -> bytes:
         return checkpoint.params_to_npz_bytes(params, self.storage_dtype, tuple(facts["float32_layers"]))

@@ -160,7 +160,13 @@ def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Par
     out = compress.copy_params(params)
     for name, k in ranks.items():
         u_k, sv_k = compress.rank_approximated_weight(svds[name], k)
-        out[name] = {"u": np.ascontiguousarray(u_k), "v": np.ascontiguousarray(sv_k), "b": params[name]["b"]}
+        u_k, sv_k = np.array(u_k), np.array(sv_k)
+        # A zero row or column of W is zero in every truncation too; the SVD leaves
+        # ~1e-17 there. Exact zeros keep dead units visible (and droppable) downstream.
+        w = np.asarray(params[name]["w"])
+        u_k[(w == 0).all(axis=1)] = 0
+        sv_k[:, (w == 0).all(axis=0)] = 0
+        out[name] = {"u": u_k, "v": sv_k, "b": params[name]["b"]}
     facts = {"ranks": ranks, "break_even_ranks": {n: compress.break_even_rank(*params[n]["w"].shape) for n in ranks}}
     if config.form == "reconstructed":
         # Rounding W_k to float16 would make it full-rank again: it is stored as float32.
@@ -256,7 +262,7 @@ METHOD = Method(
     name="svd",
     label="Low-rank (SVD)",
     colour="#1f77b4",
-    version=6,
+    version=7,
     config_type=SvdConfig,
     build=build,
     finalize=finalize,
