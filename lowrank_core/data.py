@@ -351,14 +351,13 @@ def resolve_source(
 ) -> DataSource:
     """Finds CIFAR-10: explicit path, then ``LOWRANK_CIFAR10``, then the cache, then a download."""
     if path:
-        candidate = pathlib.Path(path).expanduser()
-        if not candidate.exists():
-            raise DataError(f"data path {candidate} does not exist; expected {ARCHIVE_NAME} or a {BATCH_DIR}/ folder")
-        return DataSource(candidate, "argument")
+        if problem := paths.path_problem(path):
+            raise DataError(f"data path: {problem}; expected {ARCHIVE_NAME} or a {BATCH_DIR}/ folder")
+        return DataSource(pathlib.Path(path).expanduser(), "argument")
     env = os.environ.get(ENV_VAR)
     if env:
         candidate = pathlib.Path(env).expanduser()
-        if not candidate.exists():
+        if paths.path_problem(env):
             raise DataError(f"{ENV_VAR}={env} does not exist; point it at {ARCHIVE_NAME} or a {BATCH_DIR}/ folder")
         return DataSource(candidate, "environment")
     cache = paths.data_dir()

@@ -21,6 +21,18 @@ def artifacts_dir() -> pathlib.Path:
     return pathlib.Path(override).expanduser() if override else REPO_ROOT / "artifacts"
 
 
+def path_problem(text: str | os.PathLike) -> str | None:
+    """Why ``text`` is not an existing path (missing, unreadable name: too long, NUL
+    bytes, permissions), or None if it exists."""
+    try:
+        path = pathlib.Path(text).expanduser()
+        return None if path.exists() else f"{text} does not exist"
+    except (OSError, ValueError, RuntimeError) as exc:
+        shown = str(text) if len(str(text)) <= 80 else str(text)[:77] + "…"
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return f"{shown!r} is not a usable path ({reason})"
+
+
 def data_dir() -> pathlib.Path:
     """The project's own data cache: a downloaded archive and decoded arrays."""
     return artifacts_dir() / "data"

@@ -52,7 +52,7 @@ def checkpoint_digest(directory: pathlib.Path) -> str:
     path = pathlib.Path(directory) / checkpoint.PARAMS_FILE
     try:
         stat = path.stat()
-    except OSError:
+    except (OSError, ValueError):
         return "missing"
     identity = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     if identity not in _DIGESTS:
@@ -234,9 +234,9 @@ def style(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 
 
 def validate_path(text: str, kind: str) -> str | None:
     """An error message for a typed path that is not an existing file or folder of ``kind``."""
+    if problem := paths.path_problem(text):
+        return problem
     path = pathlib.Path(text).expanduser()
-    if not path.exists():
-        return f"{text} does not exist"
     if kind == "checkpoint":
         if not (path / checkpoint.PARAMS_FILE).is_file():
             return f"{text} is not a checkpoint folder (no {checkpoint.PARAMS_FILE} in it)"

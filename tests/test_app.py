@@ -230,3 +230,24 @@ def test_spectra_page_overlays_another_checkpoint(env):
     assert "other checkpoint" in spec and '"exponentformat":"e"' in spec.replace(" ", "")
     at.selectbox(key="spectra_other").set_value(str(paths.BASELINE_DIR)).run()  # the seed network: other shapes
     assert not at.exception and at.error and "other layer shapes" in at.error[0].value
+
+
+HOSTILE_TEXT = ["", " ", "../../../../etc/passwd", "/dev/null", "/proc/self/mem", "~nobody/x", "\x00bad",
+                "a" * 5000, "C:\\\\cifar", "💥/ü", "/tmp", "file:///etc", "$(rm -rf /)", "\n"]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", ["data_path", "checkpoint_path"])
+def test_hostile_sidebar_paths_are_one_clear_error(env, key):
+    for text in HOSTILE_TEXT:
+        at = AppTest.from_file("../app.py", default_timeout=300)
+        at.session_state[key] = text
+        at.run()
+        assert not at.exception, (key, text)
+        if text.strip():
+            errors = [e.value for e in at.error]
+            if key == "data_path":
+                # Either it is not a CIFAR-10 source (one error saying what to set) or, for a blank, the default.
+                assert len(errors) == 1 and ("cifar" in errors[0].lower() or "not a usable path" in errors[0]), (
+                    text, errors)  # fmt: skip
+            else:
+                assert any("using the default checkpoint" in e for e in errors), (text, errors)
