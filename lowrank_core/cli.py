@@ -305,11 +305,16 @@ def _method_name(text: str) -> str:
     return text
 
 
+def one_line(message: str) -> str:
+    """``message`` with control characters (newlines in echoed user input included) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes are one line on stderr and exit status 2, like every other user error."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except LowrankError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,3 +158,35 @@ def test_every_readme_command_parses():
             parser.parse_args(words)
         except SystemExit as exc:
             raise AssertionError(f"README command does not parse: {' '.join(words)}") from exc
+
+
+class _Reached(Exception):
+    """Raised instead of loading data: the options were accepted."""
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=30), st.sampled_from(["--max-drop", "--budget", "--methods", "--minimize"]))
+def test_advise_options_are_accepted_or_one_line_errors(text, option):
+    import contextlib
+    import io
+
+    from lowrank_core import cli
+
+    def reached(*args, **kwargs):
+        raise _Reached
+
+    original = cli._make_engine
+    cli._make_engine = reached
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(["advise", f"{option}={text}"])
+            except SystemExit as exc:  # argparse: a choice it does not know
+                code = exc.code
+            except _Reached:
+                code = None
+    finally:
+        cli._make_engine = original
+    if code is not None:
+        assert code == 2 and len(err.getvalue().strip().splitlines()) == 1 and "Traceback" not in err.getvalue()
