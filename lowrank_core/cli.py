@@ -25,7 +25,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, num_steps=args.steps)
     if args.eval_every:
         config = dataclasses.replace(config, eval_every=args.eval_every)
-    dataset = data.load_cifar10(args.data)
+    dataset = data.load_cifar10(_data_path(args))
     out_dir = pathlib.Path(args.out) if args.out else paths.artifacts_dir() / "checkpoints" / config.preset
     with tqdm(total=config.num_steps, desc=f"train[{config.preset}]", unit="step") as bar:
 
@@ -69,7 +69,7 @@ def _make_engine(args: argparse.Namespace, variant=None):
     checkpoint.load_metadata(ckpt_dir)
     if variant is not None:
         variant.check(model.spec_of(checkpoint.load_params(ckpt_dir)))
-    return engine.Engine(ckpt_dir, data.load_cifar10(args.data))
+    return engine.Engine(ckpt_dir, data.load_cifar10(_data_path(args)))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -276,7 +276,7 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     from lowrank_core import methods
 
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
-    p.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    _add_data_options(p)
     p.add_argument(
         "--method",
         default="baseline",
@@ -292,6 +292,22 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         help="fine-tune the dense stack afterwards (frozen convolutions; structure and int8 grid kept)",
     )
     p.add_argument("--no-latency", action="store_true", help="skip latency timing")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="cifar-10-python.tar.gz, a cifar-10-batches-py/ folder, or 'tfds' (the tfds extra)")
+    p.add_argument("--tfds-data-dir", help="with --data tfds: the TFDS data directory (default $TFDS_DATA_DIR)")
+
+
+def _data_path(args: argparse.Namespace) -> str | None:
+    if args.tfds_data_dir:
+        from lowrank_core import data
+        from lowrank_core.errors import ConfigError
+
+        if not data.is_tfds(args.data):
+            raise ConfigError("--tfds-data-dir goes with --data tfds")
+        return f"{data.TFDS}:{args.tfds_data_dir}"
+    return args.data
 
 
 def _method_name(text: str) -> str:
@@ -323,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_train = sub.add_parser("train", help="train the seed network and write a checkpoint")
     p_train.add_argument("--preset", default="default", help="seed, default, baseline or tiny")
-    p_train.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    _add_data_options(p_train)
     p_train.add_argument("--out", help="checkpoint folder (default artifacts/checkpoints/<preset>)")
     p_train.add_argument("--steps", type=int, help="override the preset's number of steps")
     p_train.add_argument("--eval-every", type=int, help="override steps between evaluations (= resume points)")
@@ -354,13 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_sens.add_argument("--method", default="svd", choices=["svd", "prune"])
     p_sens.add_argument("--grid", default="0.05,0.1,0.25,0.5", help="rank fractions (svd) or sparsities (prune)")
     p_sens.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
-    p_sens.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    _add_data_options(p_sens)
     p_sens.add_argument("--out", help="output path without extension")
     p_sens.set_defaults(func=_cmd_sensitivity)
 
     p_adv = sub.add_parser("advise", help="the smallest variant within a drop, or the most accurate within a budget")
     p_adv.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
-    p_adv.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    _add_data_options(p_adv)
     p_adv.add_argument("--max-drop", default="1.0", help="accuracy points below the baseline allowed (default 1.0)")
     p_adv.add_argument("--minimize", default="params", choices=["params", "bytes", "latency"])
     p_adv.add_argument("--budget", help="instead: the most accurate variant costing at most this share (0..1]")
@@ -372,13 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_report = sub.add_parser("report", help="a self-contained HTML report of everything measured")
     p_report.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
-    p_report.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    _add_data_options(p_report)
     p_report.add_argument("--out", default="report.html", help="where to write it (default report.html)")
     p_report.set_defaults(func=_cmd_report)
 
     p_bench = sub.add_parser("bench", help="speed ratios measured in one run; markdown table + JSON")
     p_bench.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
-    p_bench.add_argument("--data", help="cifar-10-python.tar.gz or cifar-10-batches-py/ folder")
+    _add_data_options(p_bench)
     p_bench.add_argument("--quick", action="store_true", help="fewer repeats, 2,000 images (a smoke run)")
     p_bench.add_argument(
         "--rows",

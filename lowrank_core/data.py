@@ -402,6 +402,73 @@ def _load_decoded(cache_file: pathlib.Path) -> Cifar10 | None:
         return None  # missing or corrupt cache: decode again
 
 
+# --------------------------------------------------------------------------
+# TensorFlow Datasets (optional: the ``tfds`` extra)
+
+TFDS = "tfds"  # as a data path: "tfds", or "tfds:/path/to/tfds_data_dir"
+TFDS_ENV_VAR = "TFDS_DATA_DIR"
+_TFDS_NAME = "cifar10"
+
+
+def tfds_data_dir(path: str) -> str | None:
+    """The TFDS data directory a "tfds[:DIR]" data path names (else $TFDS_DATA_DIR, else TFDS's default)."""
+    _, _, directory = str(path).partition(":")
+    return directory or os.environ.get(TFDS_ENV_VAR) or None
+
+
+def is_tfds(path: str | os.PathLike | None) -> bool:
+    return path is not None and (str(path) == TFDS or str(path).startswith(TFDS + ":"))
+
+
+def load_tfds(data_dir: str | None = None) -> Cifar10:
+    """CIFAR-10 as TensorFlow Datasets prepared it (``cifar10`` train and test
+    splits in ``data_dir``), as the same uint8 NHWC arrays and int32 labels as the
+    archive path. TensorFlow is imported only here. Nothing is downloaded: an
+    unprepared directory is a one-line error saying what to do."""
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError("the tfds source needs TensorFlow Datasets: pip install -e '.[tfds]' "
+                        "(or use the CIFAR-10 archive)") from None  # fmt: skip
+    logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warns through absl; our error says it in one line
+    where = data_dir or "TFDS's default data directory"
+    arrays = {}
+    try:
+        builder = tfds.builder(_TFDS_NAME, data_dir=data_dir)
+        class_names = tuple(builder.info.features["label"].names)
+        for split in ("train", "test"):
+            rows = list(tfds.as_numpy(tfds.load(_TFDS_NAME, split=split, data_dir=data_dir, download=False)))
+            arrays[split] = (np.stack([r["image"] for r in rows]).astype(np.uint8),
+                             np.asarray([r["label"] for r in rows], np.int32))  # fmt: skip
+    except DataError:
+        raise
+    except Exception as exc:  # tfds reports an unprepared dataset in several ways
+        raise DataError(f"cifar10 is not prepared in {where} ({type(exc).__name__}); prepare it with "
+                        f"`tfds build cifar10 --data_dir DIR` where the internet is reachable, set {TFDS_ENV_VAR}, "
+                        "or use the CIFAR-10 archive") from None  # fmt: skip
+    (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
+    if x_train.shape[1:] != IMAGE_SHAPE or x_test.shape[1:] != IMAGE_SHAPE or len(class_names) != NUM_CLASSES:
+        raise DataError(f"tfds {_TFDS_NAME} in {where} is not CIFAR-10 shaped ({x_train.shape[1:]} images)")
+    digest = hashlib.sha256()
+    for array in (x_train, y_train, x_test, y_test):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return Cifar10(x_train, y_train, x_test, y_test, class_names, source=f"tfds:{_TFDS_NAME} ({where})",
+                   sha256=digest.hexdigest())  # fmt: skip
+
+
+def _tfds_cache_key(data_dir: str | None) -> str | None:
+    """A key from the prepared files' paths, sizes and mtimes; None if none are on disk (nothing to key by)."""
+    root = pathlib.Path(data_dir or os.path.expanduser("~/tensorflow_datasets")) / _TFDS_NAME
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    if not files:
+        return None
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps([_DECODE_VERSION, "tfds", stats]).encode()).hexdigest()[:24]
+
+
 def load_cifar10(
     path: str | os.PathLike | None = None,
     *,
@@ -416,13 +483,22 @@ def load_cifar10(
     source invalidates it. If the cache cannot be written (read-only disk) the
     data is still returned.
     """
-    source = resolve_source(path, download=download, progress=progress)
-    cache_file = paths.data_dir() / "decoded" / f"{_cache_key(source.path)}.npz"
-    if use_cache:
-        cached = _load_decoded(cache_file)
-        if cached is not None:
+    if is_tfds(path) or (path is None and is_tfds(os.environ.get(ENV_VAR))):
+        data_dir = tfds_data_dir(path or os.environ[ENV_VAR])
+        key = _tfds_cache_key(data_dir)
+        cache_file = paths.data_dir() / "decoded" / f"{key}.npz" if key else None
+        if use_cache and cache_file and (cached := _load_decoded(cache_file)) is not None:
             return cached
-    data = read_source(source.path)
+        data = load_tfds(data_dir)
+        use_cache = use_cache and cache_file is not None
+    else:
+        source = resolve_source(path, download=download, progress=progress)
+        cache_file = paths.data_dir() / "decoded" / f"{_cache_key(source.path)}.npz"
+        if use_cache:
+            cached = _load_decoded(cache_file)
+            if cached is not None:
+                return cached
+        data = read_source(source.path)
     if use_cache:
         info = json.dumps({"class_names": list(data.class_names), "source": data.source, "sha256": data.sha256})
         try:
@@ -442,6 +518,8 @@ def load_cifar10(
 
 def describe_source(path: str | os.PathLike | None = None) -> str:
     """One line saying where data would be read from, without reading it."""
+    if is_tfds(path) or (path is None and is_tfds(os.environ.get(ENV_VAR))):
+        return f"TensorFlow Datasets cifar10 in {tfds_data_dir(path or os.environ[ENV_VAR]) or 'the default data dir'}"
     try:
         source = resolve_source(path, download=False)
     except DataError as exc:

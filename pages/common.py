@@ -20,10 +20,19 @@ from lowrank_core.errors import LowrankError
 from lowrank_core.finetune import FinetuneConfig
 
 CHECKPOINT_ENV = "LOWRANK_CHECKPOINT"
+ARCHIVE_CHOICE, TFDS_CHOICE = "CIFAR-10 archive or folder", "TensorFlow Datasets (cifar10)"
 
 # One colour per method, on every page (the registry's).
 METHOD_COLORS = {name: method.colour for name, method in methods.REGISTRY.items()}
 FORM_DASH = {"reconstructed": "dot", "factorized": "solid"}
+
+
+def data_path_setting() -> str | None:
+    """The data setting as typed (a path, "tfds[:DIR]", or None for the defaults), without reading anything."""
+    if st.session_state.get("data_kind") == TFDS_CHOICE:
+        directory = (st.session_state.get("data_path") or "").strip()
+        return f"{data.TFDS}:{directory}" if directory else data.TFDS
+    return st.session_state.get("data_path") or None
 
 
 def checkpoint_dir() -> pathlib.Path:
@@ -40,7 +49,12 @@ def data_path() -> str | None:
     Resolving it on every run keys the caches by the file actually read, so
     changing the setting or the environment never reuses another source's engine.
     """
-    return str(data.resolve_source(st.session_state.get("data_path") or None, download=False).path)
+    setting = data_path_setting()
+    if data.is_tfds(setting):
+        return setting
+    if setting is None and data.is_tfds(os.environ.get(data.ENV_VAR)):
+        return os.environ[data.ENV_VAR]
+    return str(data.resolve_source(setting, download=False).path)
 
 
 _DIGESTS: dict[tuple, str] = {}  # (path, size, mtime, inode) → sha256 of the params file's bytes
@@ -246,12 +260,26 @@ def validate_path(text: str, kind: str) -> str | None:
 def sidebar() -> None:
     """Data source and checkpoint settings, and the loaded model, on every page."""
     with st.sidebar:
-        st.text_input(
-            "CIFAR-10 path (archive or folder)",
-            key="data_path",
-            placeholder="default: $LOWRANK_CIFAR10 or artifacts/data",
-            help="cifar-10-python.tar.gz or a cifar-10-batches-py/ folder",
+        kind = st.radio(
+            "Data source",
+            [ARCHIVE_CHOICE, TFDS_CHOICE],
+            key="data_kind",
+            help="TensorFlow Datasets needs the tfds extra and cifar10 prepared in its data directory",
         )
+        if kind == TFDS_CHOICE:
+            st.text_input(
+                "TFDS data directory",
+                key="data_path",
+                placeholder="default: $TFDS_DATA_DIR",
+                help="the folder holding cifar10/ as `tfds build cifar10` prepared it",
+            )
+        else:
+            st.text_input(
+                "CIFAR-10 path (archive or folder)",
+                key="data_path",
+                placeholder="default: $LOWRANK_CIFAR10 or artifacts/data",
+                help="cifar-10-python.tar.gz or a cifar-10-batches-py/ folder",
+            )
         st.text_input(
             "Checkpoint folder",
             key="checkpoint_path",
@@ -261,5 +289,6 @@ def sidebar() -> None:
         typed = st.session_state.get("checkpoint_path")
         if typed and (problem := validate_path(typed, "checkpoint")):
             st.error(f"{problem}; using the default checkpoint instead")
-        st.caption(f"Data: {data.describe_source(st.session_state.get('data_path') or None)}")
+        shown = data_path_setting()
+        st.caption(f"Data: {data.describe_source(shown)}")
         st.caption(f"Checkpoint: {checkpoint_dir()}")
