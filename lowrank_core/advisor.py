@@ -40,6 +40,7 @@ class AdvisorConfig:
     finetune_steps: int = 0
     max_measurements: int = 8
     fractions: tuple[float, ...] = sensitivity.DEFAULT_FRACTIONS
+    basis: str = "weights"  # or "activations": see lowrank_core.methods.svd.BASES
 
     def __post_init__(self):
         if not (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop <= 100):
@@ -53,6 +54,7 @@ class AdvisorConfig:
             raise ConfigError(f"fine-tuning steps must be an integer in 0..5000, got {self.finetune_steps}")
         if not (isinstance(self.max_measurements, int) and 1 <= self.max_measurements <= 50):
             raise ConfigError("max_measurements must be an integer in 1..50")
+        SvdConfig(basis=self.basis)  # validates it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +65,12 @@ class Plan:
     predicted_drop: float  # sum of single-layer drops, accuracy as a fraction
     cost: int  # dense-stack weights (MACs per image, likewise)
 
-    def variant(self, finetune_steps: int = 0, int8: bool = False) -> methods.Variant:
+    def variant(self, finetune_steps: int = 0, int8: bool = False, basis: str = "weights") -> methods.Variant:
         chosen = tuple((n, k) for n, k in self.ranks if k is not None)
         steps = []
         if chosen:
-            steps.append(("svd", SvdConfig(form="factorized", layer_ranks=chosen, only=tuple(n for n, _ in chosen))))
+            only = tuple(n for n, _ in chosen)
+            steps.append(("svd", SvdConfig(form="factorized", layer_ranks=chosen, only=only, basis=basis)))
         if int8:
             steps.append(("quantize", methods.REGISTRY["quantize"].config_type()))
         finetune = FinetuneConfig(steps=finetune_steps) if finetune_steps else None
@@ -118,9 +121,10 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
     with_latency = config.minimize == "latency"
     base = engine.evaluate("baseline", with_latency=with_latency)
     report("per-layer sensitivity", 0.0)
-    rows = engine.svd_sensitivity(config.fractions, on_progress=lambda d, t: report("per-layer sensitivity",
-                                                                                    0.5 * d / t))  # fmt: skip
-    names = [n for n in engine.spec.dense_layers]
+    rows = engine.svd_sensitivity(
+        config.fractions, on_progress=lambda d, t: report("per-layer sensitivity", 0.5 * d / t), basis=config.basis
+    )
+    names = list(engine.spec.dense_layers)
     shapes = {n: tuple(engine.params[n]["w"].shape) for n in names}
     front = plans(rows, shapes, base["accuracy"])
     target = config.max_drop / 100
@@ -129,7 +133,9 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
     def measure(plan: Plan) -> dict:
         if plan not in measured:
             report(f"measuring candidate {len(measured) + 1}", 0.5 + 0.5 * len(measured) / config.max_measurements)
-            measured[plan] = engine.evaluate(plan.variant(config.finetune_steps), with_latency=with_latency)
+            measured[plan] = engine.evaluate(
+                plan.variant(config.finetune_steps, basis=config.basis), with_latency=with_latency
+            )
         return measured[plan]
 
     def pick(budget: float) -> Plan:
@@ -167,7 +173,9 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
     int8 = None
     if "quantize" in config.methods and plan is not None:
         report("int8 on top", 0.98)
-        int8 = engine.evaluate(plan.variant(config.finetune_steps, int8=True), with_latency=with_latency)
+        int8 = engine.evaluate(
+            plan.variant(config.finetune_steps, int8=True, basis=config.basis), with_latency=with_latency
+        )
         if config.minimize == "bytes" and base["accuracy"] - int8["accuracy"] <= target + 1e-12:
             answer = int8
     report("done", 1.0)
@@ -190,8 +198,9 @@ def most_accurate_within(engine, budget_share: float, config: AdvisorConfig,
     report = on_progress or (lambda text, share: None)
     with_latency = config.minimize == "latency"
     base = engine.evaluate("baseline", with_latency=with_latency)
-    rows = engine.svd_sensitivity(config.fractions, on_progress=lambda d, t: report("per-layer sensitivity",
-                                                                                    0.5 * d / t))  # fmt: skip
+    rows = engine.svd_sensitivity(
+        config.fractions, on_progress=lambda d, t: report("per-layer sensitivity", 0.5 * d / t), basis=config.basis
+    )
     names = list(engine.spec.dense_layers)
     shapes = {n: tuple(engine.params[n]["w"].shape) for n in names}
     front = plans(rows, shapes, base["accuracy"])
@@ -204,7 +213,9 @@ def most_accurate_within(engine, budget_share: float, config: AdvisorConfig,
     measured = []
     for i, plan in enumerate(candidates[: config.max_measurements]):
         report(f"measuring candidate {i + 1}", 0.5 + 0.5 * i / config.max_measurements)
-        record = engine.evaluate(plan.variant(config.finetune_steps, int8=int8), with_latency=with_latency)
+        record = engine.evaluate(
+            plan.variant(config.finetune_steps, int8=int8, basis=config.basis), with_latency=with_latency
+        )
         measured.append((plan, record))
     fitting = [(p, r) for p, r in measured if _cost(r, config.minimize) <= limit]
     report("done", 1.0)

@@ -214,7 +214,7 @@ def _cmd_advise(args: argparse.Namespace) -> int:
     methods_ = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     config = advisor.AdvisorConfig(max_drop=_number(args.max_drop, "--max-drop"), minimize=args.minimize,
                                    methods=methods_, finetune_steps=args.finetune_steps,
-                                   max_measurements=args.max_measurements)  # fmt: skip
+                                   max_measurements=args.max_measurements, basis=args.basis)  # fmt: skip
     budget = None if args.budget is None else _number(args.budget, "--budget")
     if budget is not None and not 0 < budget <= 1:
         raise ConfigError(f"--budget must be a share in (0, 1] of the baseline, got {args.budget}")
@@ -382,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_adv.add_argument("--budget", help="instead: the most accurate variant costing at most this share (0..1]")
     p_adv.add_argument("--methods", default="svd,quantize", help="what to search: svd, optionally quantize")
     p_adv.add_argument("--finetune-steps", type=int, default=0, help="fine-tune each candidate (frozen convolutions)")
+    p_adv.add_argument(
+        "--basis",
+        default="weights",
+        choices=["weights", "activations"],
+        help="SVD of W, or activation-whitened (LᵀW over 5,000 training images)",
+    )
     p_adv.add_argument("--max-measurements", type=int, default=8, help="candidates measured at most")
     p_adv.add_argument("--json", action="store_true", help="print the answer's measured record with the search")
     p_adv.set_defaults(func=_cmd_advise)

@@ -142,6 +142,7 @@ class Engine:
             train_features=lambda: self.train_features,
             train_labels=self.data.y_train,
             on_progress=on_progress,
+            input_factor=self.intermediates.input_factor,
         )
         structure = [(n, c) for n, c in variant.steps if get(n).kind != "storage"]
         storage = [(n, c) for n, c in variant.steps if get(n).kind == "storage"]
@@ -356,6 +357,7 @@ class Engine:
         layers: tuple[str, ...] | None = None,
         on_progress: ProgressFn | None = None,
         compute: bool = True,
+        basis: str = "weights",
     ) -> list[dict] | None:
         """Each dense layer truncated alone at each rank fraction, all test images
         (:func:`sensitivity.svd_sensitivity`); cached on disk by checkpoint and grid.
@@ -367,8 +369,8 @@ class Engine:
         fractions = tuple(float(f) for f in (fractions or sensitivity.DEFAULT_FRACTIONS))
         layers = tuple(layers or model.dense_layer_names(self.params))
         for f in fractions:
-            REGISTRY["svd"].config_type(rank_fraction=f)  # validates the grid
-        blob = {"checkpoint": self.checkpoint_hash, "fractions": fractions, "layers": layers,
+            REGISTRY["svd"].config_type(rank_fraction=f, basis=basis)  # validates the grid and basis
+        blob = {"checkpoint": self.checkpoint_hash, "fractions": fractions, "layers": layers, "basis": basis,
                 "version": REGISTRY["svd"].version, "kind": "svd_sensitivity"}  # fmt: skip
         key = hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:32]
         if not compute:
@@ -380,6 +382,7 @@ class Engine:
             rows = sensitivity.svd_sensitivity(
                 self.params, self.intermediates.svd_of, self.test_features, self.data.y_test,
                 fractions, layers, self.storage_dtype, on_progress,
+                self.intermediates.input_factor if basis == "activations" else None,
             )  # fmt: skip
             self.sensitivity_store.put(key, {"rows": rows, "n_test": int(self.data.y_test.shape[0])})
             return rows

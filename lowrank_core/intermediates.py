@@ -24,6 +24,9 @@ from lowrank_core import compress, measure, model
 from lowrank_core.data import Cifar10
 from lowrank_core.fileio import atomic_write_bytes
 
+CALIBRATION_IMAGES = 5000  # training images whose layer inputs calibrate activation-whitened SVD
+CALIBRATION_SEED = 0
+
 
 class KeyedLocks:
     """One lock per key, created on first use."""
@@ -61,6 +64,7 @@ class Intermediates:
         self._digests: dict[int, tuple[np.ndarray, str]] = {}  # id → (array kept alive, digest)
         self._features: dict[str, np.ndarray] = {}
         self._init_s: dict[str, np.ndarray] | None = None
+        self._factors: dict[str, np.ndarray] = {}
 
     def _save(self, path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
         buffer = io.BytesIO()
@@ -109,6 +113,41 @@ class Intermediates:
             if split not in self._features:
                 self._features[split] = measure.conv_features(self.params, getattr(self.data, f"x_{split}"))
             return self._features[split]
+
+    # ---- calibration (activation-whitened SVD) ----
+
+    def calibration_indices(self) -> np.ndarray:
+        """The calibration set: CALIBRATION_IMAGES training images (never test
+        images), chosen by a fixed seed so every run names the same ones."""
+        n = self.data.x_train.shape[0]
+        order = np.random.default_rng(CALIBRATION_SEED).permutation(n)
+        return np.sort(order[: min(CALIBRATION_IMAGES, n)])
+
+    def input_factor(self, name: str) -> np.ndarray:
+        """L with L Lᵀ = XᵀX/N + λI over the inputs X of the checkpoint's dense
+        layer ``name`` on the calibration set (λ = 1e-6 of the mean diagonal, so
+        inputs that are always zero — dead units — keep it invertible)."""
+        with self._locks(("input_factor", name)):
+            if name in self._factors:
+                return self._factors[name]
+            path = self.cache_dir / "calibration" / f"{name}.npz"
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    self._factors[name] = npz["factor"]
+                    return self._factors[name]
+            except Exception:
+                pass
+            x = measure.conv_features(self.params, self.data.x_train[self.calibration_indices()])
+            for layer in model.dense_layer_names(self.params):
+                if layer == name:
+                    break
+                x = np.maximum(x @ self.params[layer]["w"] + self.params[layer]["b"], 0.0)
+            gram = np.asarray(x, np.float64).T @ np.asarray(x, np.float64) / x.shape[0]
+            gram[np.diag_indices_from(gram)] += 1e-6 * max(np.trace(gram) / gram.shape[0], 1e-12)
+            factor = np.linalg.cholesky(gram).astype(np.float32)
+            self._save(path, {"factor": factor})
+            self._factors[name] = factor
+            return factor
 
     # ---- initialization ----
 

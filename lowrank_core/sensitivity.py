@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 
 from lowrank_core import compress, measure, model
 
@@ -48,6 +49,7 @@ def svd_sensitivity(
     layers: Sequence[str] | None = None,
     storage_dtype="float32",
     on_progress: Callable[[int, int], None] | None = None,
+    input_factor: Callable[[str], np.ndarray] | None = None,
 ) -> list[dict]:
     """Rows ``{layer, fraction, rank, accuracy, layer_params}``: each of ``layers``
     (default: every dense layer) truncated alone to rank ⌊f·min(m, n)⌋ (at least 1)
@@ -71,7 +73,8 @@ def svd_sensitivity(
         last = i == len(names) - 1
         live_out = np.arange(n) if last else _live_units(w, b, np.asarray(params[names[i + 1]]["w"]))
         if name in layers:
-            svd = svd_of(w)
+            factor = None if input_factor is None else input_factor(name)
+            svd = svd_of(w if factor is None else factor.T @ w)
             by_rank: dict[int, list[float]] = {}
             for f in fractions:
                 by_rank.setdefault(compress.rank_for_fraction(f, m, n), []).append(f)
@@ -83,7 +86,10 @@ def svd_sensitivity(
                 )
                 tail = measure.product_params(following)
             # Only live inputs and outputs take part: a dead unit's column of W_r is zero too.
-            u_live, vt_live = svd.u[live_in], svd.vt[:, live_out]
+            u = svd.u[:, : max(by_rank)]
+            if factor is not None:  # activation basis: W_k = L⁻ᵀ U_k S_k V_kᵀ
+                u = scipy.linalg.solve_triangular(factor.T, u, lower=False).astype(np.float32)
+            u_live, vt_live = u[live_in], svd.vt[:, live_out]
             y = np.broadcast_to(b[live_out], (x.shape[0], live_out.size)).astype(np.float32)
             # The inputs projected on every direction the grid reaches, in one product (x is read once).
             projected = x @ _rounded(u_live[:, : max(by_rank)], storage_dtype)

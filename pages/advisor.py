@@ -33,10 +33,18 @@ if eng is not None:
         budget = c2.number_input("Budget (share of the baseline's cost)", 0.01, 1.0, 0.1, 0.01, key="advisor_budget")
     finetune = c3.selectbox("Fine-tune each candidate (steps, frozen convolutions)", [0, 300, 1000],
                             key="advisor_finetune")  # fmt: skip
-    int8 = st.toggle("Also try int8 storage on top", True, key="advisor_int8")
+    b1, b2 = st.columns(2)
+    int8 = b1.toggle("Also try int8 storage on top", True, key="advisor_int8")
+    basis = b2.radio(
+        "SVD basis",
+        ["weights", "activations"],
+        key="advisor_basis",
+        horizontal=True,
+        help="activations: truncate LᵀW, whitened by each layer's inputs on 5,000 training images",
+    )
     try:
         config = advisor.AdvisorConfig(max_drop=float(max_drop), minimize=minimize, finetune_steps=int(finetune),
-                                       methods=("svd", "quantize") if int8 else ("svd",))  # fmt: skip
+                                       methods=("svd", "quantize") if int8 else ("svd",), basis=basis)  # fmt: skip
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()

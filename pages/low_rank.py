@@ -1,5 +1,7 @@
 """Low-rank (SVD): choose ranks, see accuracy, latency and size live, and the curves."""
 
+import dataclasses
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -33,6 +35,14 @@ if eng is not None:
         key="svd_mode",
         horizontal=True,
     )
+    basis = c2.radio(
+        "Basis",
+        ["weights", "activations"],
+        key="svd_basis",
+        horizontal=True,
+        help="weights: truncate W; activations: truncate W whitened by the layer's inputs (data-aware)",
+    )
+    compare_basis = c2.toggle("Show the other basis beside it", False, key="svd_compare_basis")
     form = c2.radio(
         "Form",
         ["reconstructed", "factorized"],
@@ -79,6 +89,7 @@ if eng is not None:
             energy=energy,
             param_budget=budget,
             layer_fractions=tuple(overrides),
+            basis=basis,
         )
     except ConfigError as exc:
         st.error(str(exc))
@@ -98,6 +109,17 @@ if eng is not None:
         with st.spinner(f"Computing on all {eng.data.y_test.shape[0]:,} test images…"):
             result = evaluate(*keys(), "svd", config, 0, measure_latency)
     metric_row(result, base)
+    if compare_basis:
+        other = "weights" if basis == "activations" else "activations"
+        with st.spinner(f"Measuring the {other} basis at the same ranks…"):
+            twin = evaluate(*keys(), "svd", dataclasses.replace(config, basis=other), finetune_steps, False)
+        st.caption(
+            f"Same rule in the {other} basis: accuracy {twin['accuracy']:.2%} ({twin['accuracy'] - result['accuracy']:+.2%}"
+            f" vs this one), ranks "
+            + ", ".join(f"{k} {v}" for k, v in twin["facts"]["ranks"].items())
+            + ". The activation basis truncates LᵀW (L Lᵀ = XᵀX over each layer's inputs on 5,000 training "
+            "images, never test images) and maps back with L⁻ᵀ: the rank-k layer closest in what it outputs on data."
+        )
     st.caption(
         "Ranks: "
         + ", ".join(f"{k} {v}" for k, v in result["facts"]["ranks"].items())

@@ -60,6 +60,12 @@ def test_low_rank_page_slider_changes_metrics(env):
     assert not at.exception and not at.error and "Ranks:" in at.caption[0].value
     at.number_input(key="svd_override_linear_4").set_value(0.5).run()
     assert not at.exception and "linear_4 5" in at.caption[0].value
+    at.toggle(key="svd_compare_basis").set_value(True).run()
+    assert not at.exception and not at.error
+    assert any("Same rule in the activations basis" in c.value for c in at.caption)
+    at.radio(key="svd_basis").set_value("activations").run()
+    assert not at.exception and not at.error
+    assert any("Same rule in the weights basis" in c.value for c in at.caption)
 
 
 def test_pruning_page_slider_changes_metrics(env):

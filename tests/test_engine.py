@@ -261,3 +261,27 @@ def test_fast_svd_sensitivity_equals_measuring_each_cell(tiny_engine):
     assert tiny_engine.svd_sensitivity(fractions) == rows and not calls  # cached
     assert [r["value"] for r in tiny_engine.sensitivity("svd", list(fractions), layers=("linear_4",))] == [
         0.05, 0.25, 1.0]  # fmt: skip
+
+
+def test_activation_basis_minimizes_the_output_error_on_calibration_data(tiny_engine):
+    # W_k from LᵀW is the rank-k matrix closest to W in ‖X(W − W_k)‖ over the calibration inputs X:
+    # never worse there than the plain truncation of W.
+    name, k = "linear_1", 6
+    x = measure.conv_features(
+        tiny_engine.params, tiny_engine.data.x_train[tiny_engine.intermediates.calibration_indices()]
+    )
+    x = np.maximum(x @ tiny_engine.params["linear"]["w"] + tiny_engine.params["linear"]["b"], 0.0)
+    w = tiny_engine.params[name]["w"].astype(np.float64)
+    errors = {}
+    for basis in ("weights", "activations"):
+        params, facts = tiny_engine.build("svd", SvdConfig(layer_ranks=((name, k),), only=(name,), form="factorized",
+                                                           basis=basis))  # fmt: skip
+        assert facts["ranks"] == {name: k} and params[name]["u"].shape[1] == k
+        w_k = params[name]["u"].astype(np.float64) @ params[name]["v"]
+        errors[basis] = np.linalg.norm(x @ (w - w_k))
+    assert errors["activations"] <= errors["weights"] * 1.001
+    rows = tiny_engine.svd_sensitivity((0.1, 1.0), basis="activations")
+    measured = tiny_engine.evaluate("svd", SvdConfig(0.1, only=("linear",), basis="activations"), with_latency=False)
+    cell = next(r for r in rows if r["layer"] == "linear" and r["fraction"] == 0.1)
+    assert abs(cell["accuracy"] - measured["accuracy"]) <= 1 / tiny_engine.data.y_test.shape[0] + 1e-12
+    assert "activation basis" in measured["label"]

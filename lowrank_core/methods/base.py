@@ -37,6 +37,8 @@ class BuildContext:
     train_labels: np.ndarray
     on_progress: ProgressFn | None = None
     seed: int = 0
+    # L with L Lᵀ = XᵀX over a dense layer's inputs on calibration images (training images only).
+    input_factor: Callable[[str], np.ndarray] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

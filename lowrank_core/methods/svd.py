@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 
 import numpy as np
+import scipy.linalg
 
 from lowrank_core import compress
 from lowrank_core.errors import ConfigError
@@ -27,6 +28,10 @@ from lowrank_core.methods.base import (
 )
 
 FORMS = ("reconstructed", "factorized")
+# "weights": truncate W (Eckart–Young in ‖W − W_k‖). "activations": truncate LᵀW, where
+# L Lᵀ = XᵀX over the layer's inputs on calibration images, and map back with L⁻ᵀ: the
+# rank-k W_k closest in what the layer outputs on data, ‖X(W − W_k)‖ (SVD-LLM's whitening).
+BASES = ("weights", "activations")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +59,15 @@ class SvdConfig:
     layer_fractions: tuple[tuple[str, float], ...] = ()
     param_budget: float | None = None
     only: tuple[str, ...] = ()
+    basis: str = "weights"
 
     def __post_init__(self):
         if not (isinstance(self.rank_fraction, (int, float)) and 0 < self.rank_fraction <= 1):
             raise ConfigError(f"rank fraction must lie in (0, 1], got {self.rank_fraction}")
         if self.form not in FORMS:
             raise ConfigError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.basis not in BASES:
+            raise ConfigError(f"basis must be one of {BASES}, got {self.basis!r}")
         if self.energy is not None and not (isinstance(self.energy, (int, float)) and 0 < self.energy <= 1):
             raise ConfigError(f"energy must lie in (0, 1], got {self.energy}")
         for name, rank in self.layer_ranks:
@@ -155,16 +163,21 @@ def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Par
     """Each chosen layer as its rank-k factors ``u``, ``v`` (see :func:`finalize` for the form)."""
     _check_names(config, params)
     layers = config.layers_of(params)
-    ranks = choose_ranks(config, {name: context.svd(params[name]["w"]) for name in layers}, layers)
-    svds = {name: context.svd(params[name]["w"]) for name in layers}
+    factors = {name: _input_factor(config, params, name, context) for name in layers}
+    svds = {name: context.svd(params[name]["w"] if factors[name] is None else factors[name].T @ params[name]["w"])
+            for name in layers}  # fmt: skip
+    ranks = choose_ranks(config, svds, layers)
     out = compress.copy_params(params)
     for name, k in ranks.items():
         u_k, sv_k = compress.rank_approximated_weight(svds[name], k)
         u_k, sv_k = np.array(u_k), np.array(sv_k)
+        w = np.asarray(params[name]["w"])
+        if factors[name] is not None:
+            u_k = scipy.linalg.solve_triangular(factors[name].T, u_k, lower=False).astype(np.float32)  # L⁻ᵀ U_k
+        else:
+            u_k[(w == 0).all(axis=1)] = 0
         # A zero row or column of W is zero in every truncation too; the SVD leaves
         # ~1e-17 there. Exact zeros keep dead units visible (and droppable) downstream.
-        w = np.asarray(params[name]["w"])
-        u_k[(w == 0).all(axis=1)] = 0
         sv_k[:, (w == 0).all(axis=0)] = 0
         out[name] = {"u": u_k, "v": sv_k, "b": params[name]["b"]}
     facts = {"ranks": ranks, "break_even_ranks": {n: compress.break_even_rank(*params[n]["w"].shape) for n in ranks}}
@@ -172,6 +185,19 @@ def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Par
         # Rounding W_k to float16 would make it full-rank again: it is stored as float32.
         facts["float32_layers"] = list(ranks)
     return out, facts
+
+
+def _input_factor(config: SvdConfig, params: Params, name: str, context: BuildContext) -> np.ndarray | None:
+    """L for the activation basis (None for the weight basis)."""
+    if config.basis == "weights":
+        return None
+    if context.input_factor is None:
+        raise ConfigError("the activation basis needs calibration data (build through the engine)")
+    factor = context.input_factor(name)
+    if factor.shape[0] != params[name]["w"].shape[0]:
+        raise ConfigError(f"the activation basis calibrates the checkpoint's own layers; {name} was changed before "
+                          "SVD (put SVD first, or use the weight basis)")  # fmt: skip
+    return factor
 
 
 def finalize(params: Params, config: SvdConfig) -> Params:
@@ -212,7 +238,8 @@ def describe(config: SvdConfig) -> str:
         rule += " (" + ", ".join(f"{n} f={f:g}" for n, f in config.layer_fractions) + ")"
     if config.only:
         rule += " on " + "+".join(config.only)
-    return f"SVD {config.form} {rule}" + ("" if config.include_output else ", output kept")
+    basis = ", activation basis" if config.basis == "activations" else ""
+    return f"SVD {config.form} {rule}" + ("" if config.include_output else ", output kept") + basis
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -224,6 +251,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--exclude-output", action="store_true", help="svd: leave the output layer as it is")
     group.add_argument("--layer-fractions", help="svd: per-layer fractions, e.g. linear=0.1,linear_4=1")
     group.add_argument("--param-budget", help="svd: ranks keeping most energy within this share of dense weights")
+    group.add_argument(
+        "--basis",
+        default="weights",
+        choices=BASES,
+        help="svd: truncate W, or LᵀW whitened by the layer's inputs on 5,000 training images",
+    )
 
 
 def _pairs(text: str | None, option: str, value_of) -> tuple:
@@ -255,6 +288,7 @@ def config_from_args(args: argparse.Namespace) -> SvdConfig:
             args.layer_fractions, "--layer-fractions", lambda v, item: parse_float(v, f"rank fraction in {item!r}")
         ),
         param_budget=None if args.param_budget is None else parse_float(args.param_budget, "parameter budget"),
+        basis=args.basis,
     )
 
 
@@ -262,7 +296,7 @@ METHOD = Method(
     name="svd",
     label="Low-rank (SVD)",
     colour="#1f77b4",
-    version=7,
+    version=8,
     config_type=SvdConfig,
     build=build,
     finalize=finalize,
