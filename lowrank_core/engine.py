@@ -114,6 +114,9 @@ class Engine:
         from lowrank_core import compress
 
         params, _, digest = checkpoint.load_with_digest(directory)
+        if model.spec_of(params) != self.spec:
+            raise ConfigError(f"{directory} has other layer shapes than the loaded checkpoint: pick one of the same "
+                              "network")  # fmt: skip
         path = paths.artifacts_dir() / "cache" / "spectra" / f"{digest[:24]}.npz"
         names = model.dense_layer_names(params)
         try:

@@ -31,9 +31,6 @@ if eng is not None:
         else:
             other = run_with_errors(other_spectra, *keys(), other_path, checkpoint_digest(other_path))
     all_spectra = spectra(*keys())
-    if other is not None and any(other.get(n, {}).get("shape") != s["shape"] for n, s in all_spectra.items()):
-        st.error(f"{other_path} has other layer shapes than the loaded checkpoint: pick one of the same network")
-        other = None
     curve_key = {
         "singular values": "singular_values",
         "normalized": "normalized",
