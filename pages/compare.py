@@ -61,9 +61,9 @@ if eng is not None:
         with st.spinner("Writing the report (charts, per-class impact, changed images)…"):
             text = run_with_errors(share.build, eng, results)
         if text is not None:
-            st.session_state["export_report"] = text
-    if st.session_state.get("export_report"):
-        st.download_button("Download report.html", st.session_state["export_report"], "report.html", "text/html",
+            st.session_state["export_report_html"] = text
+    if st.session_state.get("export_report_html"):
+        st.download_button("Download report.html", st.session_state["export_report_html"], "report.html", "text/html",
                            key="export_report")  # fmt: skip
     target = st.selectbox("Parameters of one variant (.npz)", list(labels), key="export_variant")
     if st.button("Prepare the .npz", key="export_prepare"):

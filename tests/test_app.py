@@ -121,6 +121,9 @@ def test_compare_page_lists_and_exports(env):
     ).run()
     at.button(key="export_prepare").click().run()
     assert not at.exception and not at.error
+    at.button(key="export_report_prepare").click().run()
+    assert not at.exception and not at.error
+    assert "Plotly.newPlot" in at.session_state["export_report_html"]
     blob = at.session_state["export_blob"][1]
     measured = [r for r in eng.cached_results() if r["method"] == "svd"][0]
     assert len(blob) == measured["bytes"]  # the download is the variant whose size was shown

@@ -25,6 +25,7 @@ PAGES = {
     "low_rank": '[data-testid="stMetric"]',
     "sensitivity": '[data-testid="stButton"]',
     "storage": '[data-testid="stMetric"]',
+    "changes": ".js-plotly-plot",
     "spectra": ".js-plotly-plot",
     "pruning": ".js-plotly-plot",
     "layer_removal": '[data-testid="stButton"], [data-testid="stMetric"]',
@@ -143,6 +144,35 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
         page.wait_for_timeout(1000)  # plotly finishes its transition
         page.screenshot(path=str(shots / "spectra_page.png"), full_page=True)
         peak_rss = max(peak_rss, app_server["process"].memory_info().rss)
+
+        # What changes: the gallery draws real images (the SVD points above changed some predictions).
+        page.goto(f"{app_server['url']}/changes")
+        page.wait_for_selector(".js-plotly-plot", timeout=180_000)
+        _wait_until_idle(page, 180)
+        caption = page.locator('[data-testid="stCaptionContainer"]').first.inner_text()
+        if " 0 images fixed, 0 broken" not in caption:
+            assert page.locator('[data-testid="stImage"] img').count() > 0
+            assert page.locator('[data-testid="stImage"] img').first.evaluate("img => img.naturalWidth") > 0
+        page.screenshot(path=str(shots / "changes_page.png"), full_page=True)
+
+        # The shareable report: download it, then open it with the network off; its charts draw.
+        page.goto(f"{app_server['url']}/compare")
+        page.wait_for_selector('[data-testid="stDataFrame"]', timeout=180_000)
+        _wait_until_idle(page, 180)
+        page.get_by_role("button", name="Prepare a shareable report").click()
+        page.get_by_role("button", name="Download report.html").wait_for(timeout=180_000)
+        assert not page.locator('[data-testid="stException"]').count()
+        with page.expect_download(timeout=120_000) as download:
+            page.get_by_role("button", name="Download report.html").click()
+        report = shots / "report.html"
+        download.value.save_as(report)
+        offline = browser.new_context()
+        offline.set_offline(True)
+        viewer = offline.new_page()
+        viewer.goto(report.as_uri())
+        viewer.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+        assert viewer.locator(".js-plotly-plot").count() >= 1
+        offline.close()
         browser.close()
     timings["peak_rss_gib"] = peak_rss / 2**30
     (shots / "app_timings.json").write_text(json.dumps(timings, indent=1))
