@@ -23,6 +23,7 @@ import hashlib
 import io
 import os
 import pathlib
+import threading
 from typing import Callable
 
 import numpy as np
@@ -65,8 +66,33 @@ class Engine:
         self._variant_locks = KeyedLocks()
         self._intermediate_problem: str | None = None
         self.environment = measure.environment()
+        self.warmed: set[str] = set()  # what warm_up() has finished
+        self._warm_lock = threading.Lock()
+        self._warm_thread: threading.Thread | None = None
 
     # ---- shared intermediates ----
+
+    def warm_up(self) -> threading.Thread:
+        """Starts (once) a background thread computing what most pages need first:
+        the convolutions' test-set output, the baseline's accuracy, the dense
+        layers' SVDs and the initialization spectra. Each is computed under its
+        own lock, so a page asking meanwhile waits for that piece only."""
+        with self._warm_lock:
+            if self._warm_thread is None:
+
+                def work() -> None:
+                    for step, task in (("features", lambda: self.test_features),
+                                       ("baseline", lambda: self.evaluate("baseline", with_latency=False)),
+                                       ("svds", lambda: self.svds), ("init spectra", self.init_singular_values)):  # fmt: skip
+                        try:
+                            task()
+                        except Exception:  # the page that needs it reports the error itself
+                            pass
+                        self.warmed.add(step)
+
+                self._warm_thread = threading.Thread(target=work, name="lowrank-warm-up", daemon=True)
+                self._warm_thread.start()
+            return self._warm_thread
 
     @property
     def write_problem(self) -> str | None:

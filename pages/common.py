@@ -89,6 +89,7 @@ def get_engine() -> engine.Engine | None:
     except LowrankError as exc:
         st.error(f"{exc}")
         return None
+    eng.warm_up()  # the shared intermediates, in the background (idempotent)
     if eng.write_problem:
         st.warning(
             f"{eng.write_problem}. Results stay available until the app restarts; "

@@ -285,3 +285,13 @@ def test_activation_basis_minimizes_the_output_error_on_calibration_data(tiny_en
     cell = next(r for r in rows if r["layer"] == "linear" and r["fraction"] == 0.1)
     assert abs(cell["accuracy"] - measured["accuracy"]) <= 1 / tiny_engine.data.y_test.shape[0] + 1e-12
     assert "activation basis" in measured["label"]
+
+
+def test_warm_up_runs_once_in_the_background(tiny_engine):
+    thread = tiny_engine.warm_up()
+    assert tiny_engine.warm_up() is thread  # idempotent
+    thread.join(timeout=120)
+    assert tiny_engine.warmed == {"features", "baseline", "svds", "init spectra"}
+    calls = _counting(tiny_engine)
+    tiny_engine.evaluate("baseline", with_latency=False)
+    assert not calls  # the baseline was measured by the warm-up
