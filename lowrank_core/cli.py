@@ -14,6 +14,8 @@ import sys
 from lowrank_core import paths
 from lowrank_core.errors import LowrankError
 
+SMALL_TEST_SET = 1000  # below this, figures are still measured, with a warning saying on how few images
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
@@ -69,7 +71,11 @@ def _make_engine(args: argparse.Namespace, variant=None):
     checkpoint.load_metadata(ckpt_dir)
     if variant is not None:
         variant.check(model.spec_of(checkpoint.load_params(ckpt_dir)))
-    return engine.Engine(ckpt_dir, data.load_cifar10(_data_path(args)))
+    dataset = data.load_cifar10(_data_path(args))
+    if dataset.y_test.shape[0] < SMALL_TEST_SET:
+        print(f"warning: only {dataset.y_test.shape[0]:,} test images in {dataset.source} (CIFAR-10 has 10,000); "
+              "every figure below is measured on those", file=sys.stderr)  # fmt: skip
+    return engine.Engine(ckpt_dir, dataset)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

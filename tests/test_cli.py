@@ -26,6 +26,7 @@ def test_train_then_evaluate_json(tmp_path, synthetic_archive):
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["n_test"] == 24 and 0 <= payload["accuracy"] <= 1
+    assert "warning: only 24 test images" in result.stderr  # measured, and said on how few
     for key in ("method", "config", "params", "macs", "bytes", "latency_ms", "batch_size"):
         assert key in payload
     assert set(payload["layer_latency_ms"]) == {
