@@ -143,19 +143,7 @@ class Engine:
         if model.spec_of(params) != self.spec:
             raise ConfigError(f"{directory} has other layer shapes than the loaded checkpoint: pick one of the same "
                               "network")  # fmt: skip
-        path = paths.artifacts_dir() / "cache" / "spectra" / f"{digest[:24]}.npz"
-        names = model.dense_layer_names(params)
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                values = {n: npz[n] for n in names}
-        except Exception:
-            values = {n: np.linalg.svd(np.asarray(params[n]["w"], np.float64), compute_uv=False) for n in names}
-            buffer = io.BytesIO()
-            np.savez(buffer, **values)
-            try:
-                atomic_write_bytes(path, buffer.getvalue())
-            except OSError as exc:
-                self._note_write_failure(exc)
+        values = self.intermediates.singular_values_of(params, digest)
         return {n: {"curves": compress.spectrum_curves(s), "stats": compress.spectrum_stats(s),
                     "shape": tuple(params[n]["w"].shape)} for n, s in values.items()}  # fmt: skip
 

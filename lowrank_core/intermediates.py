@@ -105,6 +105,22 @@ class Intermediates:
         """The checkpoint's dense layers' SVDs, in network order."""
         return {n: self.svd_of(self.params[n]["w"]) for n in model.dense_layer_names(self.params)}
 
+    def singular_values_of(self, params, digest: str) -> dict[str, np.ndarray]:
+        """Singular values of another checkpoint's dense layers (``digest``: its params
+        file's sha256), cached on disk under the artifacts' shared spectra folder."""
+        from lowrank_core import paths
+
+        path = paths.artifacts_dir() / "cache" / "spectra" / f"{digest[:24]}.npz"
+        names = model.dense_layer_names(params)
+        with self._locks(("spectra", digest)):
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    return {n: npz[n] for n in names}
+            except Exception:
+                values = {n: np.linalg.svd(np.asarray(params[n]["w"], np.float64), compute_uv=False) for n in names}
+                self._save(path, values)
+                return values
+
     # ---- convolutions' output ----
 
     def features(self, split: str) -> np.ndarray:
