@@ -433,8 +433,3 @@ class Engine:
             if on_progress:
                 on_progress(i + 1, len(configs))
         return rows
-
-
-def config_from_dict(method: str, values) -> object:
-    """The frozen config of ``method`` from its JSON form."""
-    return get(method).config_from_dict(values)
