@@ -1,18 +1,16 @@
-"""Compression methods: pure functions from a params tree to a params tree.
+"""The arithmetic of the compression methods: pure functions from a params
+tree to a params tree (their configs, builds and versions live in
+:mod:`lowrank_core.methods`, one module per method).
 
-As in dm-haiku's ``examples/mnist_pruning.py``, a method never mutates its
-input; it returns a new tree that :func:`lowrank_core.model.forward` runs as is:
+As in dm-haiku's ``examples/mnist_pruning.py``, nothing here mutates its
+input; each returns a new tree that :func:`lowrank_core.model.forward` runs as is:
 
-* truncated SVD, ``reconstructed`` (``W_k = U_k S_k V_kᵀ``, same shapes) or
-  ``factorized`` (``x → x U_k → (·)(S_k V_kᵀ) + b``: keys ``u``, ``v``, ``b``);
+* truncated SVD: thin SVDs, rank rules, the budget allocation, factors;
 * magnitude pruning, unstructured (masked in place) or structured (hidden
-  units dropped, matrices physically smaller);
-* int8 per-output-channel symmetric weight quantization (stored int8 + scales,
-  run dequantized);
-* removal of hidden dense layers (see :mod:`lowrank_core.finetune` for the
-  retraining the rewired stack needs).
-
-Convolutions are left as they are by SVD and quantization.
+  units dropped, matrices physically smaller), and the Zhu & Gupta schedule;
+* int8 per-output-column symmetric quantization (stored ``<key>_q`` + ``<key>_scale``);
+* lossless dead-unit removal and removal of hidden dense layers;
+* spectrum statistics.
 """
 
 from __future__ import annotations
