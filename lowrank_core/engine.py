@@ -118,6 +118,14 @@ class Engine:
     def init_singular_values(self) -> dict[str, np.ndarray]:
         return self.intermediates.init_singular_values()
 
+    def data_spectra(self) -> dict[str, dict]:
+        """Per dense layer: curves and stats of σ(LᵀW), the layer as 5,000 training
+        images' inputs see it (see :meth:`Intermediates.data_singular_values`)."""
+        from lowrank_core import compress
+
+        return {n: {"curves": compress.spectrum_curves(s), "stats": compress.spectrum_stats(s)}
+                for n, s in self.intermediates.data_singular_values().items()}  # fmt: skip
+
     def spectra(self) -> dict[str, dict]:
         """Per dense layer: curves and summary stats, trained and at initialization."""
         from lowrank_core import compress

@@ -165,6 +165,22 @@ class Intermediates:
             self._factors[name] = factor
             return factor
 
+    def data_singular_values(self) -> dict[str, np.ndarray]:
+        """σ(LᵀW) of each dense layer: the layer as its inputs on the calibration
+        images see it (L Lᵀ = XᵀX/N + λI), cached on disk."""
+        with self._locks("data_spectra"):
+            path = self.cache_dir / "calibration" / "data_singular_values.npz"
+            names = model.dense_layer_names(self.params)
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    return {n: npz[n] for n in names}
+            except Exception:
+                pass
+            values = {n: np.linalg.svd(self.input_factor(n).T.astype(np.float64) @ self.params[n]["w"],
+                                       compute_uv=False) for n in names}  # fmt: skip
+            self._save(path, values)
+            return values
+
     # ---- initialization ----
 
     def init_singular_values(self) -> dict[str, np.ndarray]:

@@ -151,6 +151,11 @@ def other_spectra(checkpoint_path: str, data_source: str | None, digest: str, ot
     return _engine(checkpoint_path, data_source, digest).checkpoint_spectra(other)
 
 
+@st.cache_data(show_spinner="Computing σ(LᵀW) of every layer on 5,000 training images…", max_entries=4)
+def data_spectra(checkpoint_path: str, data_source: str | None, digest: str) -> dict:
+    return _engine(checkpoint_path, data_source, digest).data_spectra()
+
+
 @st.cache_data(show_spinner=False, ttl=5, max_entries=8)
 def cached_results(checkpoint_path: str, data_source: str | None, digest: str) -> list[dict]:
     """Every result on disk for this checkpoint (short ttl: other tabs add to it)."""

@@ -5,7 +5,16 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import compress, paths
-from pages.common import checkpoint_digest, get_engine, keys, other_spectra, run_with_errors, spectra, validate_path
+from pages.common import (
+    checkpoint_digest,
+    data_spectra,
+    get_engine,
+    keys,
+    other_spectra,
+    run_with_errors,
+    spectra,
+    validate_path,
+)
 
 st.title("Singular-value spectra of the dense layers")
 eng = get_engine()
@@ -15,6 +24,13 @@ if eng is not None:
     view = c2.radio("View", ["singular values", "normalized", "cumulative energy"], key="spectra_view", horizontal=True)
     o1, o2 = st.columns([1, 2])
     show_init = o1.checkbox("Overlay the layer at its random initialization", True, key="spectra_init")
+    show_data = o1.checkbox(
+        "Beside σ(W): σ(LᵀW), the layer as the data sees it",
+        False,
+        key="spectra_data",
+        help="L Lᵀ = XᵀX over the layer's inputs on 5,000 training images: why a layer truncates better or worse "
+        "than its weight spectrum suggests (the activation basis of the Low-rank page truncates this)",
+    )
     trained = sorted(str(p.parent) for p in (paths.artifacts_dir() / "checkpoints").glob("*/params.npz"))
     other_path = o2.selectbox(
         "Overlay another checkpoint (e.g. one trained on the Train page)",
@@ -31,6 +47,7 @@ if eng is not None:
         else:
             other = run_with_errors(other_spectra, *keys(), other_path, checkpoint_digest(other_path))
     all_spectra = spectra(*keys())
+    seen = run_with_errors(data_spectra, *keys()) if show_data else None
     curve_key = {
         "singular values": "singular_values",
         "normalized": "normalized",
@@ -50,6 +67,10 @@ if eng is not None:
                     x=ranks, y=spec["init"][curve_key], name="initialization", line=dict(color="#aaaaaa", dash="dot")
                 )
             )
+        if seen is not None:
+            theirs = seen[name]["curves"][curve_key]
+            fig.add_trace(go.Scatter(x=list(range(1, len(theirs) + 1)), y=theirs, name="σ(LᵀW), as data sees it",
+                                     line=dict(color="#2ca02c")))  # fmt: skip
         if other is not None:
             theirs = other[name]["curves"][curve_key]
             fig.add_trace(go.Scatter(x=list(range(1, len(theirs) + 1)), y=theirs, name="other checkpoint",

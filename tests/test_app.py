@@ -237,6 +237,12 @@ def test_spectra_page_overlays_another_checkpoint(env):
     assert not at.exception and not at.error
     spec = at.get("plotly_chart")[0].proto.spec
     assert "other checkpoint" in spec and '"exponentformat":"e"' in spec.replace(" ", "")
+    at.checkbox(key="spectra_data").check().run()
+    assert not at.exception and not at.error
+    import json
+
+    names = [trace.get("name") for trace in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
+    assert "σ(LᵀW), as data sees it" in names
     at.selectbox(key="spectra_other").set_value(str(paths.BASELINE_DIR)).run()  # the seed network: other shapes
     assert not at.exception and at.error and "other layer shapes" in at.error[0].value
 

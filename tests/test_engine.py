@@ -295,3 +295,12 @@ def test_warm_up_runs_once_in_the_background(tiny_engine):
     calls = _counting(tiny_engine)
     tiny_engine.evaluate("baseline", with_latency=False)
     assert not calls  # the baseline was measured by the warm-up
+
+
+def test_data_spectrum_is_that_of_the_whitened_weights(tiny_engine):
+    seen = tiny_engine.data_spectra()
+    factor = tiny_engine.intermediates.input_factor("linear_2")
+    expected = np.linalg.svd(factor.T.astype(np.float64) @ tiny_engine.params["linear_2"]["w"], compute_uv=False)
+    np.testing.assert_allclose(seen["linear_2"]["curves"]["singular_values"], expected, rtol=1e-6)
+    # L Lᵀ is the inputs' Gram matrix on the calibration images (training images, never test images).
+    assert tiny_engine.intermediates.calibration_indices().max() < tiny_engine.data.x_train.shape[0]
