@@ -117,7 +117,7 @@ class Intermediates:
                 with np.load(path, allow_pickle=False) as npz:
                     return {n: npz[n] for n in names}
             except Exception:
-                values = {n: np.linalg.svd(np.asarray(params[n]["w"], np.float64), compute_uv=False) for n in names}
+                values = {n: compress.singular_values(params[n]["w"]) for n in names}
                 self._save(path, values)
                 return values
 
@@ -176,8 +176,8 @@ class Intermediates:
                     return {n: npz[n] for n in names}
             except Exception:
                 pass
-            values = {n: np.linalg.svd(self.input_factor(n).T.astype(np.float64) @ self.params[n]["w"],
-                                       compute_uv=False) for n in names}  # fmt: skip
+            values = {n: compress.singular_values(self.input_factor(n).T.astype(np.float64) @ self.params[n]["w"])
+                      for n in names}  # fmt: skip
             self._save(path, values)
             return values
 
@@ -204,6 +204,6 @@ class Intermediates:
                 configs.TrainConfig.from_dict(self.metadata.get("config") or {}), network=model.spec_of(self.params)
             )
             init = train.initial_params(config, self.data)
-            self._init_s = {n: np.linalg.svd(np.asarray(init[n]["w"], np.float64), compute_uv=False) for n in names}
+            self._init_s = {n: compress.singular_values(init[n]["w"]) for n in names}
             self._save(path, self._init_s)
             return self._init_s

@@ -7,6 +7,7 @@ from lowrank_core.errors import ConfigError
 from lowrank_core.methods.prune import PruneConfig
 from pages.common import (
     METHOD_COLORS,
+    baseline_accuracy,
     baseline_result,
     evaluate,
     get_engine,
@@ -59,7 +60,8 @@ if eng is not None:
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()
-    base = baseline_result(*keys())
+    # The baseline's latency only when latencies are asked for: timing it costs seconds.
+    base = baseline_result(*keys()) if measure_latency else baseline_accuracy(*keys())
     if config.schedule == "gradual":
         on_progress, bar = progress_callback("Gradual pruning while fine-tuning")
         result = eng.evaluate("prune", config, with_latency=measure_latency, on_progress=on_progress)

@@ -93,6 +93,7 @@ if eng is not None:
             {
                 "layer": name,
                 "max rank": st_tr["max_rank"],
+                "non-zero σ": st_tr["nonzero"],
                 "rank 90 %": st_tr["rank_90"],
                 "rank 95 %": st_tr["rank_95"],
                 "rank 99 %": st_tr["rank_99"],
@@ -107,11 +108,10 @@ if eng is not None:
         "Rank for E % energy: smallest k with Σ_{i≤k} σᵢ² ≥ E·Σσ². Effective rank: exp of the entropy of "
         "σ/Σσ. Stable rank: ‖W‖_F² / ‖W‖₂²."
     )
-    dead = {n: s["stats"]["max_rank"] - s["stats"]["rank_99"] for n, s in all_spectra.items()}
     st.caption(
-        "Where a trained spectrum falls off a cliff to ~1e-16, the layer has exactly-dead hidden units "
+        "Where a trained spectrum stops before the axis ends, the singular values after it are exactly zero "
+        "(a log axis cannot draw 0; the table counts the non-zero ones): the layer has exactly-dead hidden units "
         "(all-zero incoming weights with a non-positive bias, or never read by the next layer: weight decay and "
-        "float16 storage leave many in the shipped baseline). Each dead unit is a zero row or column, so the "
-        "rank beyond the live units is numerically zero; dropping them is lossless (Int8 & cleanup page). "
-        "Directions past the 99 % energy rank, per layer: " + ", ".join(f"{n} {d:,}" for n, d in dead.items()) + "."
+        "float16 storage leave many in the shipped baseline). Each dead unit is a zero row or column of W, which "
+        "the SVD leaves out exactly; dropping those units is lossless (Int8 & cleanup page)."
     )

@@ -96,10 +96,14 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
         _wait_until_idle(page)
         peak_rss = max(peak_rss, app_server["process"].memory_info().rss)
 
+        first_visit = {}
         for name, ready in PAGES.items():
+            started = time.perf_counter()
             page.goto(f"{app_server['url']}/{name}")
             page.wait_for_selector(ready, timeout=180_000)
+            first_visit[name or "overview"] = {"drawn_s": time.perf_counter() - started}
             _wait_until_idle(page, 180)
+            first_visit[name or "overview"]["idle_s"] = time.perf_counter() - started
             assert not page.locator('[data-testid="stException"]').count(), f"traceback on page {name!r}"
             assert not page.locator('[data-testid="stAlertContentError"]').count(), f"error on page {name!r}"
             page.screenshot(path=str(shots / f"page_{name or 'overview'}.png"), full_page=True)
@@ -174,6 +178,7 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
         assert viewer.locator(".js-plotly-plot").count() >= 1
         offline.close()
         browser.close()
+    timings["first_visit"] = first_visit
     timings["peak_rss_gib"] = peak_rss / 2**30
     (shots / "app_timings.json").write_text(json.dumps(timings, indent=1))
     print(json.dumps(timings))

@@ -38,6 +38,40 @@ def test_eckart_young_error_is_tail_energy(params, svds, k):
     assert u_k.shape == (64, k) and sv_k.shape == (k, 32)
 
 
+def _matrix_with_zero_lines(seed: int, m: int = 40, n: int = 30) -> np.ndarray:
+    w = np.random.default_rng(seed).standard_normal((m, n))
+    w[::3] = 0.0  # dead inputs: zero rows
+    w[:, 1::4] = 0.0  # dead outputs: zero columns
+    return w
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_svd_leaving_out_zero_rows_and_columns_is_the_full_svd(seed):
+    w = _matrix_with_zero_lines(seed)
+    svd = compress.layer_svd(w)
+    reference = np.linalg.svd(w, compute_uv=False)
+    assert svd.u.shape == (40, 30) and svd.vt.shape == (30, 30)
+    np.testing.assert_allclose(svd.s, reference, atol=1e-5)
+    assert (svd.s[np.linalg.matrix_rank(w) :] == 0).all()  # past the live rank: exactly zero
+    for k in (1, 5, 12, 30):  # every truncation is the Eckart–Young optimum
+        u_k, sv_k = compress.rank_approximated_weight(svd, k)
+        error = np.linalg.norm(w - u_k.astype(np.float64) @ sv_k, "fro")
+        assert error == pytest.approx(np.sqrt(np.sum(reference[k:] ** 2)), rel=1e-4, abs=1e-5)
+    assert not compress.layer_svd(np.zeros((4, 3))).s.any()
+
+
+@pytest.mark.parametrize("conditioning", ["random", "ill"])
+def test_singular_values_match_numpy(conditioning):
+    w = _matrix_with_zero_lines(2)
+    if conditioning == "ill":  # a spread the Gram matrix cannot resolve: the SVD answers
+        u, _, vt = np.linalg.svd(w, full_matrices=False)
+        w = (u * np.logspace(0, -9, u.shape[1])) @ vt
+    values = compress.singular_values(w)
+    reference = np.linalg.svd(w, compute_uv=False)
+    np.testing.assert_allclose(values, reference, rtol=1e-6, atol=1e-12)
+    assert values.dtype == np.float64 and values.shape == (30,)
+
+
 def test_factorized_and_reconstructed_give_same_logits(params, svds):
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     rec = svd_compress(params, SvdConfig(0.3, "reconstructed"), svds)

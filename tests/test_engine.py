@@ -291,10 +291,12 @@ def test_warm_up_runs_once_in_the_background(tiny_engine):
     thread = tiny_engine.warm_up()
     assert tiny_engine.warm_up() is thread  # idempotent
     thread.join(timeout=120)
-    assert tiny_engine.warmed == {"features", "baseline"}
+    assert tiny_engine.warmed == {"features", "baseline", "svds"}
     calls = _counting(tiny_engine)
     tiny_engine.evaluate("baseline", with_latency=False)
     assert not calls  # the baseline was measured by the warm-up
+    layers = tiny_engine.intermediates.layer_svds()
+    assert len(tiny_engine.intermediates._svds) == len(layers)  # every SVD computed already, none twice
 
 
 def test_data_spectrum_is_that_of_the_whitened_weights(tiny_engine):
