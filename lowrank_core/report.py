@@ -15,6 +15,25 @@ from typing import Iterable, Sequence
 import numpy as np
 
 
+def parameter_breakdown(spec) -> list[dict]:
+    """Per layer of a :class:`model.NetworkSpec`, in network order: kind,
+    kernel shape, parameters (kernel + bias) and share of the whole network;
+    computed from the shapes alone (no data needed)."""
+    shapes = spec.shapes()
+    counts = {name: sum(int(np.prod(s)) for s in params.values()) for name, params in shapes.items()}
+    total = sum(counts.values())
+    return [
+        {
+            "layer": name,
+            "kind": "convolution" if name in spec.conv_layers else "dense",
+            "kernel shape": " × ".join(map(str, params["w"])),
+            "parameters": counts[name],
+            "share": counts[name] / total,
+        }
+        for name, params in shapes.items()
+    ]
+
+
 def method_label(name: str) -> str:
     """The label of a method, or of a pipeline ("Low-rank (SVD) + Int8 storage")."""
     from lowrank_core import methods

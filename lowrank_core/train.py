@@ -124,21 +124,25 @@ def init_state(
 ) -> TrainState:
     """The state before the first step. The ``whitened`` init estimates its
     scales from ``train_images`` (uint8 NHWC training images, never test images)."""
+    params, rng = _initial_params_and_rng(config, train_images)
+    return TrainState(params, params, optimizer.init(params), rng)
+
+
+def _initial_params_and_rng(config: TrainConfig, train_images: np.ndarray | None) -> tuple[model.Params, jax.Array]:
     init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
     if config.init == "whitened":
         if train_images is None or train_images.shape[0] == 0:
             raise ValueError("the whitened init needs training images")
-        params = initializers.whitened_init(init_key, train_images, config.network)
-    else:
-        params = model.init_params(init_key, config.network)
-    return TrainState(params, params, optimizer.init(params), rng)
+        return initializers.whitened_init(init_key, train_images, config.network), rng
+    return model.init_params(init_key, config.network), rng
 
 
 def initial_params(config: TrainConfig, data: Cifar10) -> model.Params:
     """The parameters ``config`` starts training from on ``data`` (its init, its seed,
-    its training split): what a spectrum "at initialization" must show."""
-    x_train = split_train_validation(data, config)[0]
-    return init_state(config, make_optimizer(config), x_train).params
+    its training split): what a spectrum "at initialization" must show (the same
+    function :func:`init_state` starts from, without the optimizer state)."""
+    x_train = split_train_validation(data, config)[0] if config.init == "whitened" else None
+    return _initial_params_and_rng(config, x_train)[0]
 
 
 def split_train_validation(data: Cifar10, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

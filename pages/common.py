@@ -130,6 +130,14 @@ def evaluate(
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
+def parameter_breakdown(checkpoint_path: str, digest: str) -> list[dict]:
+    """Parameters per layer from the checkpoint alone: drawn before the data has loaded."""
+    from lowrank_core import model, report
+
+    return report.parameter_breakdown(model.spec_of(checkpoint.load_params(checkpoint_path)))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
 def baseline_accuracy(checkpoint_path: str, data_source: str | None, digest: str) -> dict:
     """The checkpoint's accuracy, size and MACs (no latency: seconds sooner)."""
     return _engine(checkpoint_path, data_source, digest).evaluate("baseline", with_latency=False)

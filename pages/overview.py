@@ -1,145 +1,175 @@
 """Overview: the loaded model, and every measured variant on one Pareto chart."""
 
-import math
-
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import measure, report
+from lowrank_core.errors import LowrankError
 from pages.common import (
+    METHOD_COLORS,
     baseline_accuracy,
     baseline_result,
     cached_results,
+    checkpoint_digest,
+    checkpoint_dir,
     fmt_mib,
     get_engine,
     keys,
     latency_stats,
+    parameter_breakdown,
     style,
 )
 
 st.title("Compression trade-offs at a glance")
-eng = get_engine()
-if eng is not None:
-    # Accuracy first (seconds), latency after the chart: the page is useful
-    # while the latency repeats run.
-    with st.spinner("Measuring the checkpoint on every test image…"):
-        base = baseline_accuracy(*keys())
-    batch = measure.timed_batch_sizes(eng.data.x_test.shape[0])[-1]
-    cols = st.columns(5)
-    cols[0].metric("Test accuracy", f"{base['accuracy']:.2%}", help=f"measured on all {base['n_test']:,} test images")
-    cols[1].metric("Parameters", f"{base['params']:,}")
-    cols[2].metric("MACs / image", f"{base['macs'] / 1e6:.1f} M", help="computed from the layer shapes")
-    cols[3].metric(
-        "Stored size",
-        fmt_mib(base["bytes"]),
-        help=f"{base['bytes']:,} bytes: the params file as stored ({base['storage_dtype']})",
-    )
-    latency_slot = cols[4].empty()
-    latency_slot.metric(f"Latency, batch {batch:,}", "measuring…")
+summary_slot, layers_slot = st.container(), st.container()  # filled in this order: layers first
 
-    measured = cached_results(*keys())
-    best = report.best_within(measured, base, max_drop=0.01)
-    if best:
-        parts = [f"**{base['params'] / best['params']['params']:.1f}× fewer parameters** "
-                 f"({best['params']['label']}, {best['params']['accuracy']:.2%})",
-                 f"**{base['bytes'] / best['bytes']['bytes']:.1f}× smaller stored** "
-                 f"({best['bytes']['label']}, {best['bytes']['accuracy']:.2%})"]  # fmt: skip
-        st.success(
-            "Within 1 point of the baseline, measured on all "
-            f"{base['n_test']:,} test images: " + "; ".join(parts) + ". "
-            f"Best of {len(measured)} measured variants; the Advisor searches for more."
+# First paint: where the weights are, from the checkpoint alone (no data needed),
+# while CIFAR-10 and the measurements load.
+try:
+    layers = parameter_breakdown(str(checkpoint_dir()), checkpoint_digest(checkpoint_dir()))
+except LowrankError:
+    layers = None  # get_engine() below says what is wrong
+if layers:
+    total = sum(row["parameters"] for row in layers)
+    dense_share = sum(row["share"] for row in layers if row["kind"] == "dense")
+    bars = go.Figure(
+        go.Bar(
+            x=[row["layer"] for row in layers],
+            y=[row["parameters"] for row in layers],
+            marker_color=[METHOD_COLORS["svd"] if row["kind"] == "dense" else "#9aa9b8" for row in layers],
+            text=[f"{row['share']:.1%}" for row in layers],
+            hovertemplate="%{x}: %{y:,} parameters<extra></extra>",
         )
-    else:
-        st.info("How small can it get within 1 point of accuracy? Ask the Advisor (one click); its measured answer "
-                "appears here.")  # fmt: skip
-
-    st.subheader("Every measured variant")
-    axis = st.radio(
-        "Cost axis", ["stored size (MiB)", f"latency (ms per batch of {batch:,})"], horizontal=True, key="overview_axis"
     )
-    by_latency = axis.startswith("latency")
-    timed = [r for r in measured if "latency_ms" in r and r["batch_size"] == batch]  # this machine's, one batch
-    if by_latency:
-        results = timed or [baseline_result(*keys())]
-    else:
-        results = measured or [base]
-    cost_of = (lambda r: r["latency_ms"]) if by_latency else (lambda r: r["bytes"] / 2**20)
-    front = report.pareto_mask([cost_of(r) for r in results], [r["accuracy"] for r in results])
-    fig = go.Figure()
-    for method in sorted({r["method"] for r in results}, key=lambda m: (m != "baseline", m)):
-        points = [(r, on_front) for r, on_front in zip(results, front) if r["method"] == method]
+    layers_slot.plotly_chart(
+        style(bars, f"Where the {total:,} parameters are", "layer", "parameters", 300), key="overview_layers"
+    )
+    layers_slot.caption(
+        f"Computed from the checkpoint's layer shapes: the dense layers hold {dense_share:.1%} of the weights, "
+        "which is why truncating, pruning or quantizing them is what shrinks this network."
+    )
+
+with summary_slot:
+    eng = get_engine()
+    if eng is not None:
+        # Accuracy first (seconds), latency after the chart: the page is useful
+        # while the latency repeats run.
+        with st.spinner("Measuring the checkpoint on every test image…"):
+            base = baseline_accuracy(*keys())
+        batch = measure.timed_batch_sizes(eng.data.x_test.shape[0])[-1]
+        cols = st.columns(5)
+        cols[0].metric(
+            "Test accuracy", f"{base['accuracy']:.2%}", help=f"measured on all {base['n_test']:,} test images"
+        )
+        cols[1].metric("Parameters", f"{base['params']:,}")
+        cols[2].metric("MACs / image", f"{base['macs'] / 1e6:.1f} M", help="computed from the layer shapes")
+        cols[3].metric(
+            "Stored size",
+            fmt_mib(base["bytes"]),
+            help=f"{base['bytes']:,} bytes: the params file as stored ({base['storage_dtype']})",
+        )
+        latency_slot = cols[4].empty()
+        latency_slot.metric(f"Latency, batch {batch:,}", "measuring…")
+
+        measured = cached_results(*keys())
+        best = report.best_within(measured, base, max_drop=0.01)
+        if best:
+            parts = [f"**{base['params'] / best['params']['params']:.1f}× fewer parameters** "
+                     f"({best['params']['label']}, {best['params']['accuracy']:.2%})",
+                     f"**{base['bytes'] / best['bytes']['bytes']:.1f}× smaller stored** "
+                     f"({best['bytes']['label']}, {best['bytes']['accuracy']:.2%})"]  # fmt: skip
+            st.success(
+                "Within 1 point of the baseline, measured on all "
+                f"{base['n_test']:,} test images: " + "; ".join(parts) + ". "
+                f"Best of {len(measured)} measured variants; the Advisor searches for more."
+            )
+        else:
+            st.info("How small can it get within 1 point of accuracy? Ask the Advisor (one click); its measured answer "
+                    "appears here.")  # fmt: skip
+
+        st.subheader("Every measured variant")
+        axis = st.radio(
+            "Cost axis",
+            ["stored size (MiB)", f"latency (ms per batch of {batch:,})"],
+            horizontal=True,
+            key="overview_axis",
+        )
+        by_latency = axis.startswith("latency")
+        timed = [r for r in measured if "latency_ms" in r and r["batch_size"] == batch]  # this machine's, one batch
+        if by_latency:
+            results = timed or [baseline_result(*keys())]
+        else:
+            results = measured or [base]
+        cost_of = (lambda r: r["latency_ms"]) if by_latency else (lambda r: r["bytes"] / 2**20)
+        front = report.pareto_mask([cost_of(r) for r in results], [r["accuracy"] for r in results])
+        fig = go.Figure()
+        for method in sorted({r["method"] for r in results}, key=lambda m: (m != "baseline", m)):
+            points = [(r, on_front) for r, on_front in zip(results, front) if r["method"] == method]
+            fig.add_trace(
+                go.Scatter(
+                    x=[cost_of(r) for r, _ in points],
+                    y=[100 * r["accuracy"] for r, _ in points],
+                    mode="markers",
+                    name=report.method_label(method),
+                    text=[report.describe(r) for r, _ in points],
+                    hovertemplate="%{text}<br>accuracy %{y:.2f} %<br>cost %{x:.1f}<extra></extra>",
+                    marker=dict(
+                        color=report.method_colour(method),
+                        size=[14 if f else 9 for _, f in points],
+                        symbol="star" if method == "baseline" else "circle",
+                        line=dict(width=[2 if f else 0 for _, f in points], color="#000"),
+                    ),
+                )
+            )
+        order = sorted(zip(results, front), key=lambda p: cost_of(p[0]))
         fig.add_trace(
             go.Scatter(
-                x=[cost_of(r) for r, _ in points],
-                y=[100 * r["accuracy"] for r, _ in points],
-                mode="markers",
-                name=report.method_label(method),
-                text=[report.describe(r) for r, _ in points],
-                hovertemplate="%{text}<br>accuracy %{y:.2f} %<br>cost %{x:.1f}<extra></extra>",
-                marker=dict(
-                    color=report.method_colour(method),
-                    size=[14 if f else 9 for _, f in points],
-                    symbol="star" if method == "baseline" else "circle",
-                    line=dict(width=[2 if f else 0 for _, f in points], color="#000"),
-                ),
+                x=[cost_of(r) for r, f in order if f],
+                y=[100 * r["accuracy"] for r, f in order if f],
+                mode="lines",
+                name="Pareto front",
+                line=dict(color="#999", dash="dash"),
             )
         )
-    order = sorted(zip(results, front), key=lambda p: cost_of(p[0]))
-    fig.add_trace(
-        go.Scatter(
-            x=[cost_of(r) for r, f in order if f],
-            y=[100 * r["accuracy"] for r, f in order if f],
-            mode="lines",
-            name="Pareto front",
-            line=dict(color="#999", dash="dash"),
+        st.plotly_chart(
+            style(fig, "Accuracy vs cost (outlined: Pareto-optimal)", axis, "test accuracy (%)", 460),
+            key="overview_pareto",
         )
-    )
-    st.plotly_chart(
-        style(fig, "Accuracy vs cost (outlined: Pareto-optimal)", axis, "test accuracy (%)", 460), key="overview_pareto"
-    )
-    st.caption(
-        f"{len(results)} variants{' with measured latency' if by_latency else ''}, from the cache of this "
-        "checkpoint. Variants appear here as soon as any page or the CLI measures them."
-    )
-
-    with st.spinner("Timing the checkpoint (compile excluded, warm-up, 7 repeats)…"):
-        base = baseline_result(*keys())
-    latency_slot.metric(
-        f"Latency, batch {base['batch_size']:,}",
-        f"{base['latency_ms']:.0f} ms",
-        help=f"median of {latency_stats(base)['repeats']} runs after warm-up, IQR "
-        f"{latency_stats(base)['iqr_ms']:.1f} ms; batch 1: {base['latency_batch1_ms']:.2f} ms; "
-        f"measured on {base['measured_on']['cpu']} ({base['measured_on']['backend']})",
-    )
-
-    st.subheader("Does rank truncation save time?")
-    headlines = report.svd_headlines(timed, base)
-    if headlines:
-        for line in headlines:
-            st.markdown("- " + line)
-    else:
-        st.info("Measure the SVD curves on the Low-rank page (button 'Measure curves') to answer this from data.")
-
-    with st.expander("Model card"):
-        meta = eng.metadata
-        rows = [
-            {
-                "layer": name,
-                "kernel shape": " × ".join(map(str, shapes["w"])),
-                "parameters": sum(math.prod(s) for s in shapes.values()),
-            }
-            for name, shapes in eng.spec.shapes().items()
-        ]
-        st.dataframe(pd.DataFrame(rows), hide_index=True)
-        st.write(
-            {
-                "preset": meta.get("preset"),
-                "recorded test accuracy": meta.get("test_accuracy"),
-                "training seconds": meta.get("train_seconds"),
-                "trained on": meta.get("trained_on", "this machine"),
-                "data sha256": meta.get("data_sha256"),
-                "storage": meta.get("storage_dtype"),
-            }
+        st.caption(
+            f"{len(results)} variants{' with measured latency' if by_latency else ''}, from the cache of this "
+            "checkpoint. Variants appear here as soon as any page or the CLI measures them."
         )
-        st.json(meta.get("config", {}), expanded=False)
+
+        with st.spinner("Timing the checkpoint (compile excluded, warm-up, 7 repeats)…"):
+            base = baseline_result(*keys())
+        latency_slot.metric(
+            f"Latency, batch {base['batch_size']:,}",
+            f"{base['latency_ms']:.0f} ms",
+            help=f"median of {latency_stats(base)['repeats']} runs after warm-up, IQR "
+            f"{latency_stats(base)['iqr_ms']:.1f} ms; batch 1: {base['latency_batch1_ms']:.2f} ms; "
+            f"measured on {base['measured_on']['cpu']} ({base['measured_on']['backend']})",
+        )
+
+        st.subheader("Does rank truncation save time?")
+        headlines = report.svd_headlines(timed, base)
+        if headlines:
+            for line in headlines:
+                st.markdown("- " + line)
+        else:
+            st.info("Measure the SVD curves on the Low-rank page (button 'Measure curves') to answer this from data.")
+
+        with st.expander("Model card"):
+            meta = eng.metadata
+            st.dataframe(pd.DataFrame(report.parameter_breakdown(eng.spec)), hide_index=True)
+            st.write(
+                {
+                    "preset": meta.get("preset"),
+                    "recorded test accuracy": meta.get("test_accuracy"),
+                    "training seconds": meta.get("train_seconds"),
+                    "trained on": meta.get("trained_on", "this machine"),
+                    "data sha256": meta.get("data_sha256"),
+                    "storage": meta.get("storage_dtype"),
+                }
+            )
+            st.json(meta.get("config", {}), expanded=False)

@@ -1,6 +1,7 @@
-"""Soak: N concurrent browser sessions move sliders against one app server.
+"""Soak: N concurrent browser sessions visit every page and move sliders against one app server.
 
     python tests/soak.py --sessions 8 --seconds 60 [--url http://127.0.0.1:8501]
+    python tests/soak.py --sessions 4 --retrain   # cached slider moves while one session retrains
 
 Without ``--url`` it starts ``streamlit run app.py`` on a free 127.0.0.1 port
 (data from ``$LOWRANK_CIFAR10``), drives Debian's Chromium with Playwright
@@ -27,7 +28,19 @@ import numpy as np
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PAGES = ("low_rank", "pruning", "spectra")
+PAGES = (
+    "",
+    "advisor",
+    "low_rank",
+    "sensitivity",
+    "spectra",
+    "pruning",
+    "layer_removal",
+    "storage",
+    "changes",
+    "compare",
+    "train_data",
+)  # every page ("" is the Overview)
 
 
 def free_port() -> int:
@@ -83,55 +96,163 @@ async def _idle(page, timeout_s: float) -> None:
     raise TimeoutError(f"the script kept running for {timeout_s:.0f} s")
 
 
-async def _session(browser, url: str, index: int, seconds: float, rng: random.Random, report: dict) -> None:
+async def _check(page, name: str, index: int, report: dict) -> None:
+    if await page.locator('[data-testid="stException"]').count():
+        report["errors"].append(f"session {index}: traceback on {name or 'overview'}")
+    if await page.locator('[data-testid="stAlertContentError"]').count():
+        report["errors"].append(f"session {index}: st.error on {name or 'overview'}")
+
+
+async def _open(page, url: str, name: str) -> None:
+    """Switches page through the sidebar's navigation, as a user does (the session stays)."""
+    link = page.locator(f'[data-testid="stSidebarNavLink"][href$="/{name}"]').first
+    if await link.count():
+        await link.click()
+    else:  # first page of the session: a fresh load
+        await page.goto(f"{url}/{name}")
+
+
+async def _move_sliders(page, name: str, index: int, rng: random.Random, report: dict, key: str) -> None:
+    sliders = page.get_by_role("slider")
+    for _ in range(rng.randint(1, 3) if await sliders.count() else 0):
+        thumb = sliders.first  # each page's main slider comes first
+        await thumb.focus()
+        started = time.perf_counter()
+        direction = rng.choice(["ArrowLeft", "ArrowRight"])
+        for _ in range(rng.randint(1, 5)):
+            await thumb.press(direction)
+        await _idle(page, 300)
+        report[key].append(time.perf_counter() - started)
+        await _check(page, name, index, report)
+
+
+async def _session(
+    browser, url: str, index: int, seconds: float, rng: random.Random, report: dict, pages: tuple[str, ...]
+) -> None:
+    """Visits every page (in its own order) and moves each page's slider, until
+    ``seconds`` are over and every page was seen at least once."""
     context = await browser.new_context(viewport={"width": 1200, "height": 900})
     page = await context.new_page()
     page.on("pageerror", lambda exc: report["errors"].append(f"session {index}: {exc}"))
-    name = PAGES[index % len(PAGES)]
-    phase = "first load"
+    rest = [p for p in pages if p != pages[index % len(pages)]]
+    rng.shuffle(rest)
+    order = [pages[index % len(pages)], *rest]  # sessions start on different pages
+    seen: set[str] = set()
+    stop_at = time.time() + seconds
+    name = order[0]
     try:
-        await page.goto(f"{url}/{name}")
-        await _idle(page, 300)
-        thumb = page.get_by_role("slider").first  # each page's main slider comes first
-        await thumb.wait_for(timeout=300_000)
-        await _idle(page, 300)
-        stop_at = time.time() + seconds  # the first load (data, compile) is not part of the soak
-        phase = "slider moves"
-        while time.time() < stop_at:
-            await thumb.focus()
+        turn = 0
+        while time.time() < stop_at or len(seen) < len(order):
+            name = order[turn % len(order)]
+            turn += 1
             started = time.perf_counter()
-            key = rng.choice(["ArrowLeft", "ArrowRight"])
-            for _ in range(rng.randint(1, 5)):
-                await thumb.press(key)
-            await _idle(page, 120)
-            report["latencies"].append(time.perf_counter() - started)
-            if await page.locator('[data-testid="stException"]').count():
-                report["errors"].append(f"session {index}: traceback on {name}")
-            if await page.locator('[data-testid="stAlertContentError"]').count():
-                report["errors"].append(f"session {index}: st.error on {name}")
+            await _open(page, url, name)
+            await _idle(page, 300)
+            report["first_visits" if name not in seen else "visits"].append(time.perf_counter() - started)
+            seen.add(name)
+            await _check(page, name, index, report)
+            await _move_sliders(page, name, index, rng, report, "moves")
     except Exception as exc:  # a timeout or a crash is an error of the run, not of the script
-        report["errors"].append(f"session {index} ({name}, {phase}): {type(exc).__name__}: {exc}".splitlines()[0])
+        report["errors"].append(f"session {index} ({name or 'overview'}): {type(exc).__name__}: {exc}".splitlines()[0])
     finally:
         await context.close()
 
 
-async def soak(url: str, sessions: int, seconds: float, seed: int = 0) -> dict:
+async def _retrainer(browser, url: str, report: dict) -> None:
+    """One session presses 'Remove and retrain' (2,000 steps) and waits for it."""
+    context = await browser.new_context(viewport={"width": 1200, "height": 900})
+    page = await context.new_page()
+    try:
+        await page.goto(f"{url}/layer_removal")
+        await _idle(page, 300)
+        steps = page.get_by_role("slider").first
+        await steps.focus()
+        await steps.press("End")  # 2,000 steps: a retrain of tens of seconds
+        await _idle(page, 300)
+        report["retrain_started"] = time.time()
+        await page.get_by_role("button", name="Remove and retrain").click()
+        await page.wait_for_timeout(500)
+        await _idle(page, 600)
+        report["retrain_ended"] = time.time()
+        await _check(page, "layer_removal", -1, report)
+    except Exception as exc:
+        report["errors"].append(f"retrainer: {type(exc).__name__}: {exc}".splitlines()[0])
+    finally:
+        await context.close()
+
+
+async def _cached_slider(browser, url: str, index: int, report: dict) -> None:
+    """Moves the Low-rank slider between two positions measured before, while the retrain runs."""
+    context = await browser.new_context(viewport={"width": 1200, "height": 900})
+    page = await context.new_page()
+    try:
+        await page.goto(f"{url}/low_rank")
+        await _idle(page, 300)
+        thumb = page.get_by_role("slider").first
+        await thumb.focus()
+        for key in ("ArrowLeft", "ArrowRight"):  # measure the two positions once
+            await thumb.press(key)
+            await _idle(page, 300)
+        report["sliders_ready"] += 1
+        while "retrain_ended" not in report:
+            for key in ("ArrowLeft", "ArrowRight"):
+                await thumb.focus()
+                started = time.time()
+                await thumb.press(key)
+                await _idle(page, 120)
+                if report.get("retrain_started", float("inf")) <= started and "retrain_ended" not in report:
+                    report["moves_during_retrain"].append(time.time() - started)
+                await _check(page, "low_rank", index, report)
+    except Exception as exc:
+        report["errors"].append(f"session {index}: {type(exc).__name__}: {exc}".splitlines()[0])
+    finally:
+        await context.close()
+
+
+async def soak(
+    url: str, sessions: int, seconds: float, seed: int = 0, retrain: bool = False, pages: tuple[str, ...] = PAGES
+) -> dict:
     from playwright.async_api import async_playwright
 
-    report: dict = {"errors": [], "latencies": []}
+    report: dict = {"errors": [], "moves": [], "visits": [], "first_visits": [], "moves_during_retrain": [],
+                    "sliders_ready": 0}  # fmt: skip
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
         )
-        await asyncio.gather(
-            *(_session(browser, url, i, seconds, random.Random(seed + i), report) for i in range(sessions))
-        )
+        if retrain:
+            sliders = [_cached_slider(browser, url, i, report) for i in range(sessions)]
+
+            async def retrain_when_ready() -> None:
+                while report["sliders_ready"] < sessions and not report["errors"]:
+                    await asyncio.sleep(0.5)
+                await _retrainer(browser, url, report)
+
+            await asyncio.gather(retrain_when_ready(), *sliders)
+        else:
+            await asyncio.gather(
+                *(_session(browser, url, i, seconds, random.Random(seed + i), report, pages) for i in range(sessions))
+            )
         await browser.close()
     return report
 
 
-def run(sessions: int, seconds: float, url: str | None = None) -> dict:
-    """Runs a soak (starting a server if ``url`` is None) and returns the summary."""
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0, "p50_s": None, "p95_s": None, "max_s": None}
+    v = np.asarray(values)
+    return {"n": int(v.size), "p50_s": float(np.percentile(v, 50)), "p95_s": float(np.percentile(v, 95)),
+            "max_s": float(v.max())}  # fmt: skip
+
+
+def run(
+    sessions: int, seconds: float, url: str | None = None, retrain: bool = False, pages: tuple[str, ...] = PAGES
+) -> dict:
+    """Runs a soak (starting a server if ``url`` is None) and returns the summary:
+    ``actions`` (slider moves and page switches to a page seen before) with their
+    p50/p95, first visits of each page apart (they compute what the page needs),
+    errors, the server's peak memory; with ``retrain`` the slider moves made
+    while another session retrains."""
     import psutil
 
     proc = None
@@ -151,7 +272,7 @@ def run(sessions: int, seconds: float, url: str | None = None) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        report = asyncio.run(soak(url, sessions, seconds))
+        report = asyncio.run(soak(url, sessions, seconds, retrain=retrain, pages=pages))
     finally:
         done.set()
         if proc is not None:
@@ -161,17 +282,24 @@ def run(sessions: int, seconds: float, url: str | None = None) -> dict:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    lat = np.asarray(report["latencies"]) if report["latencies"] else np.asarray([np.nan])
-    return {
+    actions = report["moves"] + report["visits"]
+    summary = {
         "sessions": sessions,
         "seconds": seconds,
-        "actions": len(report["latencies"]),
+        "pages": len(pages),
+        "actions": len(actions),
         "errors": len(report["errors"]),
         "error_samples": report["errors"][:5],
-        "p50_s": float(np.percentile(lat, 50)),
-        "p95_s": float(np.percentile(lat, 95)),
+        **{k: v for k, v in _percentiles(actions).items() if k != "n"},
+        "slider_moves": _percentiles(report["moves"]),
+        "page_switches": _percentiles(report["visits"]),
+        "first_visits": _percentiles(report["first_visits"]),
         "server_peak_rss_gib": peak[0] / 2**30 if proc is not None else None,
     }
+    if retrain:
+        summary["retrain_s"] = report.get("retrain_ended", np.nan) - report.get("retrain_started", np.nan)
+        summary["moves_during_retrain"] = _percentiles(report["moves_during_retrain"])
+    return summary
 
 
 def main() -> int:
@@ -179,11 +307,24 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--url", help="an app already running (default: start one)")
+    parser.add_argument("--pages", help="comma-separated page names (default: every page; the Overview is '')")
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="one more session retrains (Layer removal, 2,000 steps) while the others move cached sliders",
+    )
     args = parser.parse_args()
+    parser_pages = [p.strip() for p in args.pages.split(",")] if args.pages else list(PAGES)
+    unknown = [p for p in parser_pages if p not in PAGES]
+    if unknown:
+        print(
+            f"error: unknown page {unknown[0]!r}; pages: {', '.join(p or 'overview' for p in PAGES)}", file=sys.stderr
+        )
+        return 2
     if args.sessions < 1 or args.seconds <= 0:
         print("error: --sessions must be ≥ 1 and --seconds > 0", file=sys.stderr)
         return 2
-    summary = run(args.sessions, args.seconds, args.url)
+    summary = run(args.sessions, args.seconds, args.url, args.retrain, tuple(parser_pages))
     print(json.dumps(summary))
     return 0 if summary["errors"] == 0 else 1
 

@@ -47,7 +47,9 @@ def test_overview_page(env):
 def test_low_rank_page_slider_changes_metrics(env):
     at = AppTest.from_file("../pages/low_rank.py", default_timeout=300).run()
     assert not at.exception and not at.error
-    at.radio(key="svd_form").set_value("factorized").run()
+    assert at.radio(key="svd_form").value == "factorized" and at.slider(key="svd_fraction").value == 0.05
+    ranks_default = at.caption[0].value
+    at.slider(key="svd_fraction").set_value(0.5).run()
     before = {m.label: m.value for m in at.metric}
     ranks_before = at.caption[0].value
     at.slider(key="svd_fraction").set_value(0.05).run()
@@ -56,6 +58,7 @@ def test_low_rank_page_slider_changes_metrics(env):
     assert before["Parameters"] != after["Parameters"]
     assert before["MACs / image"] != after["MACs / image"]
     assert "linear 48" in ranks_before and "linear 4," in at.caption[0].value
+    assert at.caption[0].value == ranks_default
     at.radio(key="svd_mode").set_value("energy threshold").run()
     assert not at.exception and not at.error and "Ranks:" in at.caption[0].value
     at.number_input(key="svd_override_linear_4").set_value(0.5).run()

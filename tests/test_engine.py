@@ -291,7 +291,7 @@ def test_warm_up_runs_once_in_the_background(tiny_engine):
     thread = tiny_engine.warm_up()
     assert tiny_engine.warm_up() is thread  # idempotent
     thread.join(timeout=120)
-    assert tiny_engine.warmed == {"features", "baseline", "svds"}
+    assert tiny_engine.warmed == {"features", "baseline", "svds", "init_spectra"}
     calls = _counting(tiny_engine)
     tiny_engine.evaluate("baseline", with_latency=False)
     assert not calls  # the baseline was measured by the warm-up
@@ -306,3 +306,16 @@ def test_data_spectrum_is_that_of_the_whitened_weights(tiny_engine):
     np.testing.assert_allclose(seen["linear_2"]["curves"]["singular_values"], expected, rtol=1e-6)
     # L Lᵀ is the inputs' Gram matrix on the calibration images (training images, never test images).
     assert tiny_engine.intermediates.calibration_indices().max() < tiny_engine.data.x_train.shape[0]
+
+
+def test_predictions_are_kept_from_the_measurement(tiny_engine):
+    result = tiny_engine.evaluate("prune", PruneConfig(0.7), with_latency=False)
+    calls = _counting(tiny_engine)
+    predictions = tiny_engine.predictions(result)
+    assert not calls  # read back, not rebuilt and predicted again
+    assert float(np.mean(predictions == tiny_engine.data.y_test)) == result["accuracy"]
+    # A lost file is recomputed from the record, to the same predictions.
+    key = engine.result_key(tiny_engine.checkpoint_hash, engine.Variant.from_dict(result))
+    (tiny_engine.cache_dir / "predictions" / f"{key}.npy").unlink()
+    np.testing.assert_array_equal(tiny_engine.predictions(result), predictions)
+    assert len(calls) == 1
