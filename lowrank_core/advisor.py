@@ -1,6 +1,6 @@
-"""The compression advisor: per-layer SVD ranks (then int8 storage) chosen from
-the per-layer sensitivity table, every reported candidate measured on the full
-test set.
+"""The compression advisor: per-layer SVD ranks chosen from the per-layer
+sensitivity table, then pipelines (structured pruning before the SVD) and int8
+storage on top, every reported candidate measured on the full test set.
 
 1. :meth:`Engine.svd_sensitivity` measures each dense layer truncated alone.
 2. Assuming drops add up across layers (the Low-rank page shows how well they
@@ -13,6 +13,10 @@ test set.
    the Pareto chart, in Compare & export); the answer is the best measured one
    that meets the target. Predictions only choose what to measure; they are
    never reported as results.
+4. With "prune": structured pruning at growing sparsity (first the lossless
+   dead-unit removal), then the answer's ranks on the smaller matrices, each
+   measured; the smallest within the target wins. With "quantize": int8 on
+   top of the answer, measured.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods.svd import SvdConfig
 
 MINIMIZE = ("params", "bytes", "latency")
-SEARCHABLE = ("svd", "quantize")
+SEARCHABLE = ("svd", "prune", "quantize")
+# Structured pruning before SVD: drop the weakest hidden units (dead ones first: zero norm), then
+# truncate what is left at the chosen ranks. 0 stands for the lossless dead-unit removal.
+PIPELINE_SPARSITIES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +43,7 @@ class AdvisorConfig:
 
     max_drop: float = 1.0
     minimize: str = "params"
-    methods: tuple[str, ...] = ("svd", "quantize")
+    methods: tuple[str, ...] = ("svd", "prune", "quantize")
     finetune_steps: int = 0
     max_measurements: int = 8
     fractions: tuple[float, ...] = sensitivity.DEFAULT_FRACTIONS
@@ -49,7 +56,7 @@ class AdvisorConfig:
             raise ConfigError(f"minimize must be one of {', '.join(MINIMIZE)}, got {self.minimize!r}")
         unknown = [m for m in self.methods if m not in SEARCHABLE]
         if unknown or "svd" not in self.methods:
-            raise ConfigError(f"the advisor searches svd (required) and quantize; got {', '.join(self.methods)}")
+            raise ConfigError(f"the advisor searches svd (required), prune and quantize; got {', '.join(self.methods)}")
         if not (isinstance(self.finetune_steps, int) and 0 <= self.finetune_steps <= 5000):
             raise ConfigError(f"fine-tuning steps must be an integer in 0..5000, got {self.finetune_steps}")
         if not (isinstance(self.max_measurements, int) and 1 <= self.max_measurements <= 50):
@@ -77,6 +84,37 @@ class Plan:
         if not steps:
             steps.append(("baseline", methods.REGISTRY["baseline"].config_type()))
         return methods.Variant(tuple(steps), finetune)
+
+
+def _front_step(sparsity: float) -> tuple[str, object]:
+    if sparsity == 0:
+        return ("dead_units", methods.REGISTRY["dead_units"].config_type())
+    return ("prune", methods.REGISTRY["prune"].config_type(sparsity=sparsity, structured=True))
+
+
+def pipeline_variant(
+    params, plan: Plan, sparsity: float, finetune_steps: int = 0, int8: bool = False
+) -> methods.Variant | None:
+    """Structured pruning at ``sparsity`` (0: dead units only, lossless), then
+    ``plan``'s SVD ranks on the smaller matrices (a rank that no longer saves
+    weights leaves its layer dense), then int8 if asked. None when nothing is
+    left to factorize."""
+    from lowrank_core import compress
+
+    name, config = _front_step(sparsity)
+    pruned = compress.drop_dead_units(params) if name == "dead_units" else compress.prune_structured(params, config)
+    chosen = []
+    for layer, rank in plan.ranks:
+        m, n = pruned[layer]["w"].shape
+        if rank is not None and rank * (m + n) < m * n:
+            chosen.append((layer, rank))
+    if not chosen:
+        return None
+    steps = [(name, config), ("svd", SvdConfig(form="factorized", layer_ranks=tuple(chosen),
+                                               only=tuple(n for n, _ in chosen)))]  # fmt: skip
+    if int8:
+        steps.append(("quantize", methods.REGISTRY["quantize"].config_type()))
+    return methods.Variant(tuple(steps), FinetuneConfig(steps=finetune_steps) if finetune_steps else None)
 
 
 def plans(rows: list[dict], shapes: dict[str, tuple[int, int]], base_accuracy: float) -> list[Plan]:
@@ -170,19 +208,37 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
         plan, answer = min(meeting, key=lambda pr: _cost(pr[1], config.minimize))
     else:
         plan, answer = None, base
+    within = lambda record: base["accuracy"] - record["accuracy"] <= target + 1e-12  # noqa: E731
+    # 3. Pipelines: structured pruning first, then the same ranks on smaller matrices (weights
+    #    basis: the activation basis calibrates the checkpoint's own layer shapes).
+    pipelines: list[dict] = []
+    sparsity = None
+    if "prune" in config.methods and plan is not None and config.basis == "weights":
+        for i, s in enumerate(PIPELINE_SPARSITIES):
+            variant = pipeline_variant(engine.params, plan, s, config.finetune_steps)
+            if variant is None:
+                continue
+            report(f"pipeline {i + 1} of {len(PIPELINE_SPARSITIES)}: structured pruning, then SVD", 0.9)
+            record = engine.evaluate(variant, with_latency=with_latency)
+            pipelines.append(record)
+            if within(record) and _cost(record, config.minimize) < _cost(answer, config.minimize):
+                answer, sparsity = record, s
+            if not within(record):
+                break  # more pruning only drops more
     int8 = None
     if "quantize" in config.methods and plan is not None:
         report("int8 on top", 0.98)
-        int8 = engine.evaluate(
-            plan.variant(config.finetune_steps, int8=True, basis=config.basis), with_latency=with_latency
-        )
-        if config.minimize == "bytes" and base["accuracy"] - int8["accuracy"] <= target + 1e-12:
+        variant = (plan.variant(config.finetune_steps, int8=True, basis=config.basis) if sparsity is None
+                   else pipeline_variant(engine.params, plan, sparsity, config.finetune_steps, int8=True))  # fmt: skip
+        int8 = engine.evaluate(variant, with_latency=with_latency)
+        if config.minimize == "bytes" and within(int8):
             answer = int8
     report("done", 1.0)
     points = f"{config.max_drop:g} accuracy point{'' if config.max_drop == 1 else 's'}"
     search = {"question": f"smallest by {config.minimize} within {points} of the baseline",
               "config": dataclasses.asdict(config), "baseline": _summary(base, base, None),
               "candidates": [_summary(r, base, p) for p, r in measured.items()],
+              "pipelines": [_summary(r, base, None) for r in pipelines],
               "with_int8": None if int8 is None else _summary(int8, base, plan),
               "found": bool(meeting), "n_test": base["n_test"]}  # fmt: skip
     return {**answer, "advisor": search}

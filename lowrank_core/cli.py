@@ -386,7 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_adv.add_argument("--max-drop", default="1.0", help="accuracy points below the baseline allowed (default 1.0)")
     p_adv.add_argument("--minimize", default="params", choices=["params", "bytes", "latency"])
     p_adv.add_argument("--budget", help="instead: the most accurate variant costing at most this share (0..1]")
-    p_adv.add_argument("--methods", default="svd,quantize", help="what to search: svd, optionally quantize")
+    p_adv.add_argument(
+        "--methods",
+        default="svd,prune,quantize",
+        help="what to search: svd (required); prune: structured pruning before the SVD; quantize: int8 on top",
+    )
     p_adv.add_argument("--finetune-steps", type=int, default=0, help="fine-tune each candidate (frozen convolutions)")
     p_adv.add_argument(
         "--basis",

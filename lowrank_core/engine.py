@@ -265,6 +265,10 @@ class Engine:
         return result
 
     def _latency(self, params: dict, with_layer_latency: bool) -> dict:
+        # Timed beside the background warm-up, latency would measure that contention: let it finish first.
+        warming = self._warm_thread
+        if warming is not None and warming is not threading.current_thread():
+            warming.join()
         lat = measure.latency(params, self.data.x_test)
         batch = max(int(b) for b in lat)
         out = {

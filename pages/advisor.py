@@ -35,6 +35,13 @@ if eng is not None:
                             key="advisor_finetune")  # fmt: skip
     b1, b2 = st.columns(2)
     int8 = b1.toggle("Also try int8 storage on top", True, key="advisor_int8")
+    prune_first = b1.toggle(
+        "Also try structured pruning before the SVD",
+        True,
+        key="advisor_prune",
+        help="pipelines: dead units dropped (lossless), or the weakest 30–70 % of hidden units, then the same "
+        "ranks on the smaller matrices (weights basis)",
+    )
     basis = b2.radio(
         "SVD basis",
         ["weights", "activations"],
@@ -44,14 +51,16 @@ if eng is not None:
     )
     try:
         config = advisor.AdvisorConfig(max_drop=float(max_drop), minimize=minimize, finetune_steps=int(finetune),
-                                       methods=("svd", "quantize") if int8 else ("svd",), basis=basis)  # fmt: skip
+                                       methods=("svd",) + ("prune",) * prune_first + ("quantize",) * int8,
+                                       basis=basis)  # fmt: skip
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()
     st.caption(
         "Searches per-layer SVD ranks (factorized) from the per-layer sensitivity table, then measures each "
-        "candidate on every test image; predictions only choose what to measure. Cold: the table (≈ half a "
-        "minute on 2 cores) and up to 8 measurements; cached afterwards."
+        "candidate on every test image; predictions only choose what to measure. Then pipelines (structured "
+        "pruning, then those ranks) and int8 on top, each measured. Cold: the table (≈ half a minute on 2 "
+        "cores) and up to 8 + 7 measurements; cached afterwards."
     )
     request = (keys(), question, config, budget)
     if st.button("Find it", type="primary", key="advisor_run"):
@@ -92,7 +101,7 @@ if eng is not None:
                 f"({search['baseline']['bytes'] / q['bytes']:.1f}× smaller than the baseline)."
             )
         st.subheader("Every candidate measured")
-        frame = pd.DataFrame(search["candidates"])
+        frame = pd.DataFrame(search["candidates"] + search.get("pipelines", []))
         frame["ranks"] = frame["ranks"].map(lambda r: ", ".join(f"{k} {v}" for k, v in r.items()))
         st.dataframe(frame.drop(columns=["method"]), hide_index=True)
         st.caption("All of them are cached: they appear on the Overview's chart and in Compare & export.")

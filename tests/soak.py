@@ -84,16 +84,31 @@ def start_server(env: dict | None = None) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("streamlit did not start within 60 s")
 
 
-async def _idle(page, timeout_s: float) -> None:
-    await page.wait_for_timeout(200)
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        running = await page.locator('[data-testid="stStatusWidget"]').filter(has_text="Running").count()
-        spinners = await page.locator('[data-testid="stSpinner"]').count()
-        if not running and not spinners:
-            return
-        await page.wait_for_timeout(50)
-    raise TimeoutError(f"the script kept running for {timeout_s:.0f} s")
+# Counts script runs in the page: Streamlit marks its root with the script's state.
+COUNT_RUNS = """
+window.__runs = 0;
+document.addEventListener("DOMContentLoaded", () => {
+  new MutationObserver((changes) => {
+    for (const c of changes) if (c.target.getAttribute("data-test-script-state") === "running") window.__runs++;
+  }).observe(document.documentElement, {subtree: true, attributes: true, attributeFilter: ["data-test-script-state"]});
+});
+"""
+SETTLED = """() => { const app = document.querySelector('[data-testid="stApp"]');
+  return !!app && app.getAttribute("data-test-script-state") === "notRunning"
+         && !document.querySelector('[data-testid="stSpinner"]'); }"""
+
+
+async def _runs(page) -> int:
+    return await page.evaluate("() => window.__runs || 0")
+
+
+async def _settle(page, runs_before: int, timeout_s: float) -> None:
+    """Waits until a script run has started since ``runs_before`` and none is running now."""
+    try:
+        await page.wait_for_function("(n) => (window.__runs || 0) > n", arg=runs_before, timeout=5_000)
+    except Exception:  # the action started no run (a slider already at its end): nothing to wait for
+        pass
+    await page.wait_for_function(SETTLED, timeout=timeout_s * 1000)
 
 
 async def _check(page, name: str, index: int, report: dict) -> None:
@@ -103,13 +118,17 @@ async def _check(page, name: str, index: int, report: dict) -> None:
         report["errors"].append(f"session {index}: st.error on {name or 'overview'}")
 
 
-async def _open(page, url: str, name: str) -> None:
-    """Switches page through the sidebar's navigation, as a user does (the session stays)."""
+async def _open(page, url: str, name: str, timeout_s: float = 300) -> None:
+    """Switches page through the sidebar's navigation, as a user does (the
+    session stays), and waits until the page's script has finished."""
     link = page.locator(f'[data-testid="stSidebarNavLink"][href$="/{name}"]').first
     if await link.count():
+        before = await _runs(page)
         await link.click()
     else:  # first page of the session: a fresh load
+        before = 0
         await page.goto(f"{url}/{name}")
+    await _settle(page, before, timeout_s)
 
 
 async def _move_sliders(page, name: str, index: int, rng: random.Random, report: dict, key: str) -> None:
@@ -117,11 +136,11 @@ async def _move_sliders(page, name: str, index: int, rng: random.Random, report:
     for _ in range(rng.randint(1, 3) if await sliders.count() else 0):
         thumb = sliders.first  # each page's main slider comes first
         await thumb.focus()
-        started = time.perf_counter()
+        started, before = time.perf_counter(), await _runs(page)
         direction = rng.choice(["ArrowLeft", "ArrowRight"])
         for _ in range(rng.randint(1, 5)):
             await thumb.press(direction)
-        await _idle(page, 300)
+        await _settle(page, before, 300)
         report[key].append(time.perf_counter() - started)
         await _check(page, name, index, report)
 
@@ -132,6 +151,7 @@ async def _session(
     """Visits every page (in its own order) and moves each page's slider, until
     ``seconds`` are over and every page was seen at least once."""
     context = await browser.new_context(viewport={"width": 1200, "height": 900})
+    await context.add_init_script(COUNT_RUNS)
     page = await context.new_page()
     page.on("pageerror", lambda exc: report["errors"].append(f"session {index}: {exc}"))
     rest = [p for p in pages if p != pages[index % len(pages)]]
@@ -147,7 +167,6 @@ async def _session(
             turn += 1
             started = time.perf_counter()
             await _open(page, url, name)
-            await _idle(page, 300)
             report["first_visits" if name not in seen else "visits"].append(time.perf_counter() - started)
             seen.add(name)
             await _check(page, name, index, report)
@@ -161,18 +180,19 @@ async def _session(
 async def _retrainer(browser, url: str, report: dict) -> None:
     """One session presses 'Remove and retrain' (2,000 steps) and waits for it."""
     context = await browser.new_context(viewport={"width": 1200, "height": 900})
+    await context.add_init_script(COUNT_RUNS)
     page = await context.new_page()
     try:
-        await page.goto(f"{url}/layer_removal")
-        await _idle(page, 300)
+        await _open(page, url, "layer_removal")
         steps = page.get_by_role("slider").first
         await steps.focus()
+        before = await _runs(page)
         await steps.press("End")  # 2,000 steps: a retrain of tens of seconds
-        await _idle(page, 300)
+        await _settle(page, before, 300)
         report["retrain_started"] = time.time()
+        before = await _runs(page)
         await page.get_by_role("button", name="Remove and retrain").click()
-        await page.wait_for_timeout(500)
-        await _idle(page, 600)
+        await _settle(page, before, 600)
         report["retrain_ended"] = time.time()
         await _check(page, "layer_removal", -1, report)
     except Exception as exc:
@@ -184,22 +204,23 @@ async def _retrainer(browser, url: str, report: dict) -> None:
 async def _cached_slider(browser, url: str, index: int, report: dict) -> None:
     """Moves the Low-rank slider between two positions measured before, while the retrain runs."""
     context = await browser.new_context(viewport={"width": 1200, "height": 900})
+    await context.add_init_script(COUNT_RUNS)
     page = await context.new_page()
     try:
-        await page.goto(f"{url}/low_rank")
-        await _idle(page, 300)
+        await _open(page, url, "low_rank")
         thumb = page.get_by_role("slider").first
         await thumb.focus()
         for key in ("ArrowLeft", "ArrowRight"):  # measure the two positions once
+            before = await _runs(page)
             await thumb.press(key)
-            await _idle(page, 300)
+            await _settle(page, before, 300)
         report["sliders_ready"] += 1
         while "retrain_ended" not in report:
             for key in ("ArrowLeft", "ArrowRight"):
                 await thumb.focus()
-                started = time.time()
+                started, before = time.time(), await _runs(page)
                 await thumb.press(key)
-                await _idle(page, 120)
+                await _settle(page, before, 120)
                 if report.get("retrain_started", float("inf")) <= started and "retrain_ended" not in report:
                     report["moves_during_retrain"].append(time.time() - started)
                 await _check(page, "low_rank", index, report)

@@ -319,3 +319,18 @@ def test_predictions_are_kept_from_the_measurement(tiny_engine):
     (tiny_engine.cache_dir / "predictions" / f"{key}.npy").unlink()
     np.testing.assert_array_equal(tiny_engine.predictions(result), predictions)
     assert len(calls) == 1
+
+
+def test_latency_is_never_timed_beside_the_warm_up(tiny_engine, monkeypatch):
+    import threading
+    import time
+
+    finished = threading.Event()
+    warming = threading.Thread(target=lambda: (time.sleep(0.5), finished.set()))
+    tiny_engine._warm_thread = warming
+    warming.start()
+    seen = []
+    real = measure.latency
+    monkeypatch.setattr(measure, "latency", lambda *a, **k: (seen.append(finished.is_set()), real(*a, **k))[1])
+    tiny_engine.evaluate("baseline", with_latency=True)
+    assert seen == [True]

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from lowrank_core import advisor, compress, data as data_lib, engine, methods
+from lowrank_core.errors import ConfigError
+
+
+@pytest.fixture
+def tiny_engine(tiny_checkpoint, tmp_path):
+    archive, ck = tiny_checkpoint
+    return engine.Engine(ck, data_lib.load_cifar10(archive), cache_root=tmp_path / "cache")
+
+
+def test_plans_are_a_pareto_front_of_rank_choices():
+    rows = [
+        {"layer": "a", "rank": 1, "accuracy": 0.5},
+        {"layer": "a", "rank": 4, "accuracy": 0.9},
+        {"layer": "b", "rank": 2, "accuracy": 0.8},
+    ]
+    front = advisor.plans(rows, {"a": (10, 10), "b": (10, 10)}, base_accuracy=0.9)
+    drops = [p.predicted_drop for p in front]
+    costs = [p.cost for p in front]
+    assert drops == sorted(drops) and costs == sorted(costs, reverse=True) and len(set(costs)) == len(costs)
+    # No predicted drop: a at rank 4 (no loss, 80 weights instead of 100), b dense.
+    assert front[0].ranks == (("a", 4), ("b", None)) and front[0].cost == 180 and front[0].predicted_drop == 0
+    assert front[-1].ranks == (("a", 1), ("b", 2))  # cheapest: 1·20 + 2·20 weights
+    assert front[-1].predicted_drop == pytest.approx(0.4 + 0.1)
+
+
+def test_pipeline_leaves_dense_a_layer_its_rank_no_longer_shrinks(tiny_engine):
+    params = tiny_engine.params
+    plan = advisor.Plan((("linear", 20), ("linear_1", 2), ("linear_2", None)), 0.0, 0)
+    variant = advisor.pipeline_variant(params, plan, 0.7)
+    assert [name for name, _ in variant.steps] == ["prune", "svd"]
+    pruned = compress.prune_structured(params, variant.steps[0][1])
+    svd = variant.steps[1][1]
+    for layer, rank in svd.layer_ranks:
+        m, n = pruned[layer]["w"].shape
+        assert rank * (m + n) < m * n
+    assert advisor.pipeline_variant(params, advisor.Plan((("linear_2", None),), 0.0, 0), 0.0) is None
+    with pytest.raises(ConfigError, match="svd"):
+        advisor.AdvisorConfig(methods=("prune",))
+
+
+def test_the_answer_is_the_cheapest_measured_candidate_within_the_drop(tiny_engine):
+    config = advisor.AdvisorConfig(max_drop=30.0, max_measurements=4)
+    answer = advisor.smallest_within(tiny_engine, config)
+    search = answer["advisor"]
+    assert search["found"] and search["pipelines"]  # structured pruning before the SVD was tried
+    base = tiny_engine.evaluate("baseline", with_latency=False)
+    measured = search["candidates"] + search["pipelines"]
+    within = [c for c in measured if c["drop_points"] <= 30.0 + 1e-9]
+    assert answer["params"] == min(c["params"] for c in within)
+    assert 100 * (base["accuracy"] - answer["accuracy"]) <= 30.0 + 1e-9
+    # Every figure is a measured record: rebuilt from its steps, the same accuracy and size.
+    rebuilt = tiny_engine.evaluate(methods.Variant.from_dict(answer), with_latency=False, use_cache=False)
+    assert rebuilt["accuracy"] == answer["accuracy"] and rebuilt["params"] == answer["params"]
+    predictions = tiny_engine.predictions(answer)
+    assert float(np.mean(predictions == tiny_engine.data.y_test)) == answer["accuracy"]
+    assert search["with_int8"]["label"].endswith("int8")  # measured too (on a network this small, the
+    # float32 scales can outweigh what int8 saves: it is reported, not assumed smaller)
