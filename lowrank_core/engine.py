@@ -69,6 +69,11 @@ class Engine:
         self.warmed: set[str] = set()  # what warm_up() has finished
         self._warm_lock = threading.Lock()
         self._warm_thread: threading.Thread | None = None
+        # Measurements in progress: the warm-up's optional work waits while any runs (2 cores are
+        # not enough for both), unless someone needs the warm-up finished (``_hurry``).
+        self._active = 0
+        self._active_lock = threading.Condition()
+        self._hurry = threading.Event()
 
     # ---- shared intermediates ----
 
@@ -78,25 +83,62 @@ class Engine:
         layers' SVDs (≈ 6 s on 2 cores for the baseline: dead units are left out)
         and their spectra at initialization (≈ 9 s, mostly Haiku's init),
         each under its own lock, so a page asking meanwhile waits for that piece
-        only. Latency is never measured here: timing beside other work would
+        only. The SVDs and init spectra start only while no measurement runs
+        (layer by layer), so they never slow a slider move they are not needed
+        for. Latency is never measured here: timing beside other work would
         misreport it."""
         with self._warm_lock:
             if self._warm_thread is None:
+                svd_steps = [(f"svd:{n}", lambda n=n: self.intermediates.svd_of(self.params[n]["w"]))
+                             for n in model.dense_layer_names(self.params)]  # fmt: skip
 
                 def work() -> None:
                     for step, task in (("features", lambda: self.test_features),
                                        ("baseline", lambda: self.evaluate("baseline", with_latency=False)),
-                                       ("svds", lambda: self.svds),
-                                       ("init_spectra", self.init_singular_values)):  # fmt: skip
+                                       *svd_steps, ("init_spectra", self.init_singular_values)):  # fmt: skip
+                        if step not in ("features", "baseline"):
+                            self._wait_for_quiet()
                         try:
                             task()
                         except Exception:  # the page that needs it reports the error itself
                             pass
                         self.warmed.add(step)
+                    if all(step in self.warmed for step, _ in svd_steps):
+                        self.warmed.add("svds")
 
                 self._warm_thread = threading.Thread(target=work, name="lowrank-warm-up", daemon=True)
                 self._warm_thread.start()
             return self._warm_thread
+
+    def still_warming(self) -> list[str]:
+        """What the background warm-up has not finished yet (empty once done or never started)."""
+        thread = self._warm_thread
+        if thread is None or not thread.is_alive():
+            return []
+        steps = {"features": "test-set features", "baseline": "baseline accuracy", "svds": "SVDs",
+                 "init_spectra": "spectra at initialization"}  # fmt: skip
+        return [label for step, label in steps.items() if step not in self.warmed]
+
+    def _wait_for_quiet(self) -> None:
+        with self._active_lock:
+            self._active_lock.wait_for(lambda: self._active == 0 or self._hurry.is_set())
+
+    def _busy(self):
+        """Context manager marking a measurement in progress (see :meth:`warm_up`)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def busy():
+            with self._active_lock:
+                self._active += 1
+            try:
+                yield
+            finally:
+                with self._active_lock:
+                    self._active -= 1
+                    self._active_lock.notify_all()
+
+        return busy()
 
     @property
     def write_problem(self) -> str | None:
@@ -227,7 +269,8 @@ class Engine:
         with self._variant_locks(key):
             if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency)) is not None:
                 return hit
-            result = self._measure(variant, with_latency, with_layer_latency, on_progress)
+            with self._busy():
+                result = self._measure(variant, with_latency, with_layer_latency, on_progress)
             self.store.put(key, result)
             return result
 
@@ -268,6 +311,9 @@ class Engine:
         # Timed beside the background warm-up, latency would measure that contention: let it finish first.
         warming = self._warm_thread
         if warming is not None and warming is not threading.current_thread():
+            self._hurry.set()  # it would otherwise wait for this measurement to end
+            with self._active_lock:
+                self._active_lock.notify_all()
             warming.join()
         lat = measure.latency(params, self.data.x_test)
         batch = max(int(b) for b in lat)

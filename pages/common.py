@@ -90,6 +90,11 @@ def get_engine() -> engine.Engine | None:
         st.error(f"{exc}")
         return None
     eng.warm_up()  # the shared intermediates, in the background (idempotent)
+    if pending := eng.still_warming():
+        st.sidebar.caption(
+            f"Preparing in the background: {', '.join(pending)}. Pages that need them wait for them; "
+            "the others are ready."
+        )
     if eng.write_problem:
         st.warning(
             f"{eng.write_problem}. Results stay available until the app restarts; "

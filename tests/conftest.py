@@ -6,11 +6,21 @@ import os
 import pathlib
 import pickle
 import tarfile
+import tempfile
 
-import numpy as np
-import pytest
+# One JAX compilation cache for this test run, set before anything imports jax: the
+# many tests (and CLI subprocesses) that compile the same tiny-network programs
+# compile them once. Workers of one pytest-xdist run share it; the browser test's
+# app server is started without it, so its timings stay those of a first start.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"lowrank-jax-{_RUN}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-from lowrank_core import data as data_lib
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from lowrank_core import data as data_lib  # noqa: E402
 
 SHARED_ARCHIVE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-python.tar.gz"
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -84,13 +84,15 @@ def start_server(env: dict | None = None) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("streamlit did not start within 60 s")
 
 
-# Counts script runs in the page: Streamlit marks its root with the script's state.
+# Counts finished script runs in the page: Streamlit marks its root with the script's state. A
+# record's old value is the state it left (the current value may have moved on by the callback).
 COUNT_RUNS = """
 window.__runs = 0;
 document.addEventListener("DOMContentLoaded", () => {
   new MutationObserver((changes) => {
-    for (const c of changes) if (c.target.getAttribute("data-test-script-state") === "running") window.__runs++;
-  }).observe(document.documentElement, {subtree: true, attributes: true, attributeFilter: ["data-test-script-state"]});
+    for (const c of changes) if (c.oldValue === "running") window.__runs++;
+  }).observe(document.documentElement,
+             {subtree: true, attributes: true, attributeOldValue: true, attributeFilter: ["data-test-script-state"]});
 });
 """
 SETTLED = """() => { const app = document.querySelector('[data-testid="stApp"]');
@@ -103,7 +105,7 @@ async def _runs(page) -> int:
 
 
 async def _settle(page, runs_before: int, timeout_s: float) -> None:
-    """Waits until a script run has started since ``runs_before`` and none is running now."""
+    """Waits until a script run has finished since ``runs_before`` and none is running now."""
     try:
         await page.wait_for_function("(n) => (window.__runs || 0) > n", arg=runs_before, timeout=5_000)
     except Exception:  # the action started no run (a slider already at its end): nothing to wait for
@@ -131,6 +133,23 @@ async def _open(page, url: str, name: str, timeout_s: float = 300) -> None:
     await _settle(page, before, timeout_s)
 
 
+WARMING = "Preparing in the background"
+
+
+async def _wait_until_warm(page, name: str, timeout_s: float = 600) -> None:
+    """Reruns the page (slider there and back, not timed) until the sidebar no longer says the
+    server's background warm-up is running: the timed window measures a started app."""
+    deadline = time.time() + timeout_s
+    while await page.get_by_text(WARMING).count() and time.time() < deadline:
+        await page.wait_for_timeout(2000)
+        sliders = page.get_by_role("slider")
+        if await sliders.count():
+            for key in ("ArrowLeft", "ArrowRight"):
+                before = await _runs(page)
+                await sliders.first.press(key)
+                await _settle(page, before, 300)
+
+
 async def _move_sliders(page, name: str, index: int, rng: random.Random, report: dict, key: str) -> None:
     sliders = page.get_by_role("slider")
     for _ in range(rng.randint(1, 3) if await sliders.count() else 0):
@@ -142,14 +161,24 @@ async def _move_sliders(page, name: str, index: int, rng: random.Random, report:
             await thumb.press(direction)
         await _settle(page, before, 300)
         report[key].append(time.perf_counter() - started)
+        report["by_page"].setdefault(name or "overview", []).append(time.perf_counter() - started)
         await _check(page, name, index, report)
 
 
 async def _session(
-    browser, url: str, index: int, seconds: float, rng: random.Random, report: dict, pages: tuple[str, ...]
+    browser,
+    url: str,
+    index: int,
+    seconds: float,
+    rng: random.Random,
+    report: dict,
+    pages: tuple[str, ...],
+    stay: bool = False,
 ) -> None:
-    """Visits every page (in its own order) and moves each page's slider, until
-    ``seconds`` are over and every page was seen at least once."""
+    """Opens its first page, waits until the server's background warm-up is done
+    (not timed), then visits every page (in its own order) and moves each page's
+    slider until ``seconds`` are over and every page was seen at least once; with
+    ``stay`` the session keeps to its first page and only moves its slider."""
     context = await browser.new_context(viewport={"width": 1200, "height": 900})
     await context.add_init_script(COUNT_RUNS)
     page = await context.new_page()
@@ -157,18 +186,27 @@ async def _session(
     rest = [p for p in pages if p != pages[index % len(pages)]]
     rng.shuffle(rest)
     order = [pages[index % len(pages)], *rest]  # sessions start on different pages
+    if stay:
+        order = order[:1]
     seen: set[str] = set()
-    stop_at = time.time() + seconds
     name = order[0]
     try:
-        turn = 0
+        started = time.perf_counter()
+        await _open(page, url, name)
+        report["first_visits"].append(time.perf_counter() - started)
+        seen.add(name)
+        await _wait_until_warm(page, name)
+        report["warm_after_s"].append(time.perf_counter() - started)
+        stop_at = time.time() + seconds
+        turn = 0 if stay else 1  # the first page is open already
         while time.time() < stop_at or len(seen) < len(order):
             name = order[turn % len(order)]
             turn += 1
-            started = time.perf_counter()
-            await _open(page, url, name)
-            report["first_visits" if name not in seen else "visits"].append(time.perf_counter() - started)
-            seen.add(name)
+            if not (stay and name in seen):
+                started = time.perf_counter()
+                await _open(page, url, name)
+                report["first_visits" if name not in seen else "visits"].append(time.perf_counter() - started)
+                seen.add(name)
             await _check(page, name, index, report)
             await _move_sliders(page, name, index, rng, report, "moves")
     except Exception as exc:  # a timeout or a crash is an error of the run, not of the script
@@ -231,12 +269,18 @@ async def _cached_slider(browser, url: str, index: int, report: dict) -> None:
 
 
 async def soak(
-    url: str, sessions: int, seconds: float, seed: int = 0, retrain: bool = False, pages: tuple[str, ...] = PAGES
+    url: str,
+    sessions: int,
+    seconds: float,
+    seed: int = 0,
+    retrain: bool = False,
+    pages: tuple[str, ...] = PAGES,
+    stay: bool = False,
 ) -> dict:
     from playwright.async_api import async_playwright
 
     report: dict = {"errors": [], "moves": [], "visits": [], "first_visits": [], "moves_during_retrain": [],
-                    "sliders_ready": 0}  # fmt: skip
+                    "sliders_ready": 0, "by_page": {}, "warm_after_s": []}  # fmt: skip
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
@@ -252,7 +296,10 @@ async def soak(
             await asyncio.gather(retrain_when_ready(), *sliders)
         else:
             await asyncio.gather(
-                *(_session(browser, url, i, seconds, random.Random(seed + i), report, pages) for i in range(sessions))
+                *(
+                    _session(browser, url, i, seconds, random.Random(seed + i), report, pages, stay)
+                    for i in range(sessions)
+                )
             )
         await browser.close()
     return report
@@ -267,7 +314,12 @@ def _percentiles(values: list[float]) -> dict:
 
 
 def run(
-    sessions: int, seconds: float, url: str | None = None, retrain: bool = False, pages: tuple[str, ...] = PAGES
+    sessions: int,
+    seconds: float,
+    url: str | None = None,
+    retrain: bool = False,
+    pages: tuple[str, ...] = PAGES,
+    stay: bool = False,
 ) -> dict:
     """Runs a soak (starting a server if ``url`` is None) and returns the summary:
     ``actions`` (slider moves and page switches to a page seen before) with their
@@ -293,7 +345,7 @@ def run(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        report = asyncio.run(soak(url, sessions, seconds, retrain=retrain, pages=pages))
+        report = asyncio.run(soak(url, sessions, seconds, retrain=retrain, pages=pages, stay=stay))
     finally:
         done.set()
         if proc is not None:
@@ -315,6 +367,8 @@ def run(
         "slider_moves": _percentiles(report["moves"]),
         "page_switches": _percentiles(report["visits"]),
         "first_visits": _percentiles(report["first_visits"]),
+        "warm_after_s": max(report["warm_after_s"], default=None),
+        "slider_moves_by_page": {name: _percentiles(v) for name, v in report["by_page"].items()},
         "server_peak_rss_gib": peak[0] / 2**30 if proc is not None else None,
     }
     if retrain:
@@ -329,6 +383,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--url", help="an app already running (default: start one)")
     parser.add_argument("--pages", help="comma-separated page names (default: every page; the Overview is '')")
+    parser.add_argument("--stay", action="store_true", help="each session keeps to one page, moving its slider")
     parser.add_argument(
         "--retrain",
         action="store_true",
@@ -345,7 +400,7 @@ def main() -> int:
     if args.sessions < 1 or args.seconds <= 0:
         print("error: --sessions must be ≥ 1 and --seconds > 0", file=sys.stderr)
         return 2
-    summary = run(args.sessions, args.seconds, args.url, args.retrain, tuple(parser_pages))
+    summary = run(args.sessions, args.seconds, args.url, args.retrain, tuple(parser_pages), args.stay)
     print(json.dumps(summary))
     return 0 if summary["errors"] == 0 else 1
 

@@ -1,5 +1,6 @@
 """One AppTest per page, on a small checkpoint and synthetic data made here."""
 
+import json
 import math
 import pathlib
 
@@ -74,6 +75,12 @@ def test_low_rank_page_slider_changes_metrics(env):
 def test_pruning_page_slider_changes_metrics(env):
     at = AppTest.from_file("../pages/pruning.py", default_timeout=300).run()
     assert not at.exception and not at.error
+    # By default the dense kernels only: the convolutions' bars stay at zero until switched on.
+    bars = lambda: json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]  # noqa: E731
+    zero_share = dict(zip(bars()["x"], bars()["y"]))
+    assert zero_share["conv2_d"] == 0 and zero_share["linear"] > 0
+    at.toggle(key="prune_convolutions").set_value(True).run()
+    assert not at.exception and dict(zip(bars()["x"], bars()["y"]))["conv2_d"] > 0
     at.radio(key="prune_kind").set_value("structured (drop hidden units)").run()
     before = {m.label: m.value for m in at.metric}
     at.slider(key="prune_sparsity").set_value(0.9).run()
