@@ -1,5 +1,6 @@
 """Spectra: how singular values decay, layer by layer, trained vs initialization."""
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -59,7 +60,7 @@ if eng is not None:
         m, n = spec["shape"]
         k = compress.rank_for_fraction(fraction, m, n)
         fig = go.Figure()
-        ranks = list(range(1, len(spec["trained"][curve_key]) + 1))
+        ranks = np.arange(1, len(spec["trained"][curve_key]) + 1)  # arrays travel to the browser as binary
         fig.add_trace(go.Scatter(x=ranks, y=spec["trained"][curve_key], name="trained", line=dict(color="#1f77b4")))
         if show_init:
             fig.add_trace(
@@ -69,11 +70,11 @@ if eng is not None:
             )
         if seen is not None:
             theirs = seen[name]["curves"][curve_key]
-            fig.add_trace(go.Scatter(x=list(range(1, len(theirs) + 1)), y=theirs, name="σ(LᵀW), as data sees it",
+            fig.add_trace(go.Scatter(x=np.arange(1, len(theirs) + 1), y=theirs, name="σ(LᵀW), as data sees it",
                                      line=dict(color="#2ca02c")))  # fmt: skip
         if other is not None:
             theirs = other[name]["curves"][curve_key]
-            fig.add_trace(go.Scatter(x=list(range(1, len(theirs) + 1)), y=theirs, name="other checkpoint",
+            fig.add_trace(go.Scatter(x=np.arange(1, len(theirs) + 1), y=theirs, name="other checkpoint",
                                      line=dict(color="#ff7f0e")))  # fmt: skip
         fig.add_vline(x=k, line=dict(color="#d62728"), annotation_text=f"k = {k}")
         fig.update_yaxes(exponentformat="e")  # 1e-15, not plotly's SI "1f"
