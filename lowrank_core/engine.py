@@ -18,6 +18,7 @@ floats in the checkpoint's storage dtype, int8 matrices with their scales.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -123,22 +124,17 @@ class Engine:
         with self._active_lock:
             self._active_lock.wait_for(lambda: self._active == 0 or self._hurry.is_set())
 
+    @contextlib.contextmanager
     def _busy(self):
-        """Context manager marking a measurement in progress (see :meth:`warm_up`)."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def busy():
+        """Marks a measurement in progress (see :meth:`warm_up`)."""
+        with self._active_lock:
+            self._active += 1
+        try:
+            yield
+        finally:
             with self._active_lock:
-                self._active += 1
-            try:
-                yield
-            finally:
-                with self._active_lock:
-                    self._active -= 1
-                    self._active_lock.notify_all()
-
-        return busy()
+                self._active -= 1
+                self._active_lock.notify_all()
 
     @property
     def write_problem(self) -> str | None:

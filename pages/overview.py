@@ -26,8 +26,9 @@ summary_slot, layers_slot = st.container(), st.container()  # filled in this ord
 
 # First paint: where the weights are, from the checkpoint alone (no data needed),
 # while CIFAR-10 and the measurements load.
+folder = checkpoint_dir()
 try:
-    layers = parameter_breakdown(str(checkpoint_dir()), checkpoint_digest(checkpoint_dir()))
+    layers = parameter_breakdown(str(folder), checkpoint_digest(folder))
 except LowrankError:
     layers = None  # get_engine() below says what is wrong
 if layers:

@@ -287,7 +287,7 @@ def test_activation_basis_minimizes_the_output_error_on_calibration_data(tiny_en
     assert "activation basis" in measured["label"]
 
 
-def test_warm_up_runs_once_in_the_background(tiny_engine):
+def test_warm_up_runs_once_in_the_background(tiny_engine, monkeypatch):
     thread = tiny_engine.warm_up()
     assert tiny_engine.warm_up() is thread  # idempotent
     thread.join(timeout=120)
@@ -295,8 +295,15 @@ def test_warm_up_runs_once_in_the_background(tiny_engine):
     calls = _counting(tiny_engine)
     tiny_engine.evaluate("baseline", with_latency=False)
     assert not calls  # the baseline was measured by the warm-up
-    layers = tiny_engine.intermediates.layer_svds()
-    assert len(tiny_engine.intermediates._svds) == len(layers)  # every SVD computed already, none twice
+    from lowrank_core import compress
+
+    def no_svd(w):
+        raise AssertionError("an SVD computed again after the warm-up")
+
+    monkeypatch.setattr(compress, "layer_svd", no_svd)
+    monkeypatch.setattr(compress, "singular_values", no_svd)
+    assert len(tiny_engine.intermediates.layer_svds()) == len(tiny_engine.spec.dense_layers)
+    assert tiny_engine.init_singular_values()  # both served from the warm-up's results
 
 
 def test_data_spectrum_is_that_of_the_whitened_weights(tiny_engine):
