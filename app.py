@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from lowrank_core import priority
 from pages.common import sidebar
 
 st.set_page_config(page_title="Low-rank compression explorer", layout="wide")
@@ -21,4 +22,5 @@ navigation = st.navigation(
         st.Page("pages/train_data.py", title="Train / data"),
     ]
 )
-navigation.run()
+with priority.foreground():  # a retraining elsewhere yields to this run (see lowrank_core.priority)
+    navigation.run()

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from lowrank_core import checkpoint, measure, model, paths
+from lowrank_core import checkpoint, measure, model, paths, priority
 from lowrank_core.data import Cifar10
 from lowrank_core.errors import ConfigError
 from lowrank_core.fileio import atomic_write_bytes
@@ -260,15 +260,18 @@ class Engine:
         key = result_key(self.checkpoint_hash, variant)
         if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency)) is not None:
             return hit
-        # Sessions asking for the same variant at once (browser tabs) compute it
-        # once: the second waits for the first, then reads its result.
-        with self._variant_locks(key):
-            if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency)) is not None:
-                return hit
-            with self._busy():
-                result = self._measure(variant, with_latency, with_layer_latency, on_progress)
-            self.store.put(key, result)
-            return result
+        # A training variant takes minutes: it yields to other sessions' interactive requests, and
+        # a session waiting for the same one (below) is no interactive request to yield to.
+        with priority.background() if variant.trains else contextlib.nullcontext():
+            # Sessions asking for the same variant at once (browser tabs) compute it
+            # once: the second waits for the first, then reads its result.
+            with self._variant_locks(key):
+                if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency)) is not None:
+                    return hit
+                with self._busy():
+                    result = self._measure(variant, with_latency, with_layer_latency, on_progress)
+                self.store.put(key, result)
+                return result
 
     def _measure(
         self, variant: Variant, with_latency: bool, with_layer_latency: bool, on_progress: ProgressFn | None
@@ -311,7 +314,9 @@ class Engine:
             with self._active_lock:
                 self._active_lock.notify_all()
             warming.join()
-        lat = measure.latency(params, self.data.x_test)
+        with priority.exclusive():  # likewise any other session's retraining pauses meanwhile
+            lat = measure.latency(params, self.data.x_test)
+            layer_lat = measure.layer_latency(params, self.data.x_test) if with_layer_latency else None
         batch = max(int(b) for b in lat)
         out = {
             "latency": lat,
@@ -321,7 +326,7 @@ class Engine:
             "measured_on": self.environment,
         }
         if with_layer_latency:  # a few seconds more: the CLI asks for it, the app on demand
-            out["layer_latency_ms"] = measure.layer_latency(params, self.data.x_test)
+            out["layer_latency_ms"] = layer_lat
         return out
 
     def _here(self, record: dict) -> bool:

@@ -8,6 +8,7 @@ in one jitted update, as the second seed's "option A" retrains the head.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lowrank_core import model
+from lowrank_core import model, priority
 from lowrank_core.errors import ConfigError
 
 
@@ -87,6 +88,7 @@ def finetune_dense(
                 state = FinetuneState(apply_masks(state.params, mask_tree), state.opt_state)
         idx = np.sort(rng.choice(n, size=min(config.batch_size, n), replace=False))
         state = update(state, mask_tree, features[idx], labels[idx])
+        priority.pause_point(functools.partial(jax.block_until_ready, state))  # an interactive request goes first
         if on_progress:
             on_progress(step + 1, config.steps)
     return jax.tree.map(lambda v: np.asarray(v, np.float32), state.params)

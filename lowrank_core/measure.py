@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowrank_core import model
+from lowrank_core import model, priority
 
 EVAL_BATCH = 1000  # the test-set batch at which latency is reported
 # Whole-test-set predictions on a CPU run in batches of PREDICT_BATCH, and
@@ -85,6 +85,7 @@ def _batched(fn: Callable, params, inputs: np.ndarray, batch_size: int | None) -
             chunk = np.concatenate([chunk, np.zeros((batch_size - size,) + chunk.shape[1:], chunk.dtype)])
         outs.append(fn(params, chunk))  # dispatched asynchronously; read back below
         sizes.append(size)
+        priority.pause_point(outs[-1].block_until_ready)  # in background work, an interactive request goes first
     return np.concatenate([np.asarray(out)[:size] for out, size in zip(outs, sizes)])
 
 

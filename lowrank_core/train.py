@@ -14,6 +14,7 @@ with their sign (``apply_updates(params, updates)``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import pathlib
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lowrank_core import evaluation, initializers, model
+from lowrank_core import evaluation, initializers, model, priority
 from lowrank_core.configs import TrainConfig
 from lowrank_core.data import Cifar10
 
@@ -178,8 +179,22 @@ def train(
     ``on_progress`` is called after every step (the CLI drives a progress bar
     with it, the app a ``st.progress``). ``on_checkpoint(step, state)`` is
     called at every evaluation so a caller can save resume points; pass
-    ``state`` and ``start_step`` to resume from one.
+    ``state`` and ``start_step`` to resume from one. Training is background
+    work: in the app it pauses between steps while other sessions' requests run
+    (:mod:`lowrank_core.priority`); the seconds it reports leave those pauses out.
     """
+    with priority.background():
+        return _train(config, data, on_progress, state, start_step, on_checkpoint)
+
+
+def _train(
+    config: TrainConfig,
+    data: Cifar10,
+    on_progress: Callable[[TrainProgress], None] | None,
+    state: TrainState | None,
+    start_step: int,
+    on_checkpoint: Callable[[int, TrainState], None] | None,
+) -> TrainResult:
     optimizer = make_optimizer(config)
     update = make_update(config, optimizer)
     x_train, y_train, x_val, y_val = split_train_validation(data, config)
@@ -189,16 +204,18 @@ def train(
     stream = batches(x_train, y_train, config.batch_size, config.seed + start_step)
     history: list[dict] = []
     loss_sum, loss_count = None, 0  # summed on the device: reading a loss every step would stall the pipeline
+    paused = 0.0
     for step in range(start_step + 1, config.num_steps + 1):
         images, labels = next(stream)
         state, loss_value = update(state, images, labels)
+        paused += priority.pause_point(functools.partial(jax.block_until_ready, state))
         loss_sum = loss_value if loss_sum is None else loss_sum + loss_value
         loss_count += 1
         val_acc, loss = None, None
         if step % config.eval_every == 0 or step == config.num_steps:
             loss = float(loss_sum) / loss_count  # mean training loss since the previous evaluation
             loss_sum, loss_count = None, 0
-            row = {"step": step, "loss": loss, "seconds": time.perf_counter() - started}
+            row = {"step": step, "loss": loss, "seconds": time.perf_counter() - started - paused}
             if x_val.shape[0]:
                 row["val_accuracy_raw"] = evaluation.accuracy(state.params, x_val, y_val)
                 row["val_accuracy_ema"] = evaluation.accuracy(state.avg_params, x_val, y_val)
@@ -207,9 +224,9 @@ def train(
             if on_checkpoint:
                 on_checkpoint(step, state)
         if on_progress:
-            on_progress(TrainProgress(step, config.num_steps, loss, val_acc, time.perf_counter() - started))
+            on_progress(TrainProgress(step, config.num_steps, loss, val_acc, time.perf_counter() - started - paused))
     jax.block_until_ready(state.params)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started - paused
     kept = state.avg_params if config.eval_params == "ema" else state.params
     return TrainResult(kept, state.params, state.avg_params, tuple(history), seconds)
 

@@ -317,8 +317,10 @@ def run(
     retrain: bool = False,
     pages: tuple[str, ...] = PAGES,
     stay: bool = False,
+    server_pid: int | None = None,
 ) -> dict:
-    """Runs a soak (starting a server if ``url`` is None) and returns the summary:
+    """Runs a soak (starting a server if ``url`` is None; ``server_pid`` names a
+    given server's process, for its memory) and returns the summary:
     ``actions`` (slider moves and page switches to a page seen before) with their
     p50/p95, first visits of each page apart (they compute what the page needs),
     errors, the server's peak memory; with ``retrain`` the slider moves made
@@ -328,13 +330,14 @@ def run(
     proc = None
     if url is None:
         proc, url = start_server()
+        server_pid = proc.pid
     peak = [0]
     done = threading.Event()
 
     def sample() -> None:
-        while not done.is_set() and proc is not None:
+        while not done.is_set() and server_pid is not None:
             try:
-                peak[0] = max(peak[0], psutil.Process(proc.pid).memory_info().rss)
+                peak[0] = max(peak[0], psutil.Process(server_pid).memory_info().rss)
             except psutil.Error:
                 return
             time.sleep(0.5)
@@ -366,7 +369,7 @@ def run(
         "first_visits": _percentiles(report["first_visits"]),
         "warm_after_s": max(report["warm_after_s"], default=None),
         "slider_moves_by_page": {name: _percentiles(v) for name, v in report["by_page"].items()},
-        "server_peak_rss_gib": peak[0] / 2**30 if proc is not None else None,
+        "server_peak_rss_gib": peak[0] / 2**30 if server_pid is not None else None,
     }
     if retrain:
         summary["retrain_s"] = report.get("retrain_ended", np.nan) - report.get("retrain_started", np.nan)

@@ -205,20 +205,24 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
     assert not errors, errors
 
 
-def test_short_soak_two_sessions(shared_archive, monkeypatch):
-    """The CI-sized soak: 2 concurrent browser sessions for 20 s against a fresh server, each keeping to one
-    page and moving its slider (Low-rank, Spectra). The 8-session soak over every page, Pruning included
-    (≈ 3 s of CPU per new sparsity on 2 cores), is run by hand: see the README."""
+def test_short_soak_two_sessions(app_server):
+    """The CI-sized soak: 2 concurrent browser sessions for 20 s, each keeping to one page and moving
+    its slider (Low-rank, Spectra: new rank fractions are measured meanwhile), against the server the
+    browser test started cold (a second cold start would double this file's time; the cold 8-session
+    soak over every page, Pruning included, is run by hand: see the README)."""
     import soak
 
-    monkeypatch.setenv("LOWRANK_CIFAR10", str(shared_archive))
-    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)  # the server starts as a user's would
-    summary = soak.run(sessions=2, seconds=20, pages=("low_rank", "spectra"), stay=True)
+    summary = soak.run(
+        sessions=2,
+        seconds=20,
+        url=app_server["url"],
+        pages=("low_rank", "spectra"),
+        stay=True,
+        server_pid=app_server["process"].pid,
+    )
     print(json.dumps(summary))
     assert summary["errors"] == 0, summary["error_samples"]
     assert summary["actions"] >= 2 and summary["slider_moves"]["n"] >= 2
-    assert summary["server_peak_rss_gib"] <= 4.0
+    assert summary["server_peak_rss_gib"] * 2**30 <= 3e9  # the issue's bar: 3 GB
     # Response times are the soak's report (README), not a pass mark here: speed targets live in
     # benchmarks, and on a shared 2-core runner a timed assertion would measure the runner.

@@ -355,3 +355,51 @@ def test_warm_up_waits_while_a_measurement_runs(tiny_engine):
         assert "baseline" in tiny_engine.warmed and "svds" not in tiny_engine.warmed  # the SVDs wait
     thread.join(timeout=120)
     assert "svds" in tiny_engine.warmed and "init_spectra" in tiny_engine.warmed
+
+
+def test_retraining_yields_to_interactive_runs_and_never_runs_beside_a_latency(tiny_engine, monkeypatch):
+    import threading
+    import time
+
+    from lowrank_core import priority
+
+    steps, stop = [], threading.Event()
+
+    class Stopped(Exception):
+        pass
+
+    def on_progress(done, total):
+        steps.append(time.perf_counter())
+        if stop.is_set():
+            raise Stopped
+
+    def retrain():  # another session's fine-tuning, inside its own script run
+        with priority.foreground():
+            try:
+                tiny_engine.evaluate("svd", SvdConfig(0.25), finetune=FinetuneConfig(steps=100_000, batch_size=32),
+                                     with_latency=False, on_progress=on_progress)  # fmt: skip
+            except Stopped:
+                pass
+
+    worker = threading.Thread(target=retrain)
+    worker.start()
+    try:
+        deadline = time.time() + 60
+        while len(steps) < 20 and time.time() < deadline:
+            time.sleep(0.01)
+        with priority.foreground():  # this session's slider move
+            entered = time.perf_counter()
+            time.sleep(0.6)
+            left = time.perf_counter()
+        assert len([t for t in steps if entered < t < left]) <= 1  # at most the step in flight
+        time.sleep(0.3)
+        assert [t for t in steps if t > left]  # then it goes on
+        paused = []
+        real = measure.latency
+        monkeypatch.setattr(measure, "latency",
+                            lambda *a, **k: (paused.append(bool(priority._paused)), real(*a, **k))[1])  # fmt: skip
+        tiny_engine.evaluate("baseline", with_latency=True, use_cache=False)
+        assert paused == [True]  # the retraining was paused when timing began
+    finally:
+        stop.set()
+        worker.join(timeout=60)

@@ -87,6 +87,11 @@ class Variant:
         return cls(((method, config if config is not None else get(method).config_type()),), finetune)
 
     @property
+    def trains(self) -> bool:
+        """Whether building it trains (fine-tuning, retraining, gradual pruning)."""
+        return self.finetune is not None or any(get(n).trains(c) for n, c in self.steps)
+
+    @property
     def name(self) -> str:
         """``svd``, or ``svd+quantize`` for a pipeline."""
         return "+".join(name for name, _ in self.steps)

@@ -55,6 +55,8 @@ class Method:
     finalize: Callable[[Params, Any], Params] = lambda params, config: params
     # Cheap checks of a config against the network (names, ranks), before any data is read.
     check: Callable[[Any, Any], None] = lambda config, spec: None
+    # Whether building with this config trains (minutes: the engine runs it as background work).
+    trains: Callable[[Any], bool] = lambda config: False
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     config_from_args: Callable[[argparse.Namespace], Any] | None = None
 

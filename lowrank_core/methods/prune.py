@@ -138,6 +138,7 @@ METHOD = Method(
     build=build,
     check=check,
     describe=describe,
+    trains=lambda config: config.schedule == "gradual",
     add_arguments=add_arguments,
     config_from_args=config_from_args,
 )

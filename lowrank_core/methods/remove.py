@@ -81,6 +81,7 @@ METHOD = Method(
     build=build,
     check=check,
     describe=describe,
+    trains=lambda config: config.retrain_steps > 0,
     add_arguments=add_arguments,
     config_from_args=config_from_args,
 )

@@ -1,0 +1,129 @@
+"""Foreground first: interactive requests run before long background work.
+
+Two cores are not enough for a retraining and a slider move at once: XLA's
+threads take both, and a cached rerun that needs a fraction of a second waits
+seconds for CPU. So the process keeps two kinds of work apart:
+
+- *foreground*: a script run someone is looking at (``app.py`` wraps each run
+  in :func:`foreground`);
+- *background*: work of minutes no one waits on interactively — retraining and
+  the training set's features it needs (the engine wraps such variants in
+  :func:`background`). It calls :func:`pause_point` between its steps; while
+  another thread runs foreground work there, it finishes its step and waits, at
+  most ``MAX_PAUSE_S`` at a time so that it still advances under constant use.
+  While a latency is being timed (:func:`exclusive`) it waits without limit:
+  a time measured beside a training would measure that contention.
+
+A thread in background mode never counts as foreground, so two retrainings
+never wait on each other. Nothing here knows Streamlit; with no foreground
+work, a pause point costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Callable, Iterator
+
+MAX_PAUSE_S = 1.0  # longest single pause of background work while foreground work runs
+EXCLUSIVE_SETTLE_S = 10.0  # longest wait of exclusive work for background steps in flight to end
+
+_cond = threading.Condition()
+_foreground: dict[int, int] = {}  # thread → nesting depth
+_background: dict[int, int] = {}
+_paused: set[int] = set()
+_exclusive = 0
+
+
+def _enter(table: dict[int, int]) -> int:
+    me = threading.get_ident()
+    with _cond:
+        table[me] = table.get(me, 0) + 1
+        _cond.notify_all()
+    return me
+
+
+def _leave(table: dict[int, int], me: int) -> None:
+    with _cond:
+        table[me] -= 1
+        if not table[me]:
+            del table[me]
+        _cond.notify_all()
+
+
+@contextlib.contextmanager
+def foreground() -> Iterator[None]:
+    """Marks the calling thread's work as interactive for the ``with`` block."""
+    me = _enter(_foreground)
+    try:
+        yield
+    finally:
+        _leave(_foreground, me)
+
+
+@contextlib.contextmanager
+def background() -> Iterator[None]:
+    """Marks the calling thread's work as long and yielding (see :func:`pause_point`),
+    even inside a foreground run."""
+    me = _enter(_background)
+    try:
+        yield
+    finally:
+        _leave(_background, me)
+
+
+def _others_interactive(me: int) -> bool:
+    return any(t != me and t not in _background for t in _foreground)
+
+
+def foreground_waiting() -> bool:
+    """Whether a thread other than the caller runs foreground work now."""
+    with _cond:
+        return _others_interactive(threading.get_ident())
+
+
+def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float = MAX_PAUSE_S) -> float:
+    """Between two steps of background work: if other threads run foreground
+    work (or exclusive work), calls ``sync`` (e.g. ``block_until_ready`` on
+    what was dispatched, so nothing of this work keeps running) and waits until
+    they are done, at most ``max_pause_s`` for foreground work, without limit
+    for exclusive work. A no-op outside :func:`background`. Returns the seconds paused."""
+    me = threading.get_ident()
+    if me not in _background or not (_exclusive or len(_foreground) > (me in _foreground)):
+        return 0.0  # read without the lock (single dict operations): the common case costs nothing
+    started = time.perf_counter()
+    with _cond:
+        if not (_exclusive or _others_interactive(me)):
+            return 0.0
+    if sync is not None:
+        sync()
+    deadline = started + max_pause_s
+    with _cond:
+        _paused.add(me)
+        _cond.notify_all()
+        try:
+            while _exclusive or (_others_interactive(me) and time.perf_counter() < deadline):
+                _cond.wait(timeout=None if _exclusive else max(0.0, deadline - time.perf_counter()))
+        finally:
+            _paused.discard(me)
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def exclusive(settle_s: float = EXCLUSIVE_SETTLE_S) -> Iterator[None]:
+    """Work that must not share the CPU (timing a latency): background work
+    pauses at its next pause point until the block ends; entering waits (at
+    most ``settle_s``) until every background thread has reached one."""
+    global _exclusive
+    me = threading.get_ident()
+    with _cond:
+        _exclusive += 1
+        _cond.notify_all()
+        _cond.wait_for(lambda: all(t in _paused or t == me for t in _background), timeout=settle_s)
+    try:
+        yield
+    finally:
+        with _cond:
+            _exclusive -= 1
+            _cond.notify_all()

@@ -1,0 +1,96 @@
+import threading
+import time
+
+from lowrank_core import priority
+
+
+def _run_steps(steps: list[float], stop: threading.Event, synced: list[int] | None = None) -> None:
+    """Background work: records when each step ends, pausing between steps."""
+    with priority.background():
+        while not stop.is_set():
+            time.sleep(0.005)  # a step
+            steps.append(time.perf_counter())
+            priority.pause_point(None if synced is None else lambda: synced.append(1))
+
+
+def test_pause_point_is_free_outside_background_work():
+    synced = []
+    with priority.foreground():
+        assert priority.pause_point(lambda: synced.append(1)) == 0.0
+    assert synced == []
+
+
+def test_background_work_pauses_while_another_thread_runs_foreground_work():
+    steps, synced, stop = [], [], threading.Event()
+    worker = threading.Thread(target=_run_steps, args=(steps, stop, synced))
+    worker.start()
+    try:
+        time.sleep(0.1)
+        assert steps and not synced  # runs freely while no one is interactive
+        with priority.foreground():
+            time.sleep(0.05)  # the step in flight ends, then it pauses
+            entered, count = time.perf_counter(), len(steps)
+            time.sleep(0.5)
+            assert len(steps) == count and synced  # no step while we run; its work was synced first
+        time.sleep(0.1)
+        assert len(steps) > count  # and it goes on once we are done
+        assert all(t < entered or t > entered + 0.5 for t in steps)
+    finally:
+        stop.set()
+        worker.join()
+
+
+def test_a_pause_is_bounded_so_background_work_advances_under_constant_use():
+    steps, stop = [], threading.Event()
+    worker = threading.Thread(target=_run_steps, args=(steps, stop))
+    with priority.foreground():  # never leaves during the test
+        worker.start()
+        time.sleep(2.2)
+        stop.set()
+    worker.join()
+    assert 2 <= len(steps) <= 4  # one step per pause, not none
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert all(g >= 0.9 * priority.MAX_PAUSE_S for g in gaps)
+
+
+def test_background_threads_never_wait_on_each_other_nor_on_their_own_run():
+    steps_a, steps_b, stop = [], [], threading.Event()
+
+    def inside_a_foreground_run(steps):
+        with priority.foreground():  # the session's own script run, retraining
+            _run_steps(steps, stop)
+
+    workers = [threading.Thread(target=inside_a_foreground_run, args=(s,)) for s in (steps_a, steps_b)]
+    for w in workers:
+        w.start()
+    time.sleep(0.3)
+    stop.set()
+    for w in workers:
+        w.join()
+    assert len(steps_a) > 10 and len(steps_b) > 10
+
+
+def test_exclusive_work_waits_for_background_steps_then_holds_them_without_limit():
+    stop = threading.Event()
+    steps: list[float] = []
+
+    def long_steps():
+        with priority.background():
+            while not stop.is_set():
+                time.sleep(0.2)  # a step that is in flight when exclusive work begins
+                steps.append(time.perf_counter())
+                priority.pause_point()
+
+    worker = threading.Thread(target=long_steps)
+    worker.start()
+    time.sleep(0.05)
+    with priority.exclusive():
+        entered = time.perf_counter()
+        assert steps and steps[-1] <= entered  # the step in flight ended before we began
+        count = len(steps)
+        time.sleep(priority.MAX_PAUSE_S + 0.3)  # longer than a foreground pause
+        assert len(steps) == count
+    time.sleep(0.3)
+    stop.set()
+    worker.join()
+    assert len(steps) > count  # and it goes on afterwards
