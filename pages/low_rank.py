@@ -21,6 +21,7 @@ from pages.common import (
     latency_stats,
     metric_row,
     progress_callback,
+    reference_line,
     style,
 )
 
@@ -199,26 +200,14 @@ if eng is not None:
                     marker=dict(size=14, color="#d62728", symbol="diamond"),
                 )
             )
-    acc_fig.add_hline(
-        y=100 * base["accuracy"],
-        line=dict(color=METHOD_COLORS["baseline"], dash="dash"),
-        annotation_text="baseline",
-        annotation_position="bottom left",
-    )
+    reference_line(acc_fig, y=100 * base["accuracy"], text="baseline", color=METHOD_COLORS["baseline"], dash="dash")
     if "latency_ms" in base:
-        lat_fig.add_hline(
-            y=base["latency_ms"],
-            line=dict(color=METHOD_COLORS["baseline"], dash="dash"),
-            annotation_text="baseline",
-            annotation_position="bottom left",
-        )
+        reference_line(lat_fig, y=base["latency_ms"], text="baseline", color=METHOD_COLORS["baseline"], dash="dash")
     dense = model.dense_layer_names(eng.params)
     layers = dense if include_output else dense[:-1]
     break_even = compress.break_even_fraction([eng.params[n]["w"].shape for n in layers])
     for fig in (acc_fig, lat_fig):
-        fig.add_vline(
-            x=break_even, line=dict(color="#888", dash="dot"), annotation_text=f"break-even f={break_even:.2f}"
-        )
+        reference_line(fig, x=break_even, text=f"break-even f={break_even:.2f}", color="#888", dash="dot")
     left, right = st.columns(2)
     left.plotly_chart(style(acc_fig, "Test accuracy", "rank fraction f", "accuracy (%)"), key="svd_acc_curve")
     right.plotly_chart(

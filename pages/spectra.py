@@ -12,6 +12,7 @@ from pages.common import (
     get_engine,
     keys,
     other_spectra,
+    reference_line,
     run_with_errors,
     spectra,
     validate_path,
@@ -76,7 +77,7 @@ if eng is not None:
             theirs = other[name]["curves"][curve_key]
             fig.add_trace(go.Scatter(x=np.arange(1, len(theirs) + 1), y=theirs, name="other checkpoint",
                                      line=dict(color="#ff7f0e")))  # fmt: skip
-        fig.add_vline(x=k, line=dict(color="#d62728"), annotation_text=f"k = {k}")
+        reference_line(fig, x=k, text=f"k = {k}", color="#d62728")
         fig.update_yaxes(exponentformat="e")  # 1e-15, not plotly's SI "1f"
         fig.update_layout(
             title=f"{name} ({m}×{n})",

@@ -134,6 +134,7 @@ async def _open(page, url: str, name: str, timeout_s: float = 300) -> None:
 
 
 WARMING = "Preparing in the background"
+BEFORE_RETRAIN_S = 20  # --retrain: cached moves are first timed with no retraining, for comparison
 
 
 async def _wait_until_warm(page, url: str, name: str, timeout_s: float = 600) -> None:
@@ -243,6 +244,7 @@ async def _cached_slider(browser, url: str, index: int, report: dict) -> None:
     page = await context.new_page()
     try:
         await _open(page, url, "low_rank")
+        await _wait_until_warm(page, url, "low_rank")
         thumb = page.get_by_role("slider").first
         await thumb.focus()
         for key in ("ArrowLeft", "ArrowRight"):  # measure the two positions once
@@ -258,6 +260,8 @@ async def _cached_slider(browser, url: str, index: int, report: dict) -> None:
                 await _settle(page, before, 120)
                 if report.get("retrain_started", float("inf")) <= started and "retrain_ended" not in report:
                     report["moves_during_retrain"].append(time.time() - started)
+                elif "retrain_started" not in report:  # the same moves with no retraining, for comparison
+                    report["moves_before_retrain"].append(time.time() - started)
                 await _check(page, "low_rank", index, report)
     except Exception as exc:
         report["errors"].append(f"session {index}: {type(exc).__name__}: {exc}".splitlines()[0])
@@ -277,6 +281,7 @@ async def soak(
     from playwright.async_api import async_playwright
 
     report: dict = {"errors": [], "moves": [], "visits": [], "first_visits": [], "moves_during_retrain": [],
+                    "moves_before_retrain": [],
                     "sliders_ready": 0, "by_page": {}, "warm_after_s": []}  # fmt: skip
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
@@ -288,6 +293,7 @@ async def soak(
             async def retrain_when_ready() -> None:
                 while report["sliders_ready"] < sessions and not report["errors"]:
                     await asyncio.sleep(0.5)
+                await asyncio.sleep(BEFORE_RETRAIN_S)  # the same moves without a retraining first
                 await _retrainer(browser, url, report)
 
             await asyncio.gather(retrain_when_ready(), *sliders)
@@ -374,6 +380,7 @@ def run(
     if retrain:
         summary["retrain_s"] = report.get("retrain_ended", np.nan) - report.get("retrain_started", np.nan)
         summary["moves_during_retrain"] = _percentiles(report["moves_during_retrain"])
+        summary["moves_before_retrain"] = _percentiles(report["moves_before_retrain"])
     return summary
 
 
