@@ -224,11 +224,16 @@ RECIPE_SETTINGS = (  # (batch size, peak learning rate, augmentation)
 
 
 def recipe_grid(
-    images_per_epoch: int = 45_000, horizons=RECIPE_HORIZONS, settings=RECIPE_SETTINGS, warmup_fraction: float = 0.1
+    images_per_epoch: int = 45_000,
+    horizons=RECIPE_HORIZONS,
+    settings=RECIPE_SETTINGS,
+    warmup_fraction: float = 0.1,
+    base: configs.TrainConfig | None = None,
 ) -> list[configs.TrainConfig]:
-    """The default preset with each (batch size, peak lr, augmentation) and
-    horizon: warm-up over ``warmup_fraction`` of the steps, cosine decay to 0 at the end."""
-    default = configs.get_preset("default")
+    """``base`` (default: the default preset) with each (batch size, peak lr,
+    augmentation) and horizon: warm-up over ``warmup_fraction`` of the steps,
+    cosine decay to 0 at the end."""
+    default = base or configs.get_preset("default")
     grid = []
     for epochs in horizons:
         for batch_size, learning_rate, augment in settings:

@@ -1,11 +1,15 @@
 """The benchmark suite's rows on tiny inputs (the suite itself is run by hand; see README)."""
 
+import dataclasses
 import types
 
 import numpy as np
 import pytest
 
-from lowrank_core import bench, data as data_lib
+from lowrank_core import bench, configs, data as data_lib, model
+
+# The default recipe on the small network of the same layer kinds: the rows' logic, seconds sooner.
+TINY = dataclasses.replace(configs.get_preset("default"), network=model.TINY_SPEC)
 
 
 @pytest.fixture
@@ -51,7 +55,7 @@ def test_ratio_is_median_of_paired_ratios():
 
 
 def test_time_to_accuracy_takes_a_config_and_counts_epochs(tiny_data):
-    config = bench.recipe_grid(images_per_epoch=32, horizons=(0.5,), settings=((16, 1e-3, "none"),))[0]
+    config = bench.recipe_grid(images_per_epoch=32, horizons=(0.5,), settings=((16, 1e-3, "none"),), base=TINY)[0]
     assert config.num_steps == 1 and config.batch_size == 16 and config.lr_schedule == "cosine"
     run = bench.bench_time_to_accuracy(tiny_data, config, target=1.01, eval_every=1, log=lambda _: None)
     n_train = tiny_data.x_train.shape[0] - min(config.validation_size, tiny_data.x_train.shape[0] // 5)
@@ -70,7 +74,9 @@ def test_recipe_grid_decays_every_schedule_at_its_own_horizon():
 
 
 def test_recipes_row_runs_each_config_and_tabulates(tiny_data):
-    grid = bench.recipe_grid(images_per_epoch=32, horizons=(1.0,), settings=((16, 1e-3, "none"), (8, 5e-4, "flip")))
+    grid = bench.recipe_grid(
+        images_per_epoch=32, horizons=(1.0,), settings=((16, 1e-3, "none"), (8, 5e-4, "flip")), base=TINY
+    )
     runs = bench.bench_recipes(tiny_data, grid, target=1.01, eval_images=16, log=lambda _: None)
     assert [r["preset"] for r in runs] == [c.preset for c in grid]
     # evaluated every 16 training images: every step of 16, every second step of 8
