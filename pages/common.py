@@ -139,7 +139,7 @@ def parameter_breakdown(checkpoint_path: str, digest: str) -> list[dict]:
     """Parameters per layer from the checkpoint alone: drawn before the data has loaded."""
     from lowrank_core import model, report
 
-    return report.parameter_breakdown(model.spec_of(checkpoint.load_params(checkpoint_path)))
+    return report.parameter_breakdown(model.spec_of(checkpoint.param_shapes(checkpoint_path)))
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

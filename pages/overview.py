@@ -1,6 +1,5 @@
 """Overview: the loaded model, and every measured variant on one Pareto chart."""
 
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -162,7 +161,7 @@ with summary_slot:
 
         with st.expander("Model card"):
             meta = eng.metadata
-            st.dataframe(pd.DataFrame(report.parameter_breakdown(eng.spec)), hide_index=True)
+            st.dataframe(report.parameter_breakdown(eng.spec), hide_index=True)
             st.write(
                 {
                     "preset": meta.get("preset"),

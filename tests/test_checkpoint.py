@@ -69,3 +69,21 @@ def test_pickled_object_arrays_are_refused(tmp_path):
     (folder / "metadata.json").write_text(json.dumps({}))
     with pytest.raises(CheckpointError):
         checkpoint.load(folder)
+
+
+def test_param_shapes_reads_headers_only_and_refuses_what_load_refuses(tmp_path, params):
+    checkpoint.save(tmp_path / "h", params, {}, dtype=np.float16)
+    shapes = checkpoint.param_shapes(tmp_path / "h")
+    loaded = checkpoint.load_params(tmp_path / "h")
+    assert jax.tree.map(np.shape, shapes) == jax.tree.map(np.shape, loaded)
+    assert shapes["linear"]["w"].dtype == np.float16 and shapes["linear"]["w"].strides == (0, 0)  # nothing read
+    for name, blob in (("truncated", (tmp_path / "h" / "params.npz").read_bytes()[:100]), ("garbage", b"x" * 64)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "params.npz").write_bytes(blob)
+        with pytest.raises(CheckpointError, match="unreadable or truncated"):
+            checkpoint.param_shapes(tmp_path / name)
+    other = dict(params, linear=dict(params["linear"], w=params["linear"]["w"][:, :3]))  # not one network
+    (tmp_path / "odd").mkdir()
+    np.savez(tmp_path / "odd" / "params.npz", **checkpoint.flatten_params(other))
+    with pytest.raises(CheckpointError, match="shape"):
+        checkpoint.param_shapes(tmp_path / "odd")
