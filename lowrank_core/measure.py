@@ -104,7 +104,10 @@ WIDTH_BUCKET = 128  # hidden widths are padded up to a multiple of this after de
 
 def product_params(params: Mapping) -> dict:
     """The product's inference form of ``params``, used for accuracy and latency alike:
-    dead hidden units dropped (lossless), then each hidden
+    int8 matrices dequantized once, as a model is when loaded (``q · scale`` in
+    float32, the same product the forward pass would compute on every batch;
+    int8 is how a variant is stored, not how it runs), dead hidden units dropped
+    (lossless), then each hidden
     width padded with zero units up to a multiple of WIDTH_BUCKET (at most
     back to its original width).
 
@@ -113,18 +116,19 @@ def product_params(params: Mapping) -> dict:
     or rank share one compiled program instead of compiling (seconds under
     load) for every new set of widths.
     """
-    from lowrank_core.compress import drop_dead_units
+    from lowrank_core.compress import dequantize, drop_dead_units
 
     # On the host: eager device ops would each compile for every new shape.
-    out = dict(drop_dead_units({m: {k: np.asarray(v) for k, v in ps.items()} for m, ps in params.items()}))
+    dequantized, _ = dequantize({m: {k: np.asarray(v) for k, v in ps.items()} for m, ps in params.items()})
+    out = dict(drop_dead_units(dequantized))
     names = model.dense_layer_names(out)
     for name, nxt in zip(names[:-1], names[1:]):
         layer, following = dict(out[name]), dict(out[nxt])
         into = next((k for k in ("w", "u") if k in following), None)
         if "w" not in layer or into is None:
-            continue  # int8 matrices keep their stored shapes
+            continue  # a factorized layer: its inner width is its rank
         width = layer["w"].shape[1]
-        extra = min(-width % WIDTH_BUCKET, np.shape(params[name]["w"])[1] - width)  # never wider than before
+        extra = min(-width % WIDTH_BUCKET, dequantized[name]["w"].shape[1] - width)  # never wider than before
         if not extra:
             continue
         layer["w"] = np.pad(layer["w"], ((0, 0), (0, extra)))

@@ -79,3 +79,17 @@ def test_slim_params_give_the_same_logits_with_bucketed_widths(params):
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_int8_runs_dequantized_once_on_the_product_path_with_the_same_predictions(params):
+    from lowrank_core import compress
+
+    pruned = compress.prune_structured(params, PruneConfig(sparsity=0.5, structured=True))
+    int8 = compress.quantize_dense(pruned)
+    product = measure.product_params(measure.dense_params(int8))
+    assert not any(k.endswith(("_q", "_scale")) for layer in product.values() for k in layer)
+    assert product["linear"]["w"].shape[1] < params["linear"]["w"].shape[1]  # dead units dropped here too
+    assert product["linear_1"]["w"].dtype == np.float32
+    features = np.random.default_rng(4).normal(size=(300, 3072)).astype(np.float32)
+    on_the_fly = np.argmax(np.asarray(model.dense_forward(measure.dense_params(int8), features)), -1)
+    np.testing.assert_array_equal(measure.predict_from_features(int8, features, batch_size=128), on_the_fly)
