@@ -157,16 +157,16 @@ async def _move_sliders(page, name: str, index: int, rng: random.Random, report:
     sliders = page.get_by_role("slider")
     for _ in range(rng.randint(1, 3) if await sliders.count() else 0):
         thumb = sliders.first  # each page's main slider comes first
+        started, before = time.perf_counter(), await _runs(page)
+        direction = rng.choice(["ArrowLeft", "ArrowRight"])
         try:
             await thumb.focus(timeout=10_000)
+            for _ in range(rng.randint(1, 5)):
+                await thumb.press(direction, timeout=10_000)
         except Exception:
             if not await sliders.count():
                 return  # it was the previous page's slider, on screen until this page's run ended
             raise
-        started, before = time.perf_counter(), await _runs(page)
-        direction = rng.choice(["ArrowLeft", "ArrowRight"])
-        for _ in range(rng.randint(1, 5)):
-            await thumb.press(direction)
         await _settle(page, before, 300)
         report[key].append(time.perf_counter() - started)
         report["by_page"].setdefault(name or "overview", []).append(time.perf_counter() - started)
