@@ -13,10 +13,11 @@ storage on top, every reported candidate measured on the full test set.
    the Pareto chart, in Compare & export); the answer is the best measured one
    that meets the target. Predictions only choose what to measure; they are
    never reported as results.
-4. With "prune": structured pruning at growing sparsity (first the lossless
-   dead-unit removal), then the answer's ranks on the smaller matrices, each
-   measured; the smallest within the target wins. With "quantize": int8 on
-   top of the answer, measured.
+4. With "prune": structured pruning (the lossless dead-unit removal, or the
+   weakest 30…70 % of hidden units), then the answer's ranks on the smaller
+   matrices, each measured; the sparsity is bisected (more pruning only drops
+   more), and the smallest measured pipeline within the target wins. With
+   "quantize": int8 on top of the answer, measured.
 """
 
 from __future__ import annotations
@@ -214,17 +215,25 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
     pipelines: list[dict] = []
     sparsity = None
     if "prune" in config.methods and plan is not None and config.basis == "weights":
-        for i, s in enumerate(PIPELINE_SPARSITIES):
+        # Bisection over the sparsities (more pruning only drops more): the largest one within the
+        # drop in ⌈log2(n + 1)⌉ measurements, each a new set of SVDs of the pruned matrices.
+        below, above = -1, len(PIPELINE_SPARSITIES)  # within the drop at ``below``, outside it at ``above``
+        while above - below > 1:
+            middle = (below + above) // 2
+            s = PIPELINE_SPARSITIES[middle]
             variant = pipeline_variant(engine.params, plan, s, config.finetune_steps)
-            if variant is None:
+            if variant is None:  # the ranks no longer save weights on matrices this small
+                above = middle
                 continue
-            report(f"pipeline {i + 1} of {len(PIPELINE_SPARSITIES)}: structured pruning, then SVD", 0.9)
+            report(f"pipeline {len(pipelines) + 1}: structured pruning {s:.0%}, then SVD", 0.9)
             record = engine.evaluate(variant, with_latency=with_latency)
             pipelines.append(record)
-            if within(record) and _cost(record, config.minimize) < _cost(answer, config.minimize):
-                answer, sparsity = record, s
-            if not within(record):
-                break  # more pruning only drops more
+            if within(record):
+                below = middle
+                if _cost(record, config.minimize) < _cost(answer, config.minimize):
+                    answer, sparsity = record, s
+            else:
+                above = middle
     int8 = None
     if "quantize" in config.methods and plan is not None:
         report("int8 on top", 0.98)
