@@ -9,8 +9,10 @@ seconds for CPU. So the process keeps two kinds of work apart:
 - *background*: work of minutes no one waits on interactively — retraining and
   the training set's features it needs (the engine wraps such variants in
   :func:`background`). It calls :func:`pause_point` between its steps; while
-  another thread runs foreground work there, it finishes its step and waits, at
-  most ``MAX_PAUSE_S`` at a time so that it still advances under constant use.
+  another thread runs foreground work there, or did less than ``GRACE_S`` ago
+  (a session's next rerun follows its last within a browser round trip), it
+  finishes its step and waits, at most ``MAX_PAUSE_S`` at a time so that it
+  still advances under constant use.
   While a latency is being timed (:func:`exclusive`) it waits without limit:
   a time measured beside a training would measure that contention.
 
@@ -26,7 +28,8 @@ import threading
 import time
 from typing import Callable, Iterator
 
-MAX_PAUSE_S = 1.0  # longest single pause of background work while foreground work runs
+MAX_PAUSE_S = 2.0  # longest single pause of background work while foreground work runs
+GRACE_S = 0.5  # background work resumes only after this long without foreground work
 EXCLUSIVE_SETTLE_S = 10.0  # longest wait of exclusive work for background steps in flight to end
 
 _cond = threading.Condition()
@@ -34,6 +37,7 @@ _foreground: dict[int, int] = {}  # thread → nesting depth
 _background: dict[int, int] = {}
 _paused: set[int] = set()
 _exclusive = 0
+_last_foreground_end = float("-inf")  # time.monotonic() when foreground work last ended
 
 
 def _enter(table: dict[int, int]) -> int:
@@ -45,10 +49,13 @@ def _enter(table: dict[int, int]) -> int:
 
 
 def _leave(table: dict[int, int], me: int) -> None:
+    global _last_foreground_end
     with _cond:
         table[me] -= 1
         if not table[me]:
             del table[me]
+            if table is _foreground and me not in _background:
+                _last_foreground_end = time.monotonic()
         _cond.notify_all()
 
 
@@ -74,23 +81,21 @@ def background() -> Iterator[None]:
 
 
 def _others_interactive(me: int) -> bool:
-    return any(t != me and t not in _background for t in _foreground)
+    recent = time.monotonic() - _last_foreground_end < GRACE_S
+    return recent or any(t != me and t not in _background for t in _foreground)
 
 
-def foreground_waiting() -> bool:
-    """Whether a thread other than the caller runs foreground work now."""
-    with _cond:
-        return _others_interactive(threading.get_ident())
-
-
-def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float = MAX_PAUSE_S) -> float:
+def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float | None = None) -> float:
     """Between two steps of background work: if other threads run foreground
-    work (or exclusive work), calls ``sync`` (e.g. ``block_until_ready`` on
-    what was dispatched, so nothing of this work keeps running) and waits until
-    they are done, at most ``max_pause_s`` for foreground work, without limit
-    for exclusive work. A no-op outside :func:`background`. Returns the seconds paused."""
+    work (or did within ``GRACE_S``, or exclusive work runs), calls ``sync``
+    (e.g. ``block_until_ready`` on what was dispatched, so nothing of this work
+    keeps running) and waits until they are done, at most ``max_pause_s``
+    (default ``MAX_PAUSE_S``) for foreground work, without limit for exclusive
+    work. A no-op outside :func:`background`. Returns the seconds paused."""
+    max_pause_s = MAX_PAUSE_S if max_pause_s is None else max_pause_s
     me = threading.get_ident()
-    if me not in _background or not (_exclusive or len(_foreground) > (me in _foreground)):
+    quiet = len(_foreground) <= (me in _foreground) and time.monotonic() - _last_foreground_end >= GRACE_S
+    if me not in _background or (quiet and not _exclusive):
         return 0.0  # read without the lock (single dict operations): the common case costs nothing
     started = time.perf_counter()
     with _cond:
@@ -104,7 +109,8 @@ def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float = M
         _cond.notify_all()
         try:
             while _exclusive or (_others_interactive(me) and time.perf_counter() < deadline):
-                _cond.wait(timeout=None if _exclusive else max(0.0, deadline - time.perf_counter()))
+                # A timed wait even when nothing will notify: the grace period ends by itself.
+                _cond.wait(timeout=None if _exclusive else min(0.05, max(0.0, deadline - time.perf_counter())))
         finally:
             _paused.discard(me)
     return time.perf_counter() - started

@@ -392,7 +392,7 @@ def test_retraining_yields_to_interactive_runs_and_never_runs_beside_a_latency(t
             time.sleep(0.6)
             left = time.perf_counter()
         assert len([t for t in steps if entered < t < left]) <= 1  # at most the step in flight
-        time.sleep(0.3)
+        time.sleep(priority.GRACE_S + 0.3)
         assert [t for t in steps if t > left]  # then it goes on
         paused = []
         real = measure.latency
