@@ -106,3 +106,9 @@ def tiny_checkpoint(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
         archive = write_archive(root / data_lib.ARCHIVE_NAME, write_folder(root / "src", n_per_batch=40))
         train.train_and_save(configs.get_preset("tiny"), data_lib.load_cifar10(archive), root / "ck")
     return archive, root / "ck"
+
+
+def pytest_collection_modifyitems(items):
+    # The real-browser tests are the longest file (≈ 2 minutes of one worker, mostly waiting on the
+    # app server): scheduled first, they run beside everything else instead of after it.
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_browser.py"))
