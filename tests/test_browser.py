@@ -107,7 +107,11 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
         for name, ready in PAGES.items():
             started = time.perf_counter()
             page.goto(f"{app_server['url']}/{name}")
-            page.wait_for_selector(ready, timeout=180_000)
+            try:
+                page.wait_for_selector(ready, timeout=180_000)
+            except Exception:
+                page.screenshot(path=str(shots / f"stuck_{name or 'overview'}.png"), full_page=True)
+                raise AssertionError(f"page {name or 'overview'!r} was not drawn within 180 s") from None
             first_visit[name or "overview"] = {"drawn_s": time.perf_counter() - started}
             _wait_until_idle(page, 180)
             first_visit[name or "overview"]["idle_s"] = time.perf_counter() - started
