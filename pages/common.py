@@ -12,6 +12,11 @@ from __future__ import annotations
 import os
 import pathlib
 
+# Imported whole before any page builds a plotly figure: plotly looks pandas up in sys.modules
+# without importing it, and a first import still running in another thread (a session's page or the
+# warm-up) left it half-initialized there ("partially initialized module 'pandas' has no attribute
+# 'Series'", seen on the Overview's first paint).
+import pandas  # noqa: F401
 import plotly.graph_objects as go
 import streamlit as st
 
