@@ -52,8 +52,8 @@ if eng is not None:
         f"Stored size is the .npz this variant exports: {fmt_mib(result['bytes'])} vs "
         f"{fmt_mib(base['bytes'])} for the checkpoint ({base['bytes'] / result['bytes']:.1f}× smaller). "
         "Int8 halves a float16 checkpoint's dense matrices (quarters a float32 one); it runs no faster here "
-        "(dequantized to float32 once, when loaded, as a runtime without int8 kernels would). Dead-unit removal drops hidden units that can never change "
-        "the output, so accuracy is unchanged by construction."
+        "(dequantized to float32 once, when loaded, as a runtime without int8 kernels would). Dead-unit "
+        "removal drops hidden units that can never change the output, so accuracy is unchanged by construction."
     )
     if result["facts"].get("widths"):
         st.write("Hidden widths after dropping dead units:", result["facts"]["widths"])
