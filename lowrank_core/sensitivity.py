@@ -86,18 +86,22 @@ def svd_sensitivity(
                 )
                 tail = measure.product_params(following)
             # Only live inputs and outputs take part: a dead unit's column of W_r is zero too.
-            u = svd.u[:, : max(by_rank)]
+            # Directions past the layer's rank (σ exactly 0: its dead units, see compress.layer_svd) add
+            # nothing: project on the ones that exist only (the first layer's 3,000 → ≤ 1,692).
+            reach = min(max(by_rank), int(np.count_nonzero(svd.s)))
+            u = svd.u[:, :reach]
             if factor is not None:  # activation basis: W_k = L⁻ᵀ U_k S_k V_kᵀ
                 u = scipy.linalg.solve_triangular(factor.T, u, lower=False).astype(np.float32)
             u_live, vt_live = u[live_in], svd.vt[:, live_out]
             y = np.broadcast_to(b[live_out], (x.shape[0], live_out.size)).astype(np.float32)
             # The inputs projected on every direction the grid reaches, in one product (x is read once).
-            projected = x @ _rounded(u_live[:, : max(by_rank)], storage_dtype)
+            projected = x @ _rounded(u_live, storage_dtype)
             previous, accuracy = 0, None
             for rank in sorted(by_rank):
-                sv = _rounded(svd.s[previous:rank, None] * vt_live[previous:rank], storage_dtype)
+                lo, hi = min(previous, reach), min(rank, reach)
+                sv = _rounded(svd.s[lo:hi, None] * vt_live[lo:hi], storage_dtype)
                 if accuracy is None or sv.any():  # directions past the layer's rank add exactly nothing
-                    y = y + projected[:, previous:rank] @ sv
+                    y = y + projected[:, lo:hi] @ sv
                     if tail is None:
                         predictions = np.argmax(y, axis=-1)
                     else:
