@@ -365,9 +365,12 @@ class Engine:
             return predictions
 
     def _predict(self, params: dict) -> np.ndarray:
-        """Test-set predictions on the product path (from the cached convolutions' output when unchanged)."""
+        """Test-set predictions on the product path (from the cached convolutions' output when
+        unchanged, and from the checkpoint's hidden outputs before the first changed dense layer)."""
         if measure.same_convolutions(params, self.params):
-            predictions = measure.predict_from_features(params, self.test_features)
+            predictions = measure.predict_from_features(
+                params, self.test_features, reference=self.intermediates.hidden_activations()
+            )
         else:
             predictions = measure.predict_full(params, self.data.x_test)
         return predictions.astype(np.int32)

@@ -93,3 +93,33 @@ def test_int8_runs_dequantized_once_on_the_product_path_with_the_same_prediction
     features = np.random.default_rng(4).normal(size=(300, 3072)).astype(np.float32)
     on_the_fly = np.argmax(np.asarray(model.dense_forward(measure.dense_params(int8), features)), -1)
     np.testing.assert_array_equal(measure.predict_from_features(int8, features, batch_size=128), on_the_fly)
+
+
+def test_a_variant_runs_from_the_checkpoints_hidden_outputs_with_the_same_logits(params):
+    # The engine predicts a variant from the checkpoint's cached hidden outputs before its first
+    # changed layer: that must be the same computation, bit for bit, as the whole dense stack.
+    rng = np.random.default_rng(5)
+    features = np.maximum(rng.standard_normal((700, model.FEATURE_DIM)), 0).astype(np.float32)  # 500 + 200 padded
+    reference = measure.hidden_activations(params, features)
+    names = model.dense_layer_names(params)
+    logits = jax.jit(model.dense_forward)
+    for changed in range(1, len(names)):
+        variant = {n: dict(params[n]) for n in params}
+        variant[names[changed]]["b"] = np.asarray(variant[names[changed]]["b"]) + 0.01
+        product = measure.product_params(measure.dense_params(variant))
+        assert measure.unchanged_layers(product, reference.product) == changed
+        tail = {n: product[n] for n in names[changed:]}
+        np.testing.assert_array_equal(
+            measure._batched(logits, tail, reference.outputs[changed - 1], None),
+            measure._batched(logits, product, features, None),
+        )
+        # NaN features: the right predictions can only come from the reference's outputs.
+        np.testing.assert_array_equal(
+            measure.predict_from_features(variant, np.full_like(features, np.nan), reference=reference),
+            measure.predict_from_features(variant, features),
+        )
+    # A variant equal to the checkpoint runs only its output layer.
+    np.testing.assert_array_equal(
+        measure.predict_from_features(params, np.full_like(features, np.nan), reference=reference),
+        measure.predict_from_features(params, features),
+    )
