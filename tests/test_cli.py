@@ -17,7 +17,17 @@ def run_cli(*args, env_extra=None):
     )
 
 
-def test_train_then_evaluate_json(tmp_path, synthetic_archive):
+def run_in_process(capsys, *args) -> tuple[int, str, str]:
+    """``cli.main`` in this process: what ``python -m lowrank_core`` runs, without a JAX start."""
+    from lowrank_core import cli
+
+    capsys.readouterr()
+    status = cli.main(list(args))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_train_then_evaluate_json(tmp_path, synthetic_archive, capsys, monkeypatch):
     out = tmp_path / "ck"
     trained = run_cli("train", "--preset", "tiny", "--data", str(synthetic_archive), "--out", str(out))
     assert trained.returncode == 0, trained.stderr
@@ -41,7 +51,10 @@ def test_train_then_evaluate_json(tmp_path, synthetic_archive):
     assert payload["batch_size"] == 24 and set(payload["latency"]) == {"1", "24"}  # the batch actually timed
     # --export writes the measured variant in the stored format: the same bytes the record counts.
     export = tmp_path / "variant.npz"
-    exported = run_cli(
+    # The train and the first evaluate ran as real processes; the rest in process (a JAX start each).
+    monkeypatch.setenv("LOWRANK_CIFAR10_URL", "http://127.0.0.1:9/cifar.tgz")
+    status, stdout, stderr = run_in_process(
+        capsys,
         "evaluate",
         "--checkpoint",
         str(out),
@@ -58,11 +71,12 @@ def test_train_then_evaluate_json(tmp_path, synthetic_archive):
         "--export",
         str(export),
     )
-    assert exported.returncode == 0, exported.stderr
-    record = json.loads(exported.stdout)
+    assert status == 0, stderr
+    record = json.loads(stdout)
     assert record["method"] == "svd+quantize" and export.stat().st_size == record["bytes"]
     assert [s["method"] for s in record["steps"]] == ["svd", "quantize"] and record["facts"]["ranks"]["linear"] == 48
-    dead = run_cli(
+    status, stdout, stderr = run_in_process(
+        capsys,
         "evaluate",
         "--checkpoint",
         str(out),
@@ -73,8 +87,8 @@ def test_train_then_evaluate_json(tmp_path, synthetic_archive):
         "--no-latency",
         "--json",
     )
-    assert dead.returncode == 0, dead.stderr
-    assert json.loads(dead.stdout)["method"] == "dead_units"
+    assert status == 0, stderr
+    assert json.loads(stdout)["method"] == "dead_units"
 
 
 @pytest.mark.parametrize(
