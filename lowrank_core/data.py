@@ -233,8 +233,13 @@ def _read_archive(path: pathlib.Path) -> dict[str, bytes]:
     return files
 
 
+def _batch_folder(path: pathlib.Path) -> pathlib.Path:
+    """Where a folder source keeps its batch files: ``PATH/cifar-10-batches-py/`` or PATH itself."""
+    return path / BATCH_DIR if (path / BATCH_DIR).is_dir() else path
+
+
 def _read_folder(path: pathlib.Path) -> dict[str, bytes]:
-    folder = path / BATCH_DIR if (path / BATCH_DIR).is_dir() else path
+    folder = _batch_folder(path)
     files = {}
     for name in _NEEDED:
         if (folder / name).is_file():
@@ -379,9 +384,17 @@ def resolve_source(
 
 
 def _cache_key(path: pathlib.Path) -> str:
+    """Keys the decoded cache by the source's path and the size and mtime of the
+    files that are read: for a folder, only its batch files (never a walk of the
+    tree: a data path of "/" or a home folder must not scan the disk)."""
     path = path.resolve()
-    stats = [path.stat()] if path.is_file() else [p.stat() for p in sorted(path.rglob("*")) if p.is_file()]
-    fingerprint = json.dumps([_DECODE_VERSION, str(path), [(s.st_size, s.st_mtime_ns) for s in stats]])
+    if path.is_file():
+        files = [path]
+    else:
+        folder = _batch_folder(path)
+        files = [folder / name for name in _NEEDED if (folder / name).is_file()]
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    fingerprint = json.dumps([_DECODE_VERSION, str(path), stats])
     return hashlib.sha256(fingerprint.encode()).hexdigest()[:24]
 
 

@@ -267,3 +267,30 @@ def test_oversized_batch_file_in_a_folder_is_refused(tmp_path):
         handle.truncate(200 * 2**20)
     with pytest.raises(DataError, match="data_batch_2 declares 200 MiB"):
         data_lib.read_source(folder)
+
+
+def test_a_folder_source_is_never_walked(tmp_path, monkeypatch):
+    # A data path of "/" or a home folder once made the cache key stat every file below it (11 s for
+    # /tmp here, minutes for "/"): only the batch files that are read may be looked at.
+    deep = tmp_path / "home"
+    for i in range(3):
+        (deep / f"d{i}" / "x").mkdir(parents=True)
+        (deep / f"d{i}" / "x" / "notes.txt").write_text("not CIFAR-10")
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("the folder was walked")
+
+    monkeypatch.setattr(pathlib.Path, "rglob", no_walk)
+    monkeypatch.setattr(pathlib.Path, "walk", no_walk, raising=False)
+    monkeypatch.setattr(os, "walk", no_walk)
+    with pytest.raises(DataError, match="missing"):
+        data_lib.load_cifar10(deep)
+    # A real folder source: keyed by its batch files, not by what else lies beside them.
+    folder = write_folder(tmp_path / "src", n_per_batch=4)
+    key = data_lib._cache_key(folder)
+    (folder / "unrelated.txt").write_text("x")
+    assert data_lib._cache_key(folder) == key
+    batches = folder / data_lib.BATCH_DIR if (folder / data_lib.BATCH_DIR).is_dir() else folder
+    time.sleep(0.01)
+    (batches / "test_batch").write_bytes((batches / "test_batch").read_bytes())
+    assert data_lib._cache_key(folder) != key
