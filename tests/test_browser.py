@@ -123,6 +123,14 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
         page.wait_for_selector(".st-key-overview_pareto .js-plotly-plot", timeout=180_000)
         # The Pareto chart needs CIFAR-10 decoded and the baseline measured on all test images.
         timings["process_start_to_measured_pareto_chart_s"] = time.perf_counter() - server.started
+        # Every chart saves itself as a PNG from its toolbar (Streamlit's plotly toolbar, on hover).
+        chart = page.locator(".st-key-overview_pareto")
+        chart.hover()
+        with page.expect_download(timeout=60_000) as download:
+            chart.get_by_role("button", name="Download plot as a PNG").click()
+        png = shots / "pareto_chart.png"
+        download.value.save_as(png)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
         _wait_until_idle(page)
         peak_rss = max(peak_rss, server.process.memory_info().rss)
 
