@@ -134,11 +134,12 @@ class Intermediates:
 
     def hidden_activations(self) -> measure.HiddenActivations:
         """The checkpoint's hidden dense layers' outputs on the test set (product
-        path; ≈ 190 MB for the baseline): a variant that changes only later layers
-        runs from there (:func:`measure.predict_from_features`)."""
+        path; ≈ 190 MB for the baseline, computed when a variant first needs
+        them): a variant that changes only later layers runs from there
+        (:func:`measure.predict_from_features`)."""
         with self._locks("hidden_activations"):
             if self._hidden is None:
-                self._hidden = measure.hidden_activations(self.params, self.features("test"))
+                self._hidden = measure.HiddenActivations(self.params, self.features("test"))
             return self._hidden
 
     # ---- calibration (activation-whitened SVD) ----

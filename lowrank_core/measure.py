@@ -8,8 +8,9 @@ reported apart, then warm-up calls, then ``repeats`` timed calls each ended by
 from __future__ import annotations
 
 import json
+import threading
 import time
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -143,23 +144,27 @@ def _hidden_layer(layer, x):
     return jax.nn.relu(model.dense_layer(layer, x))
 
 
-class HiddenActivations(NamedTuple):
-    """A network's dense stack in product form and, on some inputs, the output of
-    each of its hidden layers (after relu), as the product path computes them."""
+class HiddenActivations:
+    """A network's dense stack in product form and, on ``features`` (computed on
+    first use, layer by layer in the batches :func:`predict_from_features` uses),
+    the output of each of its hidden layers after relu."""
 
-    product: dict
-    outputs: list[np.ndarray]
+    def __init__(self, params: Mapping, features: np.ndarray, batch_size: int | None = None):
+        self.product = product_params(dense_params(params))
+        self._features, self._batch_size = features, batch_size
+        self._outputs: list[np.ndarray] | None = None
+        self._lock = threading.Lock()
 
-
-def hidden_activations(params: Mapping, features: np.ndarray, batch_size: int | None = None) -> HiddenActivations:
-    """Each hidden dense layer's output on ``features`` (the convolutions' output),
-    computed layer by layer in the batches :func:`predict_from_features` uses."""
-    product = product_params(dense_params(params))
-    outputs, x = [], features
-    for name in model.dense_layer_names(product)[:-1]:
-        x = _batched(_hidden_layer, product[name], x, batch_size)
-        outputs.append(x)
-    return HiddenActivations(product, outputs)
+    @property
+    def outputs(self) -> list[np.ndarray]:
+        with self._lock:
+            if self._outputs is None:
+                outputs, x = [], self._features
+                for name in model.dense_layer_names(self.product)[:-1]:
+                    x = _batched(_hidden_layer, self.product[name], x, self._batch_size)
+                    outputs.append(x)
+                self._outputs = outputs
+            return self._outputs
 
 
 def _same_layer(a: Mapping, b: Mapping) -> bool:
@@ -187,7 +192,7 @@ def predict_from_features(
     """Predictions of a variant whose convolutions equal those that made ``features``
     (dead hidden units dropped first: lossless, see :func:`predict_full`).
 
-    With ``reference`` (the checkpoint's :func:`hidden_activations` on the same
+    With ``reference`` (the checkpoint's :class:`HiddenActivations` on the same
     ``features``), only the layers from the variant's first changed one onward
     run, from the reference's output before it: the same layers on the same
     inputs, so the same predictions (a test checks the logits bit for bit), in
@@ -196,9 +201,10 @@ def predict_from_features(
     product = product_params(dense_params(params))
     names = model.dense_layer_names(product)
     if reference is not None:
-        # At least the output layer runs (a variant equal to the checkpoint runs only that).
-        start = min(unchanged_layers(product, reference.product), len(names) - 1)
-        if start > 0:
+        # A variant equal to the checkpoint runs whole (the outputs are computed only for variants
+        # that share a part of it: the advisor's candidates, say, never need them).
+        start = unchanged_layers(product, reference.product)
+        if 0 < start < len(names):
             tail = {name: product[name] for name in names[start:]}
             return _batched(_dense_predict, tail, reference.outputs[start - 1], batch_size)
     return _batched(_dense_predict, product, features, batch_size)

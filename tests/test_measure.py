@@ -100,7 +100,7 @@ def test_a_variant_runs_from_the_checkpoints_hidden_outputs_with_the_same_logits
     # changed layer: that must be the same computation, bit for bit, as the whole dense stack.
     rng = np.random.default_rng(5)
     features = np.maximum(rng.standard_normal((700, model.FEATURE_DIM)), 0).astype(np.float32)  # 500 + 200 padded
-    reference = measure.hidden_activations(params, features)
+    reference = measure.HiddenActivations(params, features)
     names = model.dense_layer_names(params)
     logits = jax.jit(model.dense_forward)
     for changed in range(1, len(names)):
@@ -118,8 +118,10 @@ def test_a_variant_runs_from_the_checkpoints_hidden_outputs_with_the_same_logits
             measure.predict_from_features(variant, np.full_like(features, np.nan), reference=reference),
             measure.predict_from_features(variant, features),
         )
-    # A variant equal to the checkpoint runs only its output layer.
+    # A variant equal to the checkpoint runs whole: its hidden outputs are never needed for it.
+    fresh = measure.HiddenActivations(params, np.full_like(features, np.nan))
     np.testing.assert_array_equal(
-        measure.predict_from_features(params, np.full_like(features, np.nan), reference=reference),
+        measure.predict_from_features(params, features, reference=fresh),
         measure.predict_from_features(params, features),
     )
+    assert fresh._outputs is None
