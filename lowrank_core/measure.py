@@ -103,7 +103,7 @@ def dense_params(params: Mapping) -> dict:
 WIDTH_BUCKET = 128  # hidden widths are padded up to a multiple of this after dead units are dropped
 
 
-def product_params(params: Mapping) -> dict:
+def product_params(params: Mapping, pad: bool = True) -> dict:
     """The product's inference form of ``params``, used for accuracy and latency alike:
     int8 matrices dequantized once, as a model is when loaded (``q · scale`` in
     float32, the same product the forward pass would compute on every batch;
@@ -122,6 +122,8 @@ def product_params(params: Mapping) -> dict:
     # On the host: eager device ops would each compile for every new shape.
     dequantized, _ = dequantize({m: {k: np.asarray(v) for k, v in ps.items()} for m, ps in params.items()})
     out = dict(drop_dead_units(dequantized))
+    if not pad:  # one shape only ever runs (the sensitivity table's tails): nothing to share
+        return out
     names = model.dense_layer_names(out)
     for name, nxt in zip(names[:-1], names[1:]):
         layer, following = dict(out[name]), dict(out[nxt])

@@ -5,8 +5,9 @@ For a layer L the test images' inputs to L are computed once (the unchanged
 layers before it); the rank-r output ``x U_r (S V)_r + b`` is built up
 incrementally over increasing ranks (each rank adds its own slice of factors,
 so a whole grid costs one product at the largest rank); only the layers after
-L run per rank, in one compiled program per layer, on the product path (dead
-units dropped, see :func:`measure.product_params`). Factors are rounded to the
+L run per rank (in NumPy, see :func:`_tail_predictions`), on the product path
+(dead units dropped, see :func:`measure.product_params`; unpadded: one shape
+only ever runs). Factors are rounded to the
 checkpoint's storage dtype as the engine stores them, so a cell equals the
 engine's measurement of ``SvdConfig(rank_fraction=f, only=(L,))`` up to float
 summation order.
@@ -16,24 +17,30 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-from lowrank_core import compress, measure, model
+from lowrank_core import compress, measure, model, priority
 
 # 20 fractions, dense where trained layers are cheap to cut (the advisor chooses among these ranks).
 DEFAULT_FRACTIONS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.06,
                      0.07, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)  # fmt: skip
 
 
-TAIL_BATCH = 2000  # measured fastest for the layers after a truncated one (10,000 rows)
+def _tail_predictions(tail: dict, hidden: np.ndarray) -> np.ndarray:
+    """Predictions of the layers after a truncated one, from its relu'd output.
 
-
-@jax.jit
-def _tail_predict(tail: dict, hidden: jnp.ndarray) -> jnp.ndarray:
-    return jnp.argmax(model.dense_forward(tail, hidden), axis=-1)
+    In NumPy, in place: on the 2-core CPU this ran the baseline's table ≈ 25 %
+    faster than the same layers jitted in batches (OpenBLAS on the whole
+    10,000 rows against XLA's dot), with the same accuracy in all 100 cells."""
+    names = model.dense_layer_names(tail)
+    x = hidden
+    for i, name in enumerate(names):
+        x = model.dense_layer(tail[name], x)
+        if i < len(names) - 1:
+            np.maximum(x, 0.0, out=x)
+    priority.pause_point(lambda: None)  # in background work, an interactive request goes first
+    return np.argmax(x, axis=-1)
 
 
 def _rounded(values: np.ndarray, dtype) -> np.ndarray:
@@ -84,7 +91,7 @@ def svd_sensitivity(
                 following[names[i + 1]] = dict(
                     following[names[i + 1]], w=np.asarray(following[names[i + 1]]["w"])[live_out]
                 )
-                tail = measure.product_params(following)
+                tail = measure.product_params(following, pad=False)
             # Only live inputs and outputs take part: a dead unit's column of W_r is zero too.
             # Directions past the layer's rank (σ exactly 0: its dead units, see compress.layer_svd) add
             # nothing: project on the ones that exist only (the first layer's 3,000 → ≤ 1,692).
@@ -101,11 +108,11 @@ def svd_sensitivity(
                 lo, hi = min(previous, reach), min(rank, reach)
                 sv = _rounded(svd.s[lo:hi, None] * vt_live[lo:hi], storage_dtype)
                 if accuracy is None or sv.any():  # directions past the layer's rank add exactly nothing
-                    y = y + projected[:, lo:hi] @ sv
+                    y += projected[:, lo:hi] @ sv
                     if tail is None:
                         predictions = np.argmax(y, axis=-1)
                     else:
-                        predictions = measure._batched(_tail_predict, tail, np.maximum(y, 0.0), TAIL_BATCH)
+                        predictions = _tail_predictions(tail, np.maximum(y, 0.0))
                     accuracy = float(np.mean(predictions == labels))
                 previous = rank
                 for f in by_rank[rank]:
