@@ -100,7 +100,7 @@ def _wait_until_idle(page, timeout_s: float = 120) -> None:
 def test_every_page_in_a_real_browser(app_server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    shots = pathlib.Path(os.environ.get("LOWRANK_SCREENSHOTS") or tmp_path)
+    shots = pathlib.Path(os.environ.get("LOWRANK_SCREENSHOTS") or tmp_path).resolve()  # a relative DIR too
     shots.mkdir(parents=True, exist_ok=True)
     timings = {}
     peak_rss = 0
