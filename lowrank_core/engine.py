@@ -80,11 +80,13 @@ class Engine:
 
     def warm_up(self) -> threading.Thread:
         """Starts (once) a background thread computing what every page needs first:
-        the convolutions' test-set output, the baseline's accuracy, then the dense
-        layers' SVDs (≈ 6 s on 2 cores for the baseline: dead units are left out)
-        and their spectra at initialization (≈ 9 s, mostly Haiku's init),
-        each under its own lock, so a page asking meanwhile waits for that piece
-        only. The SVDs and init spectra start only while no measurement runs
+        the convolutions' test-set output, the baseline's accuracy, then its
+        hidden-layer outputs (≈ 1 s; pruning and one-layer variants run from
+        them, see :meth:`_predict`), the dense layers' SVDs (≈ 6 s on 2 cores
+        for the baseline: dead units are left out) and their spectra at
+        initialization (≈ 9 s, mostly Haiku's init), each under its own lock,
+        so a page asking meanwhile waits for that piece only. The hidden
+        outputs, SVDs and init spectra start only while no measurement runs
         (layer by layer), so they never slow a slider move they are not needed
         for. Latency is never measured here: timing beside other work would
         misreport it."""
@@ -96,6 +98,7 @@ class Engine:
                 def work() -> None:
                     for step, task in (("features", lambda: self.test_features),
                                        ("baseline", lambda: self.evaluate("baseline", with_latency=False)),
+                                       ("hidden", lambda: self.intermediates.hidden_activations().outputs),
                                        *svd_steps, ("init_spectra", self.init_singular_values)):  # fmt: skip
                         if step not in ("features", "baseline"):
                             self._wait_for_quiet()
@@ -116,8 +119,8 @@ class Engine:
         thread = self._warm_thread
         if thread is None or not thread.is_alive():
             return []
-        steps = {"features": "test-set features", "baseline": "baseline accuracy", "svds": "SVDs",
-                 "init_spectra": "spectra at initialization"}  # fmt: skip
+        steps = {"features": "test-set features", "baseline": "baseline accuracy", "hidden": "hidden-layer outputs",
+                 "svds": "SVDs", "init_spectra": "spectra at initialization"}  # fmt: skip
         return [label for step, label in steps.items() if step not in self.warmed]
 
     def _wait_for_quiet(self) -> None:

@@ -291,7 +291,8 @@ def test_warm_up_runs_once_in_the_background(tiny_engine, monkeypatch):
     thread = tiny_engine.warm_up()
     assert tiny_engine.warm_up() is thread  # idempotent
     thread.join(timeout=120)
-    assert {"features", "baseline", "svds", "init_spectra"} <= tiny_engine.warmed
+    assert {"features", "baseline", "hidden", "svds", "init_spectra"} <= tiny_engine.warmed
+    assert tiny_engine.intermediates.hidden_activations()._outputs is not None  # a pruning move starts from them
     calls = _counting(tiny_engine)
     tiny_engine.evaluate("baseline", with_latency=False)
     assert not calls  # the baseline was measured by the warm-up
