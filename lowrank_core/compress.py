@@ -223,11 +223,16 @@ def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarra
         # magnitudes, ties at the threshold taken in position order); the
         # threshold is found by a radix select (a sort of 21 M weights took
         # seconds, a partition 0.6 s per slider move).
-        magnitude = np.abs(np.asarray(values, np.float32)).ravel()
+        values = np.asarray(values)
+        exact_in_float32 = values.dtype in (np.float32, np.float16)  # else float32 could merge distinct values
+        magnitude = np.abs(values.astype(np.float32) if exact_in_float32 else values).ravel()
         keep = np.ones(magnitude.size, bool)
         if n_prune <= 0:
             return keep
-        threshold = kth_smallest_magnitude(magnitude, n_prune - 1)
+        if exact_in_float32:
+            threshold = kth_smallest_magnitude(magnitude, n_prune - 1)
+        else:
+            threshold = np.partition(magnitude, n_prune - 1)[n_prune - 1]
         below = magnitude < threshold
         keep[below] = False
         keep[np.flatnonzero(magnitude == threshold)[: n_prune - int(below.sum())]] = False

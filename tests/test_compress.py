@@ -377,3 +377,10 @@ def test_kth_smallest_magnitude_is_the_sorted_value(values, data):
     magnitude = np.asarray(values, np.float32)
     k = data.draw(st.integers(min_value=0, max_value=magnitude.size - 1))
     assert compress.kth_smallest_magnitude(magnitude, k) == np.sort(magnitude)[k]
+
+
+def test_magnitude_masks_of_float64_kernels_keep_their_precision():
+    # Two magnitudes that float32 would merge into one: the smaller is pruned, not the first.
+    w = np.array([[1.0 + 1e-12], [1.0]], np.float64)
+    mask = compress.magnitude_masks({"linear": {"w": w}}, PruneConfig(sparsity=0.5, only=("linear",)))["linear"]
+    assert mask.ravel().tolist() == [True, False]
