@@ -137,7 +137,8 @@ with summary_slot:
             key="overview_pareto",
         )
         st.caption(
-            f"{len(results)} variants{' with measured latency' if by_latency else ''}, from the cache of this "
+            f"{len(results)} variant{'s' if len(results) != 1 else ''}"
+            f"{' with measured latency' if by_latency else ''}, from the cache of this "
             "checkpoint. Variants appear here as soon as any page or the CLI measures them."
         )
 
