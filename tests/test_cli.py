@@ -17,12 +17,17 @@ def run_cli(*args, env_extra=None):
     )
 
 
-def run_in_process(capsys, *args) -> tuple[int, str, str]:
-    """``cli.main`` in this process: what ``python -m lowrank_core`` runs, without a JAX start."""
+def run_in_process(capsys, monkeypatch, *args) -> tuple[int, str, str]:
+    """``cli.main`` in this process: what ``python -m lowrank_core`` runs, without a JAX start
+    (≈ 2 s a process). Returns (exit status, stdout, stderr); the download URL is a dead local one."""
     from lowrank_core import cli
 
+    monkeypatch.setenv("LOWRANK_CIFAR10_URL", "http://127.0.0.1:9/cifar.tgz")
     capsys.readouterr()
-    status = cli.main(list(args))
+    try:
+        status = cli.main(list(args))
+    except SystemExit as exc:  # argparse's own errors
+        status = exc.code
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
@@ -52,9 +57,9 @@ def test_train_then_evaluate_json(tmp_path, synthetic_archive, capsys, monkeypat
     # --export writes the measured variant in the stored format: the same bytes the record counts.
     export = tmp_path / "variant.npz"
     # The train and the first evaluate ran as real processes; the rest in process (a JAX start each).
-    monkeypatch.setenv("LOWRANK_CIFAR10_URL", "http://127.0.0.1:9/cifar.tgz")
     status, stdout, stderr = run_in_process(
         capsys,
+        monkeypatch,
         "evaluate",
         "--checkpoint",
         str(out),
@@ -77,6 +82,7 @@ def test_train_then_evaluate_json(tmp_path, synthetic_archive, capsys, monkeypat
     assert [s["method"] for s in record["steps"]] == ["svd", "quantize"] and record["facts"]["ranks"]["linear"] == 48
     status, stdout, stderr = run_in_process(
         capsys,
+        monkeypatch,
         "evaluate",
         "--checkpoint",
         str(out),
@@ -114,16 +120,8 @@ def test_train_then_evaluate_json(tmp_path, synthetic_archive, capsys, monkeypat
     ],
 )
 def test_impossible_settings_are_one_line_exit_2(option, message, capsys, monkeypatch):
-    # In process (the same ``main`` ``python -m lowrank_core`` runs; the exit status of a real process
-    # is checked by test_bad_input_is_one_line_and_exit_2): a JAX start per case would cost ~2 s each.
-    from lowrank_core import cli
-
-    monkeypatch.setenv("LOWRANK_CIFAR10_URL", "http://127.0.0.1:9/cifar.tgz")
-    try:
-        status = cli.main(["evaluate", *option, "--json"])
-    except SystemExit as exc:  # argparse's own errors
-        status = exc.code
-    stderr = capsys.readouterr().err
+    # In process (the exit status of a real process is checked by test_bad_input_is_one_line_and_exit_2).
+    status, _, stderr = run_in_process(capsys, monkeypatch, "evaluate", *option, "--json")
     assert status == 2
     assert message in stderr and len(stderr.strip().splitlines()) == 1
     assert "Traceback" not in stderr
