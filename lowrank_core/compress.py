@@ -77,9 +77,10 @@ def layer_svd(w: np.ndarray) -> LayerSvd:
     All-zero rows and columns (a trained layer's dead units: 40–60 % of the
     baseline's) are left out of the decomposition and put back as zeros. That
     is exact — W = [W' 0; 0 0] has W's singular triplets plus zero ones — and
-    3–6× faster, since an SVD costs m·n·min(m, n). The singular values past the
-    live block's rank are exactly 0 (their vectors are zero, never used: they
-    add nothing to any truncation)."""
+    3–6× faster, since an SVD costs m·n·min(m, n). The live block itself goes
+    through its Gram matrix (:func:`_gram_svd`, ≈ 3× faster than LAPACK's
+    divide-and-conquer SVD). Singular values past the block's numerical rank
+    are exactly 0 and their vectors zero: they add nothing to any truncation."""
     w = np.asarray(w, np.float64)
     m, n = w.shape
     rows, cols = _live_block(w)
@@ -87,10 +88,38 @@ def layer_svd(w: np.ndarray) -> LayerSvd:
     s = np.zeros(min(m, n), np.float32)
     vt = np.zeros((min(m, n), n), np.float32)
     if rows.size and cols.size:
-        u_live, s_live, vt_live = np.linalg.svd(w[np.ix_(rows, cols)], full_matrices=False)
+        u_live, s_live, vt_live = _gram_svd(w[np.ix_(rows, cols)])
         k = s_live.size
         u[rows, :k], s[:k], vt[:k, cols] = u_live, s_live, vt_live
     return LayerSvd(u, s, vt)
+
+
+GRAM_FLOOR = 1e-12  # eigenvalues of the Gram matrix below this share of the largest are noise: σ < 1e-6·σ_max
+
+
+def _gram_svd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD of a float64 matrix through the eigenvectors of its smaller Gram
+    matrix: for AᵀA = V Λ Vᵀ, σ = √λ and U = A V / σ.
+
+    In float64 an eigenvalue is accurate to ≈ 2e-16·λ_max, so σ down to
+    1e-6·σ_max come out within ≈ 1e-4 relative and the leading subspaces (all a
+    truncation uses: U_k S_k = A V_k, so W_k = A V_k V_kᵀ) to ≈ 1e-12; directions
+    with σ below 1e-6·σ_max — numerically A's null space, far below a float16
+    or float32 weight's resolution — are returned as σ = 0 with zero vectors."""
+    import scipy.linalg  # here, not at import: the pages' first paint does not need it
+
+    tall = a.shape[0] >= a.shape[1]
+    gram = a.T @ a if tall else a @ a.T
+    eigenvalues, vectors = scipy.linalg.eigh(gram, driver="evr", overwrite_a=True, check_finite=False)
+    eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]  # descending
+    keep = int(np.count_nonzero(eigenvalues > max(eigenvalues[0], 0.0) * GRAM_FLOOR))
+    s = np.zeros(eigenvalues.size)
+    s[:keep] = np.sqrt(eigenvalues[:keep])
+    first = np.zeros((a.shape[0] if tall else a.shape[1], eigenvalues.size))
+    first[:, :keep] = ((a @ vectors[:, :keep]) if tall else (vectors[:, :keep].T @ a).T) / s[:keep]
+    second = np.zeros_like(vectors)
+    second[:, :keep] = vectors[:, :keep]
+    return (first, s, second.T) if tall else (second, s, first.T)
 
 
 GRAM_CONDITION = 1e10  # below it, σ from the Gram matrix's eigenvalues are accurate to ~1e-6 relative
@@ -167,7 +196,7 @@ def spectrum_stats(s: np.ndarray) -> dict:
         "effective_rank": float(np.exp(-(p * np.log(p)).sum())),  # Roy & Vetterli: exp(entropy)
         "stable_rank": float(energy.sum() / energy[0]),  # ‖W‖_F² / ‖W‖₂²
         "max_rank": int(len(s)),
-        "nonzero": int(np.count_nonzero(s)),  # the live units' rank (dead units give exact zeros)
+        "nonzero": int(np.count_nonzero(s)),  # numerical rank: layer_svd returns σ < 1e-6·σ_max as exact zeros
     }
 
 

@@ -111,9 +111,10 @@ if eng is not None:
         "σ/Σσ. Stable rank: ‖W‖_F² / ‖W‖₂²."
     )
     st.caption(
-        "Where a trained spectrum stops before the axis ends, the singular values after it are exactly zero "
-        "(a log axis cannot draw 0; the table counts the non-zero ones): the layer has exactly-dead hidden units "
-        "(all-zero incoming weights with a non-positive bias, or never read by the next layer: weight decay and "
-        "float16 storage leave many in the shipped baseline). Each dead unit is a zero row or column of W, which "
-        "the SVD leaves out exactly; dropping those units is lossless (Int8 & cleanup page)."
+        "Where a trained spectrum stops before the axis ends, the singular values after it are zero (a log axis "
+        "cannot draw 0; the table counts the non-zero ones, the numerical rank): exactly zero for the layer's "
+        "dead hidden units (all-zero incoming weights with a non-positive bias, or never read by the next layer: "
+        "weight decay and float16 storage leave many in the shipped baseline; each is a zero row or column of W, "
+        "which the SVD leaves out exactly, and dropping them is lossless, see the Int8 & cleanup page), and "
+        "reported as zero below 10⁻⁶·σ_max, where the float64 SVD cannot tell them from zero."
     )

@@ -60,6 +60,24 @@ def test_svd_leaving_out_zero_rows_and_columns_is_the_full_svd(seed):
     assert not compress.layer_svd(np.zeros((4, 3))).s.any()
 
 
+@pytest.mark.parametrize("shape", [(60, 25), (25, 60)])
+def test_the_gram_svd_truncates_like_lapack_and_zeroes_the_numerical_null_space(shape):
+    rng = np.random.default_rng(3)
+    m, n = shape
+    rank = 18  # rank-deficient, with a spread of 1e9 inside the live part, like a trained layer
+    w = (rng.standard_normal((m, rank)) * np.logspace(0, -9, rank)) @ rng.standard_normal((rank, n))
+    u, s, vt = compress._gram_svd(w)
+    reference_u, reference_s, reference_vt = np.linalg.svd(w, full_matrices=False)
+    kept = reference_s > 1e-6 * reference_s[0]
+    np.testing.assert_allclose(s[kept], reference_s[kept], rtol=1e-4)
+    assert (s[~kept] == 0).all() and not u[:, ~kept].any() and not vt[~kept].any()
+    for k in (1, 4, 9, int(kept.sum())):  # every truncation the SVD allows: the same matrix W_k
+        ours = (u[:, :k] * s[:k]) @ vt[:k]
+        theirs = (reference_u[:, :k] * reference_s[:k]) @ reference_vt[:k]
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-10 * reference_s[0])
+    np.testing.assert_allclose(u[:, kept].T @ u[:, kept], np.eye(kept.sum()), atol=1e-3)  # orthonormal enough
+
+
 @pytest.mark.parametrize("conditioning", ["random", "ill"])
 def test_singular_values_match_numpy(conditioning):
     w = _matrix_with_zero_lines(2)
