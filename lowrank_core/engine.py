@@ -82,7 +82,7 @@ class Engine:
         """Starts (once) a background thread computing what every page needs first:
         the convolutions' test-set output, the baseline's accuracy, then its
         hidden-layer outputs (≈ 1 s; pruning and one-layer variants run from
-        them, see :meth:`_predict`), the dense layers' SVDs (≈ 6 s on 2 cores
+        them, see :meth:`_predict`), the dense layers' SVDs (≈ 3 s on 2 cores
         for the baseline: dead units are left out) and their spectra at
         initialization (≈ 9 s, mostly Haiku's init), each under its own lock,
         so a page asking meanwhile waits for that piece only. The hidden

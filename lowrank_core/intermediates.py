@@ -154,28 +154,28 @@ class Intermediates:
     def input_factor(self, name: str) -> np.ndarray:
         """L with L Lᵀ = XᵀX/N + λI over the inputs X of the checkpoint's dense
         layer ``name`` on the calibration set (λ = 1e-6 of the mean diagonal, so
-        inputs that are always zero — dead units — keep it invertible)."""
-        with self._locks(("input_factor", name)):
-            if name in self._factors:
-                return self._factors[name]
-            path = self.cache_dir / "calibration" / f"{name}.npz"
-            try:
-                with np.load(path, allow_pickle=False) as npz:
-                    self._factors[name] = npz["factor"]
-                    return self._factors[name]
-            except Exception:
-                pass
-            x = measure.conv_features(self.params, self.data.x_train[self.calibration_indices()])
-            for layer in model.dense_layer_names(self.params):
-                if layer == name:
-                    break
-                x = np.maximum(x @ self.params[layer]["w"] + self.params[layer]["b"], 0.0)
-            gram = np.asarray(x, np.float64).T @ np.asarray(x, np.float64) / x.shape[0]
-            gram[np.diag_indices_from(gram)] += 1e-6 * max(np.trace(gram) / gram.shape[0], 1e-12)
-            factor = np.linalg.cholesky(gram).astype(np.float32)
-            self._save(path, {"factor": factor})
-            self._factors[name] = factor
-            return factor
+        inputs that are always zero — dead units — keep it invertible). Every
+        layer's factor is computed in one pass over the calibration images (the
+        convolutions run once), and cached on disk."""
+        with self._locks("input_factors"):
+            if name not in self._factors:
+                names = model.dense_layer_names(self.params)
+                for layer in names:
+                    try:
+                        with np.load(self.cache_dir / "calibration" / f"{layer}.npz", allow_pickle=False) as npz:
+                            self._factors[layer] = npz["factor"]
+                    except Exception:
+                        pass
+                if name not in self._factors:
+                    x = measure.conv_features(self.params, self.data.x_train[self.calibration_indices()])
+                    for layer in names:
+                        if layer not in self._factors:
+                            factor = _cholesky_of_inputs(x)
+                            self._save(self.cache_dir / "calibration" / f"{layer}.npz", {"factor": factor})
+                            self._factors[layer] = factor
+                        if layer != names[-1]:
+                            x = np.maximum(x @ self.params[layer]["w"] + self.params[layer]["b"], 0.0)
+            return self._factors[name]
 
     def data_singular_values(self) -> dict[str, np.ndarray]:
         """σ(LᵀW) of each dense layer: the layer as its inputs on the calibration
@@ -219,3 +219,22 @@ class Intermediates:
             self._init_s = {n: compress.singular_values(init[n]["w"]) for n in names}
             self._save(path, self._init_s)
             return self._init_s
+
+
+def _cholesky_of_inputs(x: np.ndarray) -> np.ndarray:
+    """Lower-triangular L (float32) with L Lᵀ = XᵀX/N + λI, λ = 1e-6 of the mean diagonal.
+
+    Computed in float64 on the inputs that are ever non-zero only: an input
+    that is zero on every row has a zero row and column in XᵀX, so the
+    Cholesky factor is block-diagonal — the live inputs' factor, and √λ on the
+    rest — exactly (each of the eliminated products is an exact zero), at a
+    fraction of the cost (the baseline's later layers read 40–60 % dead units)."""
+    live = np.flatnonzero(np.asarray(x).any(axis=0))
+    x_live = np.asarray(x[:, live], np.float64)
+    gram = x_live.T @ x_live / x.shape[0]
+    ridge = 1e-6 * max(np.trace(gram) / x.shape[1], 1e-12)
+    gram[np.diag_indices_from(gram)] += ridge
+    factor = np.zeros((x.shape[1], x.shape[1]), np.float32)
+    factor[np.diag_indices_from(factor)] = np.sqrt(ridge)
+    factor[np.ix_(live, live)] = np.linalg.cholesky(gram)
+    return factor

@@ -9,7 +9,18 @@ import shutil
 import numpy as np
 import pytest
 
-from lowrank_core import checkpoint, configs, data as data_lib, engine, measure, methods, paths, train
+from lowrank_core import (
+    checkpoint,
+    configs,
+    data as data_lib,
+    engine,
+    intermediates,
+    measure,
+    methods,
+    model,
+    paths,
+    train,
+)
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods.prune import PruneConfig
 from lowrank_core.methods.quantize import QuantizeConfig
@@ -314,6 +325,31 @@ def test_data_spectrum_is_that_of_the_whitened_weights(tiny_engine):
     np.testing.assert_allclose(seen["linear_2"]["curves"]["singular_values"], expected, rtol=1e-6)
     # L Lᵀ is the inputs' Gram matrix on the calibration images (training images, never test images).
     assert tiny_engine.intermediates.calibration_indices().max() < tiny_engine.data.x_train.shape[0]
+
+
+def test_input_factors_come_from_one_pass_and_factor_each_layers_input_gram(tiny_engine, monkeypatch):
+    calls = []
+    real_features = measure.conv_features
+    monkeypatch.setattr(measure, "conv_features", lambda *a: calls.append(1) or real_features(*a))
+    names = model.dense_layer_names(tiny_engine.params)
+    factors = {n: tiny_engine.intermediates.input_factor(n) for n in names}
+    assert len(calls) == 1  # the convolutions ran once for every layer's factor
+    x = real_features(tiny_engine.params, tiny_engine.data.x_train[tiny_engine.intermediates.calibration_indices()])
+    for name in names:
+        gram = np.asarray(x, np.float64).T @ x / x.shape[0]
+        gram[np.diag_indices_from(gram)] += 1e-6 * np.trace(gram) / gram.shape[0]
+        factor = factors[name].astype(np.float64)
+        assert not np.triu(factor, 1).any()
+        np.testing.assert_allclose(factor @ factor.T, gram, rtol=1e-4, atol=1e-5 * np.abs(gram).max())
+        x = np.maximum(x @ tiny_engine.params[name]["w"] + tiny_engine.params[name]["b"], 0.0)
+
+
+def test_the_input_factor_of_dead_inputs_is_the_full_cholesky():
+    x = np.random.default_rng(0).standard_normal((50, 12)).astype(np.float32)
+    x[:, [1, 5, 6, 11]] = 0.0  # inputs that are zero on every calibration row: dead units
+    gram = np.asarray(x, np.float64).T @ x / x.shape[0]
+    gram[np.diag_indices_from(gram)] += 1e-6 * np.trace(gram) / gram.shape[0]
+    np.testing.assert_allclose(intermediates._cholesky_of_inputs(x), np.linalg.cholesky(gram), rtol=1e-6, atol=1e-9)
 
 
 def test_predictions_are_kept_from_the_measurement(tiny_engine):
