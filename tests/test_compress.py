@@ -260,6 +260,20 @@ def test_drop_dead_units_is_lossless(params):
     assert compress.drop_dead_units(params)["linear"]["w"].shape == (512, 96)  # nothing dead: unchanged
 
 
+def test_drop_dead_units_shrinks_factorized_layers_losslessly(params):
+    images = np.random.default_rng(6).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    dead = _with_dead_units(params)
+    factorized = svd_compress(dead, SvdConfig(0.5, "factorized", include_output=False),
+                              {n: compress.layer_svd(dead[n]["w"]) for n in model.DENSE_LAYERS})  # fmt: skip
+    slim = compress.drop_dead_units(factorized)
+    # linear's 30 dead units: zero columns of its V and zero rows of linear_1's U, both dropped.
+    assert slim["linear"]["v"].shape[1] == factorized["linear"]["v"].shape[1] - 30
+    assert slim["linear_1"]["u"].shape[0] == factorized["linear_1"]["u"].shape[0] - 30
+    np.testing.assert_allclose(
+        np.asarray(model.forward(slim, images)), np.asarray(model.forward(factorized, images)), rtol=1e-4, atol=1e-4
+    )
+
+
 def test_output_kept_compresses_every_hidden_layer(params, svds):
     out = svd_compress(params, SvdConfig(0.25, "factorized", include_output=False), svds)
     assert [n for n in model.DENSE_LAYERS if "u" in out[n]] == list(model.HIDDEN_LAYERS)
