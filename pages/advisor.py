@@ -60,7 +60,7 @@ if eng is not None:
         "Searches per-layer SVD ranks (factorized) from the per-layer sensitivity table, then measures each "
         "candidate on every test image; predictions only choose what to measure. Then pipelines (structured "
         "pruning at a bisected sparsity, then those ranks) and int8 on top, each measured. Cold: the table "
-        "(≈ 30–40 s on 2 cores, the SVDs included) and up to 8 + 4 measurements, ≈ 1 minute in all; cached afterwards."
+        "(≈ 25–30 s on 2 cores, the SVDs included) and up to 8 + 4 measurements, ≈ 45–50 s in all; cached afterwards."
     )
     request = (keys(), question, config, budget)
     if st.button("Find it", type="primary", key="advisor_run"):

@@ -19,7 +19,7 @@ if eng is not None:
         st.info(
             f"Each of the {len(eng.spec.dense_layers)} dense layers truncated alone at "
             f"{len(sensitivity.DEFAULT_FRACTIONS)} rank fractions, every other layer intact, each cell measured on "
-            f"all {n_test:,} test images (≈ 30–40 s on 2 cores, the SVDs included; then cached)."
+            f"all {n_test:,} test images (≈ 25–30 s on 2 cores, the SVDs included; then cached)."
         )
         if st.button("Measure the table", type="primary", key="sensitivity_run"):
             on_progress, bar = progress_callback("Measuring")

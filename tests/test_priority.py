@@ -104,3 +104,25 @@ def test_exclusive_work_waits_for_background_steps_then_holds_them_without_limit
     stop.set()
     worker.join()
     assert len(steps) > count  # and it goes on afterwards
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="thread priorities are read from /proc")
+def test_background_work_runs_below_interactive_work_with_xla_threads_too():
+    import os
+
+    import jax.numpy as jnp
+
+    (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()  # XLA's CPU client and its threads exist
+    xla = [int(t) for t in os.listdir("/proc/self/task")
+           if open(f"/proc/self/task/{t}/comm").read().startswith("tf_XLA")]  # fmt: skip
+    seen = {}
+
+    def work():
+        with priority.background():
+            seen["self"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    thread = threading.Thread(target=work)  # a thread of its own: its priority ends with it
+    thread.start()
+    thread.join()
+    assert seen["self"] >= priority.BACKGROUND_NICE
+    assert xla and all(os.getpriority(os.PRIO_PROCESS, t) >= priority.BACKGROUND_NICE for t in xla)
