@@ -110,7 +110,7 @@ def _gram_svd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     tall = a.shape[0] >= a.shape[1]
     gram = a.T @ a if tall else a @ a.T
-    eigenvalues, vectors = scipy.linalg.eigh(gram, driver="evr", overwrite_a=True, check_finite=False)
+    eigenvalues, vectors = scipy.linalg.eigh(gram, driver="evr", overwrite_a=True)
     eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]  # descending
     keep = int(np.count_nonzero(eigenvalues > max(eigenvalues[0], 0.0) * GRAM_FLOOR))
     s = np.zeros(eigenvalues.size)

@@ -72,7 +72,7 @@ def foreground() -> Iterator[None]:
         _leave(_foreground, me)
 
 
-BACKGROUND_NICE = 10  # the OS priority (nice) of background work's threads and of XLA's compute threads
+BACKGROUND_NICE = 19  # the OS priority (nice) of background work's threads and of XLA's compute threads
 
 
 def _lower_compute_priority() -> None:
