@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
-MAX_PAUSE_S = 2.0  # longest single pause of background work while foreground work runs
+MAX_PAUSE_S = 3.0  # longest single pause of background work while foreground work runs
 GRACE_S = 0.5  # background work resumes only after this long without foreground work
 EXCLUSIVE_SETTLE_S = 10.0  # longest wait of exclusive work for background steps in flight to end
 
