@@ -19,8 +19,8 @@ seconds for CPU. So the process keeps two kinds of work apart:
 Background work also runs at a lower OS priority (nice BACKGROUND_NICE, with
 XLA's compute threads): a step already running when a rerun arrives no longer
 shares the CPU with it. A thread in background mode never counts as
-foreground, so two retrainings never wait on each other. Nothing here knows Streamlit; with no foreground
-work, a pause point costs one dictionary lookup.
+foreground, so two retrainings never wait on each other. Nothing here knows
+Streamlit; with no foreground work, a pause point costs one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -83,8 +83,10 @@ def _lower_compute_priority() -> None:
     cores until it ends (≈ 0.3 s); at a higher nice value the kernel hands the
     rerun's Python the CPU at once instead of sharing it. Raising a nice value
     needs no privilege, lowering it back does, so XLA's threads keep it for the
-    process's life: any JAX computation then yields to interactive Python work
-    in the same process, which changes nothing on an otherwise idle CPU."""
+    process's life (and the calling thread for its own: a Streamlit script
+    thread ends with its session's runs): any JAX computation then yields to
+    interactive Python work in the same process, which changes nothing on an
+    otherwise idle CPU."""
     tasks = "/proc/self/task"
     try:
         tids = os.listdir(tasks)

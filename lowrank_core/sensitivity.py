@@ -93,8 +93,9 @@ def svd_sensitivity(
                 )
                 tail = measure.product_params(following, pad=False)
             # Only live inputs and outputs take part: a dead unit's column of W_r is zero too.
-            # Directions past the layer's rank (σ exactly 0: its dead units, see compress.layer_svd) add
-            # nothing: project on the ones that exist only (the first layer's 3,000 → ≤ 1,692).
+            # Directions past the layer's numerical rank (σ exactly 0: dead units and σ < 1e-6·σ_max, see
+            # compress.layer_svd) add nothing: project on the ones that exist only (the baseline's first
+            # layer: 3,000 → 1,499).
             reach = min(max(by_rank), int(np.count_nonzero(svd.s)))
             u = svd.u[:, :reach]
             if factor is not None:  # activation basis: W_k = L⁻ᵀ U_k S_k V_kᵀ

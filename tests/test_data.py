@@ -290,7 +290,7 @@ def test_a_folder_source_is_never_walked(tmp_path, monkeypatch):
     key = data_lib._cache_key(folder)
     (folder / "unrelated.txt").write_text("x")
     assert data_lib._cache_key(folder) == key
-    batches = folder / data_lib.BATCH_DIR if (folder / data_lib.BATCH_DIR).is_dir() else folder
+    batches = data_lib._batch_folder(folder)
     time.sleep(0.01)
     (batches / "test_batch").write_bytes((batches / "test_batch").read_bytes())
     assert data_lib._cache_key(folder) != key
