@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from lowrank_core import methods, sensitivity
+from lowrank_core import methods, runtimes, sensitivity
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods.svd import SvdConfig
@@ -49,6 +49,7 @@ class AdvisorConfig:
     max_measurements: int = 8
     fractions: tuple[float, ...] = sensitivity.DEFAULT_FRACTIONS
     basis: str = "weights"  # or "activations": see lowrank_core.methods.svd.BASES
+    runtime: str = runtimes.PRODUCT  # whose measured latency ``minimize="latency"`` minimizes
 
     def __post_init__(self):
         if not (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop <= 100):
@@ -63,6 +64,20 @@ class AdvisorConfig:
         if not (isinstance(self.max_measurements, int) and 1 <= self.max_measurements <= 50):
             raise ConfigError("max_measurements must be an integer in 1..50")
         SvdConfig(basis=self.basis)  # validates it
+        runtimes.get(self.runtime)
+
+    @property
+    def with_latency(self) -> bool:
+        return self.minimize == "latency"
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """The runtimes each candidate is measured in (the product's, and the one minimized)."""
+        return (self.runtime,) if self.with_latency and self.runtime != runtimes.PRODUCT else ()
+
+
+def _evaluate(engine, variant, config: AdvisorConfig) -> dict:
+    return engine.evaluate(variant, with_latency=config.with_latency, runtimes=config.runtimes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +152,11 @@ def plans(rows: list[dict], shapes: dict[str, tuple[int, int]], base_accuracy: f
     return [Plan(choices, drop, cost) for choices, drop, cost in front]
 
 
-def _cost(record: dict, minimize: str) -> float:
-    return {"params": record["params"], "bytes": record["bytes"], "latency": record.get("latency_ms", float("inf"))}[
-        minimize
-    ]
+def _cost(record: dict, minimize: str, runtime: str = runtimes.PRODUCT) -> float:
+    if minimize != "latency":
+        return record[minimize]
+    timed = record if runtime == runtimes.PRODUCT else (record.get("runtimes") or {}).get(runtime, {})
+    return timed.get("latency_ms", float("inf"))
 
 
 def _summary(record: dict, base: dict, plan: Plan | None) -> dict:
@@ -157,8 +173,7 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
     record with ``advisor``: the search (every candidate measured, baseline,
     the same ranks with int8 on top)."""
     report = on_progress or (lambda text, share: None)
-    with_latency = config.minimize == "latency"
-    base = engine.evaluate("baseline", with_latency=with_latency)
+    base = _evaluate(engine, methods.Variant.of("baseline"), config)
     report("per-layer sensitivity", 0.0)
     rows = engine.svd_sensitivity(
         config.fractions, on_progress=lambda d, t: report("per-layer sensitivity", 0.5 * d / t), basis=config.basis
@@ -172,9 +187,7 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
     def measure(plan: Plan) -> dict:
         if plan not in measured:
             report(f"measuring candidate {len(measured) + 1}", 0.5 + 0.5 * len(measured) / config.max_measurements)
-            measured[plan] = engine.evaluate(
-                plan.variant(config.finetune_steps, basis=config.basis), with_latency=with_latency
-            )
+            measured[plan] = _evaluate(engine, plan.variant(config.finetune_steps, basis=config.basis), config)
         return measured[plan]
 
     def pick(budget: float) -> Plan:
@@ -206,7 +219,7 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
         measure(cheaper[0])
     meeting = [(plan, r) for plan, r in measured.items() if feasible(plan)]
     if meeting:
-        plan, answer = min(meeting, key=lambda pr: _cost(pr[1], config.minimize))
+        plan, answer = min(meeting, key=lambda pr: _cost(pr[1], config.minimize, config.runtime))
     else:
         plan, answer = None, base
     within = lambda record: base["accuracy"] - record["accuracy"] <= target + 1e-12  # noqa: E731
@@ -226,11 +239,11 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
                 above = middle
                 continue
             report(f"pipeline {len(pipelines) + 1}: structured pruning {s:.0%}, then SVD", 0.9)
-            record = engine.evaluate(variant, with_latency=with_latency)
+            record = _evaluate(engine, variant, config)
             pipelines.append(record)
             if within(record):
                 below = middle
-                if _cost(record, config.minimize) < _cost(answer, config.minimize):
+                if _cost(record, config.minimize, config.runtime) < _cost(answer, config.minimize, config.runtime):
                     answer, sparsity = record, s
             else:
                 above = middle
@@ -239,7 +252,7 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
         report("int8 on top", 0.98)
         variant = (plan.variant(config.finetune_steps, int8=True, basis=config.basis) if sparsity is None
                    else pipeline_variant(engine.params, plan, sparsity, config.finetune_steps, int8=True))  # fmt: skip
-        int8 = engine.evaluate(variant, with_latency=with_latency)
+        int8 = _evaluate(engine, variant, config)
         if config.minimize == "bytes" and within(int8):
             answer = int8
     report("done", 1.0)
@@ -261,8 +274,7 @@ def most_accurate_within(engine, budget_share: float, config: AdvisorConfig,
     if not (isinstance(budget_share, (int, float)) and 0 < budget_share <= 1):
         raise ConfigError(f"the budget must be a share in (0, 1] of the baseline, got {budget_share}")
     report = on_progress or (lambda text, share: None)
-    with_latency = config.minimize == "latency"
-    base = engine.evaluate("baseline", with_latency=with_latency)
+    base = _evaluate(engine, methods.Variant.of("baseline"), config)
     rows = engine.svd_sensitivity(
         config.fractions, on_progress=lambda d, t: report("per-layer sensitivity", 0.5 * d / t), basis=config.basis
     )
@@ -270,7 +282,7 @@ def most_accurate_within(engine, budget_share: float, config: AdvisorConfig,
     shapes = {n: tuple(engine.params[n]["w"].shape) for n in names}
     front = plans(rows, shapes, base["accuracy"])
     dense_cost = sum(m * n for m, n in shapes.values())
-    limit = budget_share * _cost(base, config.minimize)
+    limit = budget_share * _cost(base, config.minimize, config.runtime)
     int8 = "quantize" in config.methods and config.minimize == "bytes"
     # The cheapest-to-check proxy first: plans whose dense weights fit the share, least predicted drop first.
     proxy_limit = budget_share * dense_cost * (2 if int8 else 1)
@@ -278,11 +290,9 @@ def most_accurate_within(engine, budget_share: float, config: AdvisorConfig,
     measured = []
     for i, plan in enumerate(candidates[: config.max_measurements]):
         report(f"measuring candidate {i + 1}", 0.5 + 0.5 * i / config.max_measurements)
-        record = engine.evaluate(
-            plan.variant(config.finetune_steps, int8=int8, basis=config.basis), with_latency=with_latency
-        )
+        record = _evaluate(engine, plan.variant(config.finetune_steps, int8=int8, basis=config.basis), config)
         measured.append((plan, record))
-    fitting = [(p, r) for p, r in measured if _cost(r, config.minimize) <= limit]
+    fitting = [(p, r) for p, r in measured if _cost(r, config.minimize, config.runtime) <= limit]
     report("done", 1.0)
     answer = max(fitting, key=lambda pr: pr[1]["accuracy"])[1] if fitting else base
     search = {"question": f"most accurate within {budget_share:.1%} of the baseline's {config.minimize}",

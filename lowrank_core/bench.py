@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowrank_core import configs, measure, model, train
+from lowrank_core import advisor, bench_runtimes, configs, measure, model, runtimes, train
 from lowrank_core.data import Cifar10
-from lowrank_core.methods import svd
+from lowrank_core.methods import Variant, svd
 
 FRACTIONS = (1.0, 0.5, 0.25, 0.1, 0.05)
 
@@ -407,6 +407,8 @@ def to_markdown(report: dict) -> str:
         lines += ["", "| uncached SVD grid points | seconds | per point |", "|---|---|---|"]
         for row in report["sweep"]:
             lines.append(f"| {row['points']} | {row['seconds']:.1f} | {row['seconds'] / row['points']:.2f} |")
+    if report.get("runtimes"):
+        lines += bench_runtimes.to_markdown(report["runtimes"])
     return "\n".join(lines)
 
 
@@ -415,7 +417,7 @@ class BenchConfig:
     """Which rows to run; ``quick`` uses fewer repeats and a 2,000-image inference row."""
 
     quick: bool = False
-    rows: tuple[str, ...] = ("inference", "factorized", "training", "scaling", "sweep")
+    rows: tuple[str, ...] = ("inference", "factorized", "training", "scaling", "sweep", "runtimes")
     # Opt-in rows (training runs towards the target accuracy: minutes to an hour on a CPU).
     optional_rows: tuple[str, ...] = ("to_accuracy", "recipes")
     to_accuracy_presets: tuple[str, ...] = ("default", "seed")
@@ -461,4 +463,21 @@ def run(engine, config: BenchConfig, log: Callable[[str], None] = print) -> dict
     if "sweep" in config.rows:
         log("sweep time vs grid points …")
         report["sweep"] = bench_sweep_scaling(engine, (1, 2) if config.quick else (1, 2, 4))
+    if "runtimes" in config.rows:
+        log(f"runtimes: {', '.join(runtimes.available())}, float and int8 …")
+        report["runtimes"] = bench_runtimes.bench_runtimes(
+            engine, runtime_variants(engine, config.quick), images, repeats=3 if config.quick else 7
+        )
     return report
+
+
+def runtime_variants(engine, quick: bool) -> dict[str, Variant]:
+    """The runtimes row's variants: the baseline, SVD f = 0.05 of the hidden layers and
+    (unless ``quick``) the advisor's answer within 1 point (its search is cached)."""
+    variants = {
+        "baseline": Variant.of("baseline"),
+        "SVD f=0.05 hidden": Variant.of("svd", svd.SvdConfig(0.05, "factorized", include_output=False)),
+    }
+    if not quick:
+        variants["advisor's answer"] = Variant.from_dict(advisor.smallest_within(engine, advisor.AdvisorConfig()))
+    return variants

@@ -79,21 +79,20 @@ def _make_engine(args: argparse.Namespace, variant=None):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lowrank_core.errors import ConfigError
-    from lowrank_core.fileio import atomic_write_bytes
 
     variant = _variant(args)
-    if args.export and not args.export.endswith(".npz"):
-        raise ConfigError(f"--export wants a path ending in .npz, got {args.export!r}")
+    _check_export_path(args.export)
+    measured_in = _runtime_names(args.runtimes)
     eng = _make_engine(args, variant)
     result = eng.evaluate(
-        variant, with_latency=not args.no_latency, use_cache=not args.no_cache, with_layer_latency=not args.no_latency
+        variant,
+        with_latency=not args.no_latency,
+        use_cache=not args.no_cache,
+        with_layer_latency=not args.no_latency,
+        runtimes=measured_in,
     )
     if args.export:
-        try:
-            atomic_write_bytes(args.export, eng.variant_npz(result))
-        except OSError as exc:
-            raise ConfigError(f"cannot write {args.export} ({exc.strerror or exc})") from None
+        _export(eng, result, args.export)
     if args.json:
         print(json.dumps(result))
     else:
@@ -101,10 +100,49 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         line += f", {result['params']:,} params, {result['macs']:,} MACs/image, {result['bytes']:,} bytes stored"
         if "latency_ms" in result:
             line += f", {result['latency_ms']:.1f} ms per batch of {result['batch_size']:,}"
+        for name, entry in (result.get("runtimes") or {}).items():
+            line += f"; {name}: accuracy {entry['accuracy']:.4f}"
+            if "latency_ms" in entry:
+                line += f", {entry['latency_ms']:.1f} ms per batch of {entry['batch_size']:,}"
         if args.export:
             line += f"; parameters written to {args.export}"
         print(line)
     return 0
+
+
+EXPORT_SUFFIXES = (".npz", ".onnx")
+
+
+def _check_export_path(path: str | None) -> None:
+    """A one-line error before any work if ``path`` names no format (by its suffix)."""
+    from lowrank_core.errors import ConfigError
+
+    if path and not path.endswith(EXPORT_SUFFIXES):
+        raise ConfigError(f"--export wants a path ending in .npz or .onnx, got {path!r}")
+
+
+def _export(eng, result: dict, path: str) -> None:
+    """Writes ``result``'s variant to ``path`` atomically, in the format its suffix names."""
+    from lowrank_core.errors import ConfigError
+    from lowrank_core.fileio import atomic_write_bytes
+
+    blob = eng.variant_onnx(result) if path.endswith(".onnx") else eng.variant_npz(result)
+    try:
+        atomic_write_bytes(path, blob)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc})") from None
+
+
+def _runtime_names(text: str | None) -> tuple[str, ...]:
+    """The runtimes a comma list names ("all": every one that can run here)."""
+    from lowrank_core import runtimes
+
+    if text is None or text == "all":
+        return runtimes.available()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        runtimes.require(name)
+    return names
 
 
 def _parse_grid(text: str) -> list[float]:
@@ -218,9 +256,18 @@ def _cmd_advise(args: argparse.Namespace) -> int:
     from lowrank_core.errors import ConfigError
 
     methods_ = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    config = advisor.AdvisorConfig(max_drop=_number(args.max_drop, "--max-drop"), minimize=args.minimize,
-                                   methods=methods_, finetune_steps=args.finetune_steps,
-                                   max_measurements=args.max_measurements, basis=args.basis)  # fmt: skip
+    _check_export_path(args.export)
+    config = advisor.AdvisorConfig(
+        max_drop=_number(args.max_drop, "--max-drop"),
+        minimize=args.minimize,
+        methods=methods_,
+        finetune_steps=args.finetune_steps,
+        max_measurements=args.max_measurements,
+        basis=args.basis,
+        **({"runtime": args.runtime} if args.runtime else {}),
+    )
+    if config.runtimes:
+        _runtime_names(",".join(config.runtimes))  # installed? one line saying how, before any work
     budget = None if args.budget is None else _number(args.budget, "--budget")
     if budget is not None and not 0 < budget <= 1:
         raise ConfigError(f"--budget must be a share in (0, 1] of the baseline, got {args.budget}")
@@ -235,6 +282,8 @@ def _cmd_advise(args: argparse.Namespace) -> int:
             result = advisor.smallest_within(eng, config, on_progress)
         else:
             result = advisor.most_accurate_within(eng, budget, config, on_progress)
+    if args.export:
+        _export(eng, result, args.export)
     if args.json:
         print(json.dumps(result))
     else:
@@ -361,7 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--json", action="store_true", help="print one JSON object")
     p_eval.add_argument("--no-cache", action="store_true", help="recompute even if cached")
     p_eval.add_argument(
-        "--export", metavar="PATH.npz", help="write the variant's parameters in the stored format (see the README)"
+        "--export",
+        metavar="PATH",
+        help="write the variant: PATH.npz (the stored format) or PATH.onnx (ONNX, uint8 images in, logits out)",
+    )
+    p_eval.add_argument(
+        "--runtimes",
+        help="runtimes to measure in, e.g. jax,onnxruntime (default: every one installed here)",
     )
     p_eval.set_defaults(func=_cmd_evaluate)
 
@@ -398,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["weights", "activations"],
         help="SVD of W, or activation-whitened (LᵀW over 5,000 training images)",
     )
+    p_adv.add_argument(
+        "--runtime", help="with --minimize latency: whose measured latency (default: the product's own, jax)"
+    )
+    p_adv.add_argument("--export", metavar="PATH", help="write the answer: PATH.npz or PATH.onnx")
     p_adv.add_argument("--max-measurements", type=int, default=8, help="candidates measured at most")
     p_adv.add_argument("--json", action="store_true", help="print the answer's measured record with the search")
     p_adv.set_defaults(func=_cmd_advise)
@@ -414,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--quick", action="store_true", help="fewer repeats, 2,000 images (a smoke run)")
     p_bench.add_argument(
         "--rows",
-        default="inference,factorized,training,scaling,sweep",
+        default="inference,factorized,training,scaling,sweep,runtimes",
         help="comma list of rows to run; add to_accuracy to train the default and seed "
         "presets to 0.66 test accuracy (minutes), recipes for 21 short schedules "
         "trained towards it (about an hour on a CPU)",

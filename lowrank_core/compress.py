@@ -321,10 +321,11 @@ def drop_dead_units(params: Mapping) -> Params:
     (relu always gives 0), or if its outgoing row in the next layer is all
     zero (nothing reads it). Weight decay and float16 storage leave many such
     units in a trained checkpoint; dropping them shrinks the matrices while
-    every logit stays the same up to float rounding. Plain layers (``w``) and
+    every logit stays the same up to float rounding. Plain layers (``w``),
     factorized ones (a unit's incoming column is in ``v``, its outgoing row in
     the next layer's ``u``: an SVD of a layer with dead units keeps them as
-    zero columns and rows) are shrunk; int8 ones are not. Repeated until
+    zero columns and rows) and int8 ones (``w_q`` with its per-column
+    ``w_scale``; a zero int8 column is a zero column) are shrunk. Repeated until
     nothing changes, because dropping a unit can leave a zero row behind.
     """
     out = copy_params(params)
@@ -333,15 +334,20 @@ def drop_dead_units(params: Mapping) -> Params:
     while changed:
         changed = False
         for name, nxt in zip(names[:-1], names[1:]):
-            into = next((k for k in ("w", "v") if k in out[name]), None)  # the matrix producing the units
-            read = next((k for k in ("w", "u") if k in out[nxt]), None)  # the next matrix reading them
+            # The matrix producing the units, and the next one reading them.
+            into = next((k for k in ("w", "v", "w_q", "v_q") if k in out[name]), None)
+            read = next((k for k in ("w", "u", "w_q", "u_q") if k in out[nxt]), None)
             if into is None or read is None:
                 continue
             w, b, w_next = np.asarray(out[name][into]), np.asarray(out[name]["b"]), np.asarray(out[nxt][read])
             dead = ((w == 0).all(axis=0) & (b <= 0)) | (w_next == 0).all(axis=1)
             if dead.any() and not dead.all():
                 keep = np.flatnonzero(~dead)
-                out[name] = dict(out[name], **{into: w[:, keep], "b": b[keep]})
+                shrunk = {into: w[:, keep], "b": b[keep]}
+                if into.endswith("_q"):
+                    scale = into[:-2] + "_scale"
+                    shrunk[scale] = np.asarray(out[name][scale])[keep]
+                out[name] = dict(out[name], **shrunk)
                 out[nxt] = dict(out[nxt], **{read: w_next[keep]})
                 changed = True
     return out

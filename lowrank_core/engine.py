@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from lowrank_core import checkpoint, measure, model, paths, priority
+from lowrank_core import checkpoint, measure, model, onnx_export, paths, priority, runtimes as runtimes_module
 from lowrank_core.data import Cifar10
 from lowrank_core.errors import ConfigError
 from lowrank_core.fileio import atomic_write_bytes
@@ -256,12 +256,18 @@ class Engine:
         use_cache: bool = True,
         on_progress: ProgressFn | None = None,
         with_layer_latency: bool = False,
+        runtimes: tuple[str, ...] = (),
     ) -> dict:
-        """Measures a variant (cached): accuracy on every test image, size, latency."""
+        """Measures a variant (cached): accuracy on every test image, size, latency on the
+        product path; with ``runtimes`` (names in :data:`lowrank_core.runtimes.REGISTRY`)
+        also each one's own accuracy and latency, under ``record["runtimes"][name]``."""
         variant = as_variant(method, config, finetune)
         variant.check(self.spec)
+        extra = tuple(name for name in runtimes if name != runtimes_module.PRODUCT)
+        for name in extra:
+            runtimes_module.require(name)
         key = result_key(self.checkpoint_hash, variant)
-        if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency)) is not None:
+        if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency, extra)) is not None:
             return hit
         # A training variant takes minutes: it yields to other sessions' interactive requests, and
         # a session waiting for the same one (below) is no interactive request to yield to.
@@ -269,10 +275,12 @@ class Engine:
             # Sessions asking for the same variant at once (browser tabs) compute it
             # once: the second waits for the first, then reads its result.
             with self._variant_locks(key):
-                if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency)) is not None:
+                if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency, extra)) is not None:
                     return hit
                 with self._busy():
                     result = self._measure(variant, with_latency, with_layer_latency, on_progress)
+                    if extra:
+                        result = self._with_runtimes(result, extra, with_latency)
                 self.store.put(key, result)
                 return result
 
@@ -309,8 +317,9 @@ class Engine:
             result.update(self._latency(params, with_layer_latency))
         return result
 
-    def _latency(self, params: dict, with_layer_latency: bool) -> dict:
-        # Timed beside the background warm-up, latency would measure that contention: let it finish first.
+    @contextlib.contextmanager
+    def _timing(self):
+        """Quiet for a latency: timed beside the background warm-up, it would measure that contention."""
         warming = self._warm_thread
         if warming is not None and warming is not threading.current_thread():
             self._hurry.set()  # it would otherwise wait for this measurement to end
@@ -318,6 +327,30 @@ class Engine:
                 self._active_lock.notify_all()
             warming.join()
         with priority.exclusive():  # likewise any other session's retraining pauses meanwhile
+            yield
+
+    def _with_runtimes(self, record: dict, names: tuple[str, ...], with_latency: bool) -> dict:
+        """``record`` with each runtime's own measurement of its variant (accuracy, and latency if asked)."""
+        stored = self.stored_variant(record)
+        measured = dict(record.get("runtimes") or {})
+        for name in names:
+            batches = measure.timed_batch_sizes(self.data.x_test.shape[0]) if with_latency else None
+            with self._timing() if with_latency else contextlib.nullcontext():
+                measured[name], _ = runtimes_module.runtime_record(
+                    runtimes_module.get(name), stored, self.data.x_test, self.data.y_test, batches
+                )
+        return {**record, "runtimes": measured}
+
+    def _runtimes_missing(self, record: dict, names: tuple[str, ...], with_latency: bool) -> tuple[str, ...]:
+        have = record.get("runtimes") or {}
+        return tuple(n for n in names if n not in have or (with_latency and not self._measured_here(have[n], n)))
+
+    def _measured_here(self, entry: dict, name: str) -> bool:
+        here = runtimes_module.get(name).environment()["fingerprint"]
+        return bool(entry.get("latency")) and (entry.get("measured_on") or {}).get("fingerprint") == here
+
+    def _latency(self, params: dict, with_layer_latency: bool) -> dict:
+        with self._timing():
             lat = measure.latency(params, self.data.x_test)
             layer_lat = measure.layer_latency(params, self.data.x_test) if with_layer_latency else None
         batch = max(int(b) for b in lat)
@@ -335,9 +368,12 @@ class Engine:
     def _here(self, record: dict) -> bool:
         return (record.get("measured_on") or {}).get("fingerprint") == self.environment["fingerprint"]
 
-    def _lookup(self, key: str, with_latency: bool, with_layer_latency: bool = False) -> dict | None:
+    def _lookup(
+        self, key: str, with_latency: bool, with_layer_latency: bool = False, extra: tuple[str, ...] = ()
+    ) -> dict | None:
         """The stored record under ``key`` with what is asked for; latency measured
-        on another machine (or missing) is measured here, the accuracy kept."""
+        on another machine (or missing) is measured here, the accuracy kept; runtimes
+        not measured yet are measured."""
         record = self.store.get(key)
         if record is None:
             return None
@@ -346,6 +382,9 @@ class Engine:
         if stale:
             params, _ = self.build(Variant.from_dict(record))
             record = {**record, **self._latency(params, with_layer_latency)}
+            self.store.put(key, record)
+        if missing := self._runtimes_missing(record, extra, with_latency):
+            record = self._with_runtimes(record, missing, with_latency)
             self.store.put(key, record)
         return record
 
@@ -423,7 +462,20 @@ class Engine:
                     if k in record
                 }
                 record = {k: v for k, v in record.items() if k not in moved} | {"latency_elsewhere": moved}
+            if record.get("runtimes"):
+                record = {**record, "runtimes": self._runtimes_here(record["runtimes"])}
             out.append(record)
+        return out
+
+    def _runtimes_here(self, entries: dict) -> dict:
+        """Runtime entries with latency measured elsewhere moved under ``latency_elsewhere``."""
+        out = {}
+        for name, entry in entries.items():
+            if name in runtimes_module.REGISTRY and entry.get("latency") and not self._measured_here(entry, name):
+                timing = ("latency", "latency_ms", "latency_batch1_ms", "batch_size", "measured_on")
+                moved = {k: entry[k] for k in timing if k in entry}
+                entry = {k: v for k, v in entry.items() if k not in moved} | {"latency_elsewhere": moved}
+            out[name] = entry
         return out
 
     def clear_results(self) -> int:
@@ -434,6 +486,15 @@ class Engine:
         """The measured variant's parameters in the product's stored format
         (rebuilt from its record; the same bytes its ``bytes`` counts)."""
         return self._npz(*self.build(Variant.from_dict(result)))
+
+    def stored_variant(self, result: dict) -> runtimes_module.StoredVariant:
+        """The measured variant exactly as its file stores it (rebuilt from its record)."""
+        params, facts = self.build(Variant.from_dict(result))
+        return runtimes_module.StoredVariant(params, self.storage_dtype, tuple(facts["float32_layers"]))
+
+    def variant_onnx(self, result: dict) -> bytes:
+        """The measured variant as an ONNX model (:mod:`lowrank_core.onnx_export`)."""
+        return onnx_export.to_onnx_bytes(*self.stored_variant(result))
 
     @functools.cached_property
     def baseline_bytes(self) -> int:

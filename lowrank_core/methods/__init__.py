@@ -115,6 +115,14 @@ class Variant:
         for name, config in self.steps:
             get(name).check(config, spec)
 
+    def with_storage(self) -> "Variant":
+        """This variant with the registry's storage step (int8) last, if it has none."""
+        if any(get(n).kind == "storage" for n, _ in self.steps):
+            return self
+        storage = next(m for m in REGISTRY.values() if m.kind == "storage")
+        steps = tuple(s for s in self.steps if get(s[0]).kind != "reference")
+        return Variant(steps + ((storage.name, storage.config_type()),), self.finetune)
+
     def describe(self) -> str:
         text = " → ".join(get(n).describe(c) for n, c in self.steps)
         if self.finetune:

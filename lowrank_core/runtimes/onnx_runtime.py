@@ -1,0 +1,83 @@
+"""ONNX Runtime (CPU execution provider) on the variant's exported ONNX graph
+(:mod:`lowrank_core.onnx_export`): int8 matrices on integer kernels
+(``MatMulInteger``, activations quantized per batch), floats as stored.
+
+``onnxruntime`` is imported only when this runtime runs (an optional extra).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from lowrank_core import onnx_export
+from lowrank_core.runtimes.base import Runtime, StoredVariant, machine
+
+PREDICT_BATCH = 1000
+
+
+def _ort():
+    import onnxruntime  # deferred: an optional dependency
+
+    return onnxruntime
+
+
+def missing() -> str | None:
+    try:
+        _ort()
+        onnx_export._onnx()
+    except Exception:
+        return f"onnxruntime and onnx are not installed; {onnx_export.INSTALL_HINT}"
+    return None
+
+
+def threads() -> int:
+    return os.cpu_count() or 1
+
+
+def session(model_bytes: bytes):
+    """An inference session on the CPU with one thread per core, all graph optimizations on."""
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # warnings about unused initializers are not the user's business
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def run(sess, images: np.ndarray, batch: int = PREDICT_BATCH) -> np.ndarray:
+    """Logits of ``images`` in batches."""
+    outs = [sess.run(None, {onnx_export.INPUT_NAME: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+    return np.concatenate(outs)
+
+
+def prepare(variant: StoredVariant):
+    sess = session(onnx_export.to_onnx_bytes(*variant))
+    return lambda images: sess.run(None, {onnx_export.INPUT_NAME: images})[0]
+
+
+def predict(variant: StoredVariant, images: np.ndarray) -> np.ndarray:
+    sess = session(onnx_export.to_onnx_bytes(*variant))
+    return np.argmax(run(sess, images), axis=-1).astype(np.int32)
+
+
+@functools.cache
+def environment() -> dict:
+    ort = _ort()
+    extra = {"backend": "onnxruntime", "device": "CPUExecutionProvider", "onnxruntime": ort.__version__}
+    return machine({**extra, "threads": threads()})
+
+
+RUNTIME = Runtime(
+    name="onnxruntime",
+    label="ONNX Runtime",
+    order=1,
+    predict=predict,
+    prepare=prepare,
+    environment=environment,
+    missing=missing,
+    threads=threads,
+)
