@@ -162,19 +162,74 @@ def save(
     return directory
 
 
+# Bounds checked before anything is read or inflated: the seed network's params are ≈ 85 MB in
+# float32, its metadata a few kB. A file past them is refused unread.
+MAX_METADATA_BYTES = 1 * 2**20
+MAX_PARAMS_BYTES = 256 * 2**20
+
+
+def _read_capped(path: pathlib.Path, cap: int) -> bytes:
+    """The bytes of a regular file of at most ``cap`` bytes (a FIFO or device is refused unread)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing or not a regular file; is {path.parent} a checkpoint folder?")
+    if path.stat().st_size > cap:
+        raise CheckpointError(f"{path} is {path.stat().st_size:,} bytes, more than a checkpoint's {cap:,}; not read")
+    with open(path, "rb") as handle:
+        blob = handle.read(cap + 1)
+    if len(blob) > cap:  # grew while being read
+        raise CheckpointError(f"{path} is more than {cap:,} bytes; not read")
+    return blob
+
+
 def load_metadata(directory: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's metadata; a clear error if missing or unreadable."""
+    """The checkpoint's metadata; a clear error if missing, oversized or unreadable."""
     recover(directory)
     path = pathlib.Path(directory) / METADATA_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing; is {directory} a checkpoint folder?")
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing; is {directory} a checkpoint folder?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is unreadable ({exc}); retrain or restore the checkpoint") from None
+        metadata = json.loads(_read_capped(path, MAX_METADATA_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(
+            f"{path} is unreadable ({type(exc).__name__}); retrain or restore the checkpoint"
+        ) from None
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return metadata
+
+
+def _npy_headers(archive: zipfile.ZipFile) -> dict[str, tuple[zipfile.ZipInfo, tuple[int, ...], np.dtype]]:
+    """Each member's key, shape and dtype from its ``.npy`` header alone; a member whose
+    declared size is not exactly its header plus its data is refused before it is inflated."""
+    headers, total = {}, 0
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+            raise ValueError(f"member {info.filename!r} is not an array")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy version {version}")
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(member, max_header_size=10_000)
+            header_bytes = member.tell()
+        if dtype.hasobject:
+            raise ValueError(f"'{info.filename}' holds Python objects")
+        expected = header_bytes + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        total += info.file_size
+        if info.file_size != expected:
+            raise ValueError(f"'{info.filename}' declares {info.file_size:,} bytes for a {shape} {dtype} array")
+        if total > MAX_PARAMS_BYTES:
+            raise ValueError(f"its arrays declare more than a checkpoint's {MAX_PARAMS_BYTES:,} bytes; not inflated")
+        headers[info.filename[: -len(".npy")]] = (info, tuple(shape), dtype)
+    return headers
+
+
+def _shapes_only(headers) -> dict[str, dict[str, np.ndarray]]:
+    return unflatten_params(
+        {key: np.broadcast_to(np.zeros((), dtype), shape) for key, (_, shape, dtype) in headers.items()}
+    )
 
 
 def param_shapes(directory: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
@@ -183,25 +238,11 @@ def param_shapes(directory: str | os.PathLike) -> dict[str, dict[str, np.ndarray
     a first paint needs, milliseconds instead of reading and converting every weight.
     The shapes are checked to form one network (:func:`model.spec_of`)."""
     path = pathlib.Path(directory) / PARAMS_FILE
-    flat = {}
     try:
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                if not info.filename.endswith(".npy"):
-                    raise ValueError(f"member {info.filename!r} is not an array")
-                with archive.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
-                    if read_header is None:
-                        raise ValueError(f"unsupported .npy version {version}")
-                    shape, _, dtype = read_header(member)
-                if dtype.hasobject:
-                    raise ValueError(f"'{info.filename}' holds Python objects")
-                flat[info.filename[: -len(".npy")]] = np.broadcast_to(np.zeros((), dtype), shape)
+        with zipfile.ZipFile(io.BytesIO(_read_capped(path, MAX_PARAMS_BYTES))) as archive:
+            params = _shapes_only(_npy_headers(archive))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path} is unreadable or truncated ({exc}); retrain or restore it") from None
-    params = unflatten_params(flat)
     try:
         model.spec_of(params)
     except CheckpointError as exc:
@@ -209,27 +250,46 @@ def param_shapes(directory: str | os.PathLike) -> dict[str, dict[str, np.ndarray
     return params
 
 
+def _read_params(path: pathlib.Path, blob: bytes, check: bool) -> dict[str, np.ndarray]:
+    """The arrays of a params file, each header (and, with ``check``, the network the shapes
+    form) judged before any array's data is inflated."""
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        headers = _npy_headers(archive)
+        for key, (_, _, dtype) in headers.items():
+            if not np.issubdtype(dtype, np.floating):
+                raise CheckpointError(f"{path}: '{key}' has dtype {dtype}, expected float")
+        if check:
+            try:
+                model.spec_of(_shapes_only(headers))
+            except CheckpointError as exc:
+                raise CheckpointError(f"{path}: {exc}") from None
+        flat = {}
+        for key, (info, _, _) in headers.items():
+            with archive.open(info) as member:  # reads at most the declared size, checked above
+                flat[key] = np.lib.format.read_array(member, allow_pickle=False)
+    return flat
+
+
 def load_params(directory: str | os.PathLike, *, check: bool = True, with_digest: bool = False):
     """Reads ``params.npz`` as float32, checking finiteness and (if ``check``) that
     the shapes form one network (:func:`model.spec_of`).
 
-    The file is read once; with ``with_digest`` the sha256 of exactly those
+    Every bound is checked before the data it guards is read: the file's size, each
+    member's declared size against its array header, the network the headers
+    describe. The file is read once; with ``with_digest`` the sha256 of exactly those
     bytes comes back too, so a cache keyed by it can never describe other
     weights than the ones loaded. Returns params, or (params, digest).
     """
     recover(directory)
     path = pathlib.Path(directory) / PARAMS_FILE
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path} is missing; is {directory} a checkpoint folder?")
     try:
-        blob = path.read_bytes()
-        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-            flat = {key: npz[key] for key in npz.files}
+        blob = _read_capped(path, MAX_PARAMS_BYTES)
+        flat = _read_params(path, blob, check)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise CheckpointError(f"{path} is unreadable or truncated ({exc}); retrain or restore it") from None
     for key, value in flat.items():
-        if not np.issubdtype(value.dtype, np.floating):
-            raise CheckpointError(f"{path}: '{key}' has dtype {value.dtype}, expected float")
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: '{key}' holds NaN or infinite values")
     params = {m: {p: v.astype(np.float32) for p, v in ps.items()} for m, ps in unflatten_params(flat).items()}

@@ -213,6 +213,7 @@ class Engine:
             train_labels=self.data.y_train,
             on_progress=on_progress,
             input_factor=self.intermediates.input_factor,
+            calibration_path=self.intermediates.calibration_path,
         )
         structure = [(n, c) for n, c in variant.steps if get(n).kind != "storage"]
         storage = [(n, c) for n, c in variant.steps if get(n).kind == "storage"]

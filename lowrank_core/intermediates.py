@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from lowrank_core import compress, measure, model
+from lowrank_core import compress, measure, model, refit
 from lowrank_core.data import Cifar10
 from lowrank_core.fileio import atomic_write_bytes
 
@@ -64,6 +64,7 @@ class Intermediates:
         self._svds: dict[str, compress.LayerSvd] = {}
         self._digests: dict[int, tuple[np.ndarray, str]] = {}  # id → (array kept alive, digest)
         self._features: dict[str, np.ndarray] = {}
+        self._calibration_path: refit.CalibrationPath | None = None
         self._hidden: measure.HiddenActivations | None = None
         self._init_s: dict[str, np.ndarray] | None = None
         self._factors: dict[str, np.ndarray] = {}
@@ -151,6 +152,21 @@ class Intermediates:
         order = np.random.default_rng(CALIBRATION_SEED).permutation(n)
         return np.sort(order[: min(CALIBRATION_IMAGES, n)])
 
+    def calibration_features(self) -> np.ndarray:
+        """The convolutions' output on the calibration images (kept in memory: 5,000 × 3,072 floats)."""
+        with self._locks("calibration_features"):
+            if "calibration" not in self._features:
+                images = self.data.x_train[self.calibration_indices()]
+                self._features["calibration"] = measure.conv_features(self.params, images)
+            return self._features["calibration"]
+
+    def calibration_path(self) -> refit.CalibrationPath:
+        """The checkpoint's dense stack on the calibration images (:class:`refit.CalibrationPath`)."""
+        with self._locks("calibration_path"):
+            if self._calibration_path is None:
+                self._calibration_path = refit.CalibrationPath(self.params, self.calibration_features())
+            return self._calibration_path
+
     def input_factor(self, name: str) -> np.ndarray:
         """L with L Lᵀ = XᵀX/N + λI over the inputs X of the checkpoint's dense
         layer ``name`` on the calibration set (λ = 1e-6 of the mean diagonal, so
@@ -167,7 +183,7 @@ class Intermediates:
                     except Exception:
                         pass
                 if name not in self._factors:
-                    x = measure.conv_features(self.params, self.data.x_train[self.calibration_indices()])
+                    x = self.calibration_features()
                     for layer in names:
                         if layer not in self._factors:
                             factor = _cholesky_of_inputs(x)

@@ -50,7 +50,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, params):
         checkpoint.load(variant("missing"))
     with pytest.raises(CheckpointError, match="unreadable or truncated"):
         checkpoint.load(variant("truncated", blob[: len(blob) // 2]))
-    nan = dict(params, linear_3=dict(params["linear_3"], b=np.full(1000, np.nan, np.float32)))
+    nan = dict(params, linear_3=dict(params["linear_3"], b=np.full(params["linear_3"]["b"].shape, np.nan, np.float32)))
     with pytest.raises(CheckpointError, match="NaN"):
         checkpoint.load(variant("nan", checkpoint.params_to_npz_bytes(nan)))
     other = dict(params, linear=dict(params["linear"], w=np.zeros((6144, 3000), np.float32)))
@@ -87,3 +87,78 @@ def test_param_shapes_reads_headers_only_and_refuses_what_load_refuses(tmp_path,
     np.savez(tmp_path / "odd" / "params.npz", **checkpoint.flatten_params(other))
     with pytest.raises(CheckpointError, match="shape"):
         checkpoint.param_shapes(tmp_path / "odd")
+
+
+def _bomb_npz(path, key="linear/w", declared_gib: float = 3.0) -> None:
+    """A small .npz whose one deflate member expands to ``declared_gib`` GiB of zeros."""
+    import zipfile
+
+    n = int(declared_gib * 2**30) // 4
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32)) | {"shape": (n,)}
+    import io
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, header)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+            member.write(head.getvalue())
+            chunk = bytes(2**24)
+            for _ in range(n * 4 // len(chunk)):
+                member.write(chunk)
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bomb")
+    _bomb_npz(folder / "params.npz")
+    (folder / "metadata.json").write_text(json.dumps({"storage_dtype": "float32"}))
+    return folder
+
+
+def test_a_params_member_expanding_to_gigabytes_is_refused_before_it_is_inflated(bomb):
+    import resource
+    import time
+
+    assert (bomb / "params.npz").stat().st_size < 20 * 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match="not inflated"):
+        checkpoint.load_params(bomb)
+    with pytest.raises(CheckpointError):
+        checkpoint.param_shapes(bomb)
+    assert time.perf_counter() - started < 3.0
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 200 * 1024  # far from the 3 GiB the member declares
+
+
+def test_a_member_larger_than_its_header_says_is_refused(tmp_path, params):
+    import zipfile
+
+    checkpoint.save(tmp_path / "a", params, {})
+    path = tmp_path / "a" / "params.npz"
+    with zipfile.ZipFile(path) as archive:
+        members = {i.filename: archive.read(i) for i in archive.infolist()}
+    members["linear/w.npy"] += bytes(4096)  # data past what the header declares
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, blob in members.items():
+            archive.writestr(name, blob)
+    with pytest.raises(CheckpointError, match="declares"):
+        checkpoint.load_params(tmp_path / "a")
+
+
+def test_oversized_or_special_metadata_is_refused_unread(tmp_path, params):
+    import os
+
+    checkpoint.save(tmp_path / "a", params, {})
+    meta = tmp_path / "a" / "metadata.json"
+    meta.write_bytes(b'{"x": "' + b"a" * (checkpoint.MAX_METADATA_BYTES + 10) + b'"}')
+    with pytest.raises(CheckpointError, match="not read"):
+        checkpoint.load_metadata(tmp_path / "a")
+    meta.unlink()
+    os.mkfifo(meta)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        checkpoint.load_metadata(tmp_path / "a")
+    meta.unlink()
+    meta.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError):
+        checkpoint.load_metadata(tmp_path / "a")

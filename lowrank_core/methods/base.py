@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from lowrank_core import compress, model
+from lowrank_core import compress, model, refit
 
 Params = dict[str, dict[str, np.ndarray]]
 ProgressFn = Callable[[int, int], None]
@@ -39,6 +39,8 @@ class BuildContext:
     seed: int = 0
     # L with L Lᵀ = XᵀX over a dense layer's inputs on calibration images (training images only).
     input_factor: Callable[[str], np.ndarray] | None = None
+    # The checkpoint's dense stack on those calibration images, for the calibrated refit.
+    calibration_path: Callable[[], refit.CalibrationPath] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

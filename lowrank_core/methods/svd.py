@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 import scipy.linalg
 
-from lowrank_core import compress
+from lowrank_core import compress, refit
 from lowrank_core.errors import ConfigError
 from lowrank_core.methods.base import (
     BuildContext,
@@ -31,7 +31,10 @@ FORMS = ("reconstructed", "factorized")
 # "weights": truncate W (Eckart–Young in ‖W − W_k‖). "activations": truncate LᵀW, where
 # L Lᵀ = XᵀX over the layer's inputs on calibration images, and map back with L⁻ᵀ: the
 # rank-k W_k closest in what the layer outputs on data, ‖X(W − W_k)‖ (SVD-LLM's whitening).
-BASES = ("weights", "activations")
+# "calibrated": ranks chosen as for "activations", then every compressed layer refit in order,
+# in closed form, to the original layer's outputs from the inputs the already compressed layers
+# give (:mod:`lowrank_core.refit`): later layers correct the earlier ones' error.
+BASES = ("weights", "activations", "calibrated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +170,9 @@ def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Par
     svds = {name: context.svd(params[name]["w"] if factors[name] is None else factors[name].T @ params[name]["w"])
             for name in layers}  # fmt: skip
     ranks = choose_ranks(config, svds, layers)
+    if config.basis == "calibrated":
+        out = refit.sequential_refit(params, ranks, context.calibration_path())
+        return out, _facts(config, params, ranks)
     out = compress.copy_params(params)
     for name, k in ranks.items():
         u_k, sv_k = compress.rank_approximated_weight(svds[name], k)
@@ -180,19 +186,23 @@ def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Par
         # ~1e-17 there. Exact zeros keep dead units visible (and droppable) downstream.
         sv_k[:, (w == 0).all(axis=0)] = 0
         out[name] = {"u": u_k, "v": sv_k, "b": params[name]["b"]}
+    return out, _facts(config, params, ranks)
+
+
+def _facts(config: SvdConfig, params: Params, ranks: dict[str, int]) -> dict:
     facts = {"ranks": ranks, "break_even_ranks": {n: compress.break_even_rank(*params[n]["w"].shape) for n in ranks}}
     if config.form == "reconstructed":
         # Rounding W_k to float16 would make it full-rank again: it is stored as float32.
         facts["float32_layers"] = list(ranks)
-    return out, facts
+    return facts
 
 
 def _input_factor(config: SvdConfig, params: Params, name: str, context: BuildContext) -> np.ndarray | None:
     """L for the activation basis (None for the weight basis)."""
     if config.basis == "weights":
         return None
-    if context.input_factor is None:
-        raise ConfigError("the activation basis needs calibration data (build through the engine)")
+    if context.input_factor is None or (config.basis == "calibrated" and context.calibration_path is None):
+        raise ConfigError(f"the {config.basis} basis needs calibration data (build through the engine)")
     factor = context.input_factor(name)
     if factor.shape[0] != params[name]["w"].shape[0]:
         raise ConfigError(f"the activation basis calibrates the checkpoint's own layers; {name} was changed before "
@@ -238,7 +248,7 @@ def describe(config: SvdConfig) -> str:
         rule += " (" + ", ".join(f"{n} f={f:g}" for n, f in config.layer_fractions) + ")"
     if config.only:
         rule += " on " + "+".join(config.only)
-    basis = ", activation basis" if config.basis == "activations" else ""
+    basis = {"weights": "", "activations": ", activation basis", "calibrated": ", calibrated refit"}[config.basis]
     return f"SVD {config.form} {rule}" + ("" if config.include_output else ", output kept") + basis
 
 
@@ -255,7 +265,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--basis",
         default="weights",
         choices=BASES,
-        help="svd: truncate W, or LᵀW whitened by the layer's inputs on 5,000 training images",
+        help="svd: truncate W; or LᵀW whitened by the layer's inputs on 5,000 training images; or that, "
+        "then each layer refit in closed form to the original outputs from the compressed layers' inputs",
     )
 
 

@@ -1,0 +1,144 @@
+"""Sequential closed-form refit of low-rank dense layers on calibration data.
+
+Layers in network order. For a compressed layer with inputs X (what the
+*already compressed* layers before it produce on the calibration images) and
+target T = X₀W + b (the *original* layer's pre-activations on the original
+path), the new factors are the rank-k reduced-rank regression of T on X:
+
+1. ridge least squares on centred data, W_ls = (XcᵀXc/N + λI)⁻¹ XcᵀTc/N, with
+   λ = RIDGE × the mean diagonal of XcᵀXc/N (keeps inputs that are always
+   zero, dead units, from making the system singular);
+2. the rank-k projection of the fit onto the top-k right singular vectors V_k
+   of Xc·W_ls (the eigenvectors of W_lsᵀ(XcᵀXc/N)W_ls): u = W_ls V_k, v = V_kᵀ;
+3. the bias refit from the means, b' = mean(T) − mean(X)·u·v.
+
+So each layer corrects the error the layers before it made, in closed form and
+without a gradient step (the local update of SVD-LLM; the reconstruction AIMET
+applies after channel pruning). A layer left uncompressed keeps its weights and
+passes the compressed inputs on. At full rank with X = X₀ the fit reproduces
+the layer's outputs on the calibration set up to the ridge.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Mapping, NamedTuple
+
+import numpy as np
+import scipy.linalg
+
+from lowrank_core import model
+
+RIDGE = 1e-4  # λ relative to the mean input variance: small against the signal, large against float rounding
+
+
+class _Fit(NamedTuple):
+    """The parts of one layer's ridge fit that do not depend on its rank."""
+
+    live: np.ndarray  # inputs that are ever non-zero (the others get zero rows of u)
+    mean_x: np.ndarray
+    mean_t: np.ndarray
+    chol: np.ndarray  # R with R Rᵀ = G_λ on the live inputs
+    z: np.ndarray  # R⁻¹ XcᵀTc / N
+
+
+def _fit(x: np.ndarray, target: np.ndarray) -> _Fit:
+    """With G_λ = XcᵀXc/N + λI = R Rᵀ and Z = R⁻¹XcᵀTc/N the ridge fit is W_ls = R⁻ᵀZ.
+    Products in float32 (the weights' precision), the factorization and solves in float64."""
+    live = np.flatnonzero(x.any(axis=0))
+    mean_x, mean_t = x.mean(axis=0), target.mean(axis=0)
+    xc = x[:, live] - mean_x[live]
+    gram = (xc.T @ xc).astype(np.float64) / x.shape[0]
+    cross = (xc.T @ (target - mean_t)).astype(np.float64) / x.shape[0]
+    gram[np.diag_indices_from(gram)] += RIDGE * max(float(np.trace(gram)) / max(live.size, 1), 1e-12)
+    chol = scipy.linalg.cholesky(gram, lower=True)
+    return _Fit(live, mean_x, mean_t, chol, scipy.linalg.solve_triangular(chol, cross, lower=True))
+
+
+def _rank_k(fit: _Fit, rank: int, inputs: int):
+    """(u, v, b) of the best rank-k B = u·v: W_ls projected on the top-k eigenvectors V_k of ZᵀZ
+    (the minimizer of ‖Xc·B − Tc‖² + λN‖B‖² over rank ≤ k), the bias from the means."""
+    n = fit.z.shape[1]
+    k = min(rank, n)
+    _, vecs = scipy.linalg.eigh(fit.z.T @ fit.z, subset_by_index=(n - k, n - 1))
+    v_k = vecs[:, ::-1]  # largest first
+    u = np.zeros((inputs, k))
+    u[fit.live] = scipy.linalg.solve_triangular(fit.chol.T, fit.z @ v_k, lower=False)  # W_ls V_k
+    return u, v_k.T, fit.mean_t - (fit.mean_x @ u) @ v_k.T
+
+
+def _dense(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x·W + b from the non-zero rows and columns of W only (the rest add exact zeros)."""
+    rows, cols = np.flatnonzero(w.any(axis=1)), np.flatnonzero(w.any(axis=0))
+    out = np.broadcast_to(b, (x.shape[0], b.shape[0])).copy()
+    out[:, cols] += x[:, rows] @ w[np.ix_(rows, cols)]
+    return out
+
+
+class CalibrationPath:
+    """The checkpoint's own dense stack on the calibration images: every layer's
+    pre-activations (the refit's targets), and — for the first compressed layer of a
+    variant, whose inputs are the checkpoint's own — its rank-independent fit (cached)."""
+
+    def __init__(self, params: Mapping, calibration: np.ndarray):
+        self.names = tuple(model.dense_layer_names(params))
+        self.features = np.asarray(calibration, np.float32)
+        self.live_out = {n: np.flatnonzero(np.asarray(params[n]["w"]).any(axis=0)) for n in self.names}
+        self._weights = [
+            (np.asarray(params[n]["w"], np.float32), np.asarray(params[n]["b"], np.float32)) for n in self.names
+        ]
+        self.targets, x = [], self.features
+        for name in self.names:
+            self.targets.append(_dense(x, np.asarray(params[name]["w"], np.float32), np.asarray(params[name]["b"])))
+            x = np.maximum(self.targets[-1], 0.0)
+        self._fits: dict[str, _Fit] = {}
+        self._lock = threading.Lock()
+
+    def is_original(self, i: int, w: np.ndarray, b: np.ndarray) -> bool:
+        """Whether (w, b) are the checkpoint's own weights of dense layer ``i``."""
+        return np.array_equal(w, self._weights[i][0]) and np.array_equal(b, self._weights[i][1])
+
+    def inputs(self, i: int) -> np.ndarray:
+        """The original inputs of dense layer ``i``."""
+        return self.features if i == 0 else np.maximum(self.targets[i - 1], 0.0)
+
+    def original_fit(self, i: int) -> _Fit:
+        name = self.names[i]
+        with self._lock:
+            if name not in self._fits:
+                self._fits[name] = _fit(self.inputs(i), self.targets[i][:, self.live_out[name]])
+            return self._fits[name]
+
+
+def _refit_layer(fit: _Fit, w: np.ndarray, b: np.ndarray, live_out: np.ndarray, rank: int) -> dict:
+    """One layer's factors; outputs outside ``live_out`` (dead units: a zero column of W)
+    stay exactly as they were (zero column, own bias), so they remain droppable downstream."""
+    u, v_live, bias_live = _rank_k(fit, rank, w.shape[0])
+    v = np.zeros((u.shape[1], w.shape[1]))
+    v[:, live_out] = v_live
+    bias = np.asarray(b, np.float64).copy()
+    bias[live_out] = bias_live
+    return {"u": u.astype(np.float32), "v": v.astype(np.float32), "b": bias.astype(np.float32)}
+
+
+def sequential_refit(params: Mapping, ranks: Mapping[str, int], path: CalibrationPath) -> dict:
+    """``params`` with each layer in ``ranks`` replaced by refit factors ``u``, ``v`` and
+    bias ``b`` (float32), fitted in network order to ``path``'s targets (the checkpoint's
+    pre-activations on the calibration images). Other layers keep their weights."""
+    out = {m: dict(ps) for m, ps in params.items()}
+    x_comp = None  # the current layer's inputs once they differ from the checkpoint's
+    for i, name in enumerate(path.names):
+        w, b = np.asarray(params[name]["w"], np.float32), np.asarray(params[name]["b"], np.float32)
+        inputs = path.inputs(i) if x_comp is None else x_comp
+        if name in ranks:
+            live_out = path.live_out[name]
+            fit = path.original_fit(i) if x_comp is None else _fit(inputs, path.targets[i][:, live_out])
+            out[name] = _refit_layer(fit, w, b, live_out, ranks[name])
+            y = (inputs @ out[name]["u"]) @ out[name]["v"] + out[name]["b"]
+        elif x_comp is None and path.is_original(i, w, b):
+            continue  # nothing changed yet: the original path
+        else:
+            y = _dense(inputs, w, b)
+        if i < len(path.names) - 1:
+            x_comp = np.maximum(y, 0.0)
+    return out

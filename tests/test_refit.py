@@ -1,0 +1,129 @@
+"""The calibrated SVD basis: a sequential, closed-form reduced-rank refit."""
+
+import jax
+import numpy as np
+import pytest
+
+from lowrank_core import data as data_lib, engine, methods, model, refit
+from lowrank_core.finetune import FinetuneConfig
+from lowrank_core.methods.svd import SvdConfig
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    params = jax.tree.map(np.asarray, model.init_params(jax.random.PRNGKey(0), model.TINY_SPEC))
+    rng = np.random.default_rng(0)
+    calibration = np.maximum(rng.standard_normal((2000, model.TINY_SPEC.feature_dim)), 0).astype(np.float32)
+    return params, calibration
+
+
+def _outputs(params, x):
+    names = model.dense_layer_names(params)
+    outs = []
+    for i, name in enumerate(names):
+        x = np.asarray(model.dense_layer(params[name], x))
+        outs.append(x)
+        x = np.maximum(x, 0) if i < len(names) - 1 else x
+    return outs
+
+
+def test_at_full_rank_the_refit_reproduces_every_layers_outputs(tiny, monkeypatch):
+    params, calibration = tiny
+    full = {n: min(params[n]["w"].shape) for n in model.dense_layer_names(params)}
+
+    def worst_error(ridge):
+        monkeypatch.setattr(refit, "RIDGE", ridge)
+        refitted = refit.sequential_refit(params, full, refit.CalibrationPath(params, calibration))
+        pairs = zip(_outputs(refitted, calibration), _outputs(params, calibration))
+        return max(float(np.abs(got - want).max() / np.abs(want).max()) for got, want in pairs)
+
+    assert worst_error(1e-9) < 2e-5  # exact up to float32 rounding without the ridge
+    assert worst_error(refit.RIDGE) < 1e-2  # the documented ridge shrinks the fit a little
+
+
+def _reference_fit(x, t, k, ridge):
+    """Reduced-rank ridge regression written out independently: lstsq on an augmented system."""
+    mean_x, mean_t = x.mean(0), t.mean(0)
+    xc, tc = (x - mean_x).astype(np.float64), (t - mean_t).astype(np.float64)
+    live = np.flatnonzero(x.any(0))
+    lam = ridge * np.trace(xc[:, live].T @ xc[:, live] / len(x)) / live.size
+    a = np.vstack([xc[:, live], np.sqrt(lam * len(x)) * np.eye(live.size)])
+    w_ls = np.zeros((x.shape[1], t.shape[1]))
+    w_ls[live] = np.linalg.lstsq(a, np.vstack([tc, np.zeros((live.size, t.shape[1]))]), rcond=None)[0]
+    _, _, vt = np.linalg.svd(a @ w_ls[live], full_matrices=False)
+    b_k = w_ls @ vt[:k].T @ vt[:k]
+    return b_k, mean_t - mean_x @ b_k
+
+
+def _objective(x, t, b_k, bias, ridge):
+    live = np.flatnonzero(x.any(0))
+    xc = x - x.mean(0)
+    lam = ridge * np.trace(xc[:, live].T @ xc[:, live] / len(x)) / live.size
+    return np.sum((x @ b_k + bias - t) ** 2) + lam * len(x) * np.sum(b_k**2)
+
+
+def test_each_layer_matches_an_independent_reduced_rank_regression(tiny):
+    params, calibration = tiny
+    ranks = {"linear": 20, "linear_2": 10, "linear_3": 6}
+    refitted = refit.sequential_refit(params, ranks, refit.CalibrationPath(params, calibration))
+    x_orig = x_comp = calibration.astype(np.float64)
+    for name in model.dense_layer_names(params):
+        w, b = params[name]["w"].astype(np.float64), params[name]["b"].astype(np.float64)
+        target = x_orig @ w + b
+        layer = refitted[name]
+        if name in ranks:
+            b_k, bias = _reference_fit(x_comp, target, ranks[name], refit.RIDGE)
+            got = layer["u"].astype(np.float64) @ layer["v"]
+            assert layer["u"].shape[1] == ranks[name] and np.linalg.matrix_rank(got) == ranks[name]
+            # The same optimum (the rank-k subspace itself may rotate where eigenvalues nearly tie).
+            best = _objective(x_comp, target, b_k, bias, refit.RIDGE)
+            assert _objective(x_comp, target, got, layer["b"], refit.RIDGE) <= best * (1 + 1e-4)
+            y = x_comp @ got + layer["b"]
+        else:
+            np.testing.assert_array_equal(layer["w"], params[name]["w"])
+            y = x_comp @ w + b
+        x_orig, x_comp = np.maximum(target, 0), np.maximum(y, 0)
+
+
+def test_refitting_beats_plain_truncation_on_the_calibration_outputs(tiny):
+    params, calibration = tiny
+    ranks = {"linear": 8, "linear_1": 8, "linear_2": 8, "linear_3": 8}
+    refitted = refit.sequential_refit(params, ranks, refit.CalibrationPath(params, calibration))
+    plain = methods.get("svd").finalize(
+        methods.get("svd").build(
+            params,
+            SvdConfig(form="factorized", layer_ranks=tuple(ranks.items())),
+            methods.BuildContext(
+                svd=__import__("lowrank_core").compress.layer_svd, train_features=None, train_labels=None
+            ),
+        )[0],
+        SvdConfig(form="factorized"),
+    )
+    want = _outputs(params, calibration)[-1]
+    err = lambda p: np.linalg.norm(_outputs(p, calibration)[-1] - want)  # noqa: E731
+    assert err(refitted) < err(plain)
+
+
+@pytest.fixture
+def tiny_engine(tiny_checkpoint, tmp_path):
+    archive, ck = tiny_checkpoint
+    return engine.Engine(ck, data_lib.load_cifar10(archive), cache_root=tmp_path / "cache")
+
+
+def test_the_calibrated_basis_composes_with_fine_tuning_and_int8(tiny_engine):
+    svd = SvdConfig(
+        form="factorized",
+        layer_ranks=(("linear", 12), ("linear_1", 8)),
+        only=("linear", "linear_1"),
+        basis="calibrated",
+    )
+    variant = methods.Variant(
+        (("svd", svd), ("quantize", methods.get("quantize").config_type())), FinetuneConfig(steps=3)
+    )
+    record = tiny_engine.evaluate(variant, with_latency=False)
+    assert record["facts"]["ranks"] == {"linear": 12, "linear_1": 8}
+    params, _ = tiny_engine.build(variant)
+    assert params["linear"]["u_q"].dtype == np.int8 and params["linear"]["u_q"].shape[1] == 12
+    assert "calibrated refit" in record["label"]
+    plain = tiny_engine.evaluate(methods.Variant.of("svd", svd), with_latency=False)
+    assert plain["accuracy"] != record["accuracy"] or plain["bytes"] != record["bytes"]
