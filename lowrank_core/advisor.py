@@ -25,9 +25,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from lowrank_core import methods, runtimes, sensitivity
+import numpy as np
+
+from lowrank_core import compress, methods, runtimes, sensitivity
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
+from lowrank_core.methods import svd as svd_method
 from lowrank_core.methods.svd import SvdConfig
 
 MINIMIZE = ("params", "bytes", "latency")
@@ -48,7 +51,7 @@ class AdvisorConfig:
     finetune_steps: int = 0
     max_measurements: int = 8
     fractions: tuple[float, ...] = sensitivity.DEFAULT_FRACTIONS
-    basis: str = "weights"  # or "activations": see lowrank_core.methods.svd.BASES
+    basis: str = "all"  # one of lowrank_core.methods.svd.BASES, or "all": every basis searched
     runtime: str = runtimes.PRODUCT  # whose measured latency ``minimize="latency"`` minimizes
 
     def __post_init__(self):
@@ -63,8 +66,14 @@ class AdvisorConfig:
             raise ConfigError(f"fine-tuning steps must be an integer in 0..5000, got {self.finetune_steps}")
         if not (isinstance(self.max_measurements, int) and 1 <= self.max_measurements <= 50):
             raise ConfigError("max_measurements must be an integer in 1..50")
-        SvdConfig(basis=self.basis)  # validates it
+        if self.basis != "all":
+            SvdConfig(basis=self.basis)  # validates it
         runtimes.get(self.runtime)
+
+    @property
+    def bases(self) -> tuple[str, ...]:
+        """The SVD bases searched, the weight basis first."""
+        return svd_method.BASES if self.basis == "all" else (self.basis,)
 
     @property
     def with_latency(self) -> bool:
@@ -167,103 +176,194 @@ def _summary(record: dict, base: dict, plan: Plan | None) -> dict:
             "ranks": record["facts"].get("ranks", {})}  # fmt: skip
 
 
-def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, float], None] | None = None) -> dict:
-    """The smallest measured variant (by ``config.minimize``) within
-    ``config.max_drop`` points of the baseline. Returns the answer's measured
-    record with ``advisor``: the search (every candidate measured, baseline,
-    the same ranks with int8 on top)."""
-    report = on_progress or (lambda text, share: None)
-    base = _evaluate(engine, methods.Variant.of("baseline"), config)
-    report("per-layer sensitivity", 0.0)
-    rows = engine.svd_sensitivity(
-        config.fractions, on_progress=lambda d, t: report("per-layer sensitivity", 0.5 * d / t), basis=config.basis
-    )
-    names = list(engine.spec.dense_layers)
-    shapes = {n: tuple(engine.params[n]["w"].shape) for n in names}
-    front = plans(rows, shapes, base["accuracy"])
-    target = config.max_drop / 100
-    measured: dict[Plan, dict] = {}
+@dataclasses.dataclass
+class _Search:
+    """One basis's search: its Pareto front and every plan measured (in order)."""
 
-    def measure(plan: Plan) -> dict:
-        if plan not in measured:
-            report(f"measuring candidate {len(measured) + 1}", 0.5 + 0.5 * len(measured) / config.max_measurements)
-            measured[plan] = _evaluate(engine, plan.variant(config.finetune_steps, basis=config.basis), config)
-        return measured[plan]
+    basis: str
+    front: list[Plan]
+    measured: dict[Plan, dict] = dataclasses.field(default_factory=dict)
+
+
+def predicted_rows(data_spectra: dict[str, np.ndarray], shapes: dict, fractions, base_accuracy: float) -> list[dict]:
+    """Rows like the sensitivity table's, predicted in closed form: each layer's relative
+    output error at each rank on calibration data, Σ_{i>k} σ_i² / Σ σ_i² of σ(LᵀW) (exactly
+    the whitened truncation's ‖X(W − W_k)‖² / ‖XW‖²), standing in for its accuracy drop."""
+    rows = []
+    for name, s in data_spectra.items():
+        energy = np.square(np.asarray(s, np.float64))
+        tail = energy.sum() - np.concatenate([[0.0], np.cumsum(energy)])
+        for fraction in fractions:
+            rank = compress.rank_for_fraction(fraction, *shapes[name])
+            error = float(tail[min(rank, energy.size)] / max(energy.sum(), 1e-30))
+            rows.append({"layer": name, "rank": rank, "accuracy": base_accuracy - error})
+    return rows
+
+
+def _front(engine, config: AdvisorConfig, basis: str, base: dict, report) -> list[Plan]:
+    """Plans for ``basis``: from the measured one-layer-at-a-time table (weight basis), or
+    from each layer's output error predicted by its data spectrum (the data bases)."""
+    shapes = {n: tuple(engine.params[n]["w"].shape) for n in engine.spec.dense_layers}
+    if svd_method.SENSITIVITY_BASIS[basis] == "weights":
+        rows = engine.svd_sensitivity(
+            config.fractions, on_progress=lambda d, t: report("per-layer sensitivity (weights basis)", 0.3 * d / t)
+        )
+    else:
+        report(f"{basis} basis: data spectra σ(LᵀW)", 0.3)
+        spectra = engine.intermediates.data_singular_values()
+        rows = predicted_rows(spectra, shapes, config.fractions, base["accuracy"])
+    return plans(rows, shapes, base["accuracy"])
+
+
+def _search_front(engine, config: AdvisorConfig, search: _Search, base: dict, report) -> None:
+    """For a front ordered by predicted error (not in accuracy units): a binary search over
+    its plans for the cheapest one measured within the drop (more predicted error, more
+    drop), then its cheaper neighbours while measurements remain."""
+
+    def measure(index: int) -> bool:
+        plan = search.front[index]
+        if plan not in search.measured:
+            report(f"{search.basis} basis: candidate {len(search.measured) + 1}", 0.3)
+            search.measured[plan] = _evaluate(engine, plan.variant(config.finetune_steps, basis=search.basis), config)
+        return _within(base, search.measured[plan], config)
+
+    limit = max(3, (2 * config.max_measurements) // 3)  # a refit measurement costs seconds: fewer of them
+    low, high = 0, len(search.front)  # plans before ``low`` are assumed within, from ``high`` on outside
+    while high - low > 1 and len(search.measured) < limit:
+        middle = (low + high) // 2
+        low, high = (middle, high) if measure(middle) else (low, middle)
+    for index in range(low + 1, min(high + 2, len(search.front))):
+        if len(search.measured) >= limit:
+            break
+        measure(index)
+
+
+def _within(base: dict, record: dict, config: AdvisorConfig) -> bool:
+    return base["accuracy"] - record["accuracy"] <= config.max_drop / 100 + 1e-12
+
+
+def _bisect(engine, config: AdvisorConfig, search: _Search, base: dict, start: float, report) -> None:
+    """Measures plans of ``search.front``: bisection on the predicted budget against measured
+    drops (the budget may grow past the target: fine-tuning or a refit recovers part of the
+    predicted drop), then plans cheaper than the best answer, least predicted drop first."""
+
+    def measure(plan: Plan) -> bool:
+        if plan not in search.measured:
+            report(f"{search.basis} basis: candidate {len(search.measured) + 1}", 0.3)
+            variant = plan.variant(config.finetune_steps, basis=search.basis)
+            search.measured[plan] = _evaluate(engine, variant, config)
+        return _within(base, search.measured[plan], config)
 
     def pick(budget: float) -> Plan:
-        return min((p for p in front if p.predicted_drop <= budget), key=lambda p: p.cost)
+        return min((p for p in search.front if p.predicted_drop <= budget), key=lambda p: p.cost)
 
-    def feasible(plan: Plan) -> bool:
-        return base["accuracy"] - measured[plan]["accuracy"] <= target + 1e-12
-
-    # 1. Bisection on the predicted budget against measured drops (fine-tuning
-    #    recovers part of the drop, so the budget may grow past the target).
-    low, high, budget = 0.0, None, target
-    ceiling = max(p.predicted_drop for p in front)
+    low, high, budget = 0.0, None, start
+    ceiling = max(p.predicted_drop for p in search.front)
     for _ in range(max(1, config.max_measurements // 2)):
-        plan = pick(budget)
-        measure(plan)
-        if feasible(plan):
+        if measure(pick(budget)):
             low = budget
             budget = min(ceiling, budget * 2 if high is None else (budget + high) / 2)
         else:
-            high = budget
-            budget = (low + budget) / 2
-    # 2. Refinement: plans cheaper than the best measured answer, least predicted drop first.
-    while len(measured) < config.max_measurements:
-        best = min((p.cost for p in measured if feasible(p)), default=None)
-        cheaper = sorted((p for p in front if p not in measured and (best is None or p.cost < best)),
-                         key=lambda p: p.predicted_drop)  # fmt: skip
+            high, budget = budget, (low + budget) / 2
+    while len(search.measured) < config.max_measurements:
+        best = min((p.cost for p, r in search.measured.items() if _within(base, r, config)), default=None)
+        cheaper = [p for p in search.front if p not in search.measured and (best is None or p.cost < best)]
         if not cheaper:
             break
-        measure(cheaper[0])
-    meeting = [(plan, r) for plan, r in measured.items() if feasible(plan)]
-    if meeting:
-        plan, answer = min(meeting, key=lambda pr: _cost(pr[1], config.minimize, config.runtime))
-    else:
-        plan, answer = None, base
-    within = lambda record: base["accuracy"] - record["accuracy"] <= target + 1e-12  # noqa: E731
-    # 3. Pipelines: structured pruning first, then the same ranks on smaller matrices (weights
-    #    basis: the activation basis calibrates the checkpoint's own layer shapes).
-    pipelines: list[dict] = []
-    sparsity = None
-    if "prune" in config.methods and plan is not None and config.basis == "weights":
-        # Bisection over the sparsities (more pruning only drops more): the largest one within the
-        # drop in ⌈log2(n + 1)⌉ measurements, each a new set of SVDs of the pruned matrices.
-        below, above = -1, len(PIPELINE_SPARSITIES)  # within the drop at ``below``, outside it at ``above``
-        while above - below > 1:
-            middle = (below + above) // 2
-            s = PIPELINE_SPARSITIES[middle]
-            variant = pipeline_variant(engine.params, plan, s, config.finetune_steps)
-            if variant is None:  # the ranks no longer save weights on matrices this small
-                above = middle
-                continue
-            report(f"pipeline {len(pipelines) + 1}: structured pruning {s:.0%}, then SVD", 0.9)
-            record = _evaluate(engine, variant, config)
-            pipelines.append(record)
-            if within(record):
-                below = middle
-                if _cost(record, config.minimize, config.runtime) < _cost(answer, config.minimize, config.runtime):
-                    answer, sparsity = record, s
-            else:
-                above = middle
+        measure(min(cheaper, key=lambda p: p.predicted_drop))
+
+
+def _best(searches: list[_Search], base: dict, config: AdvisorConfig) -> tuple[_Search, Plan, dict] | None:
+    meeting = [(s, p, r) for s in searches for p, r in s.measured.items() if _within(base, r, config)]
+    if not meeting:
+        return None
+    return min(meeting, key=lambda spr: _cost(spr[2], config.minimize, config.runtime))
+
+
+def _pipelines(engine, config: AdvisorConfig, plan: Plan, base: dict, report) -> list[tuple[float, dict]]:
+    """Structured pruning first, then ``plan``'s ranks on the smaller matrices (weights basis:
+    the data bases calibrate the checkpoint's own layer shapes). A bisection over the sparsities
+    (more pruning only drops more) finds the largest within the drop in ⌈log2(n + 1)⌉ measurements."""
+    out = []
+    below, above = -1, len(PIPELINE_SPARSITIES)  # within the drop at ``below``, outside it at ``above``
+    while above - below > 1:
+        middle = (below + above) // 2
+        sparsity = PIPELINE_SPARSITIES[middle]
+        variant = pipeline_variant(engine.params, plan, sparsity, config.finetune_steps)
+        if variant is None:  # the ranks no longer save weights on matrices this small
+            above = middle
+            continue
+        report(f"pipeline {len(out) + 1}: structured pruning {sparsity:.0%}, then SVD", 0.9)
+        record = _evaluate(engine, variant, config)
+        out.append((sparsity, record))
+        below, above = (middle, above) if _within(base, record, config) else (below, middle)
+    return out
+
+
+def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, float], None] | None = None) -> dict:
+    """The smallest measured variant (by ``config.minimize``) within ``config.max_drop``
+    points of the baseline, over every SVD basis in ``config.bases`` and pipelines. Returns
+    the answer's measured record with ``advisor``: the search (every candidate measured with
+    its predicted and measured drop, which basis and steps won and by how much, the baseline,
+    the answer with int8 on top)."""
+    report = on_progress or (lambda text, share: None)
+    base = _evaluate(engine, methods.Variant.of("baseline"), config)
+    searches: list[_Search] = []
+    for i, basis in enumerate(config.bases):
+        search = _Search(basis, _front(engine, config, basis, base, report))
+        if svd_method.SENSITIVITY_BASIS[basis] == "weights":
+            _bisect(engine, config, search, base, config.max_drop / 100, report)
+        else:
+            _search_front(engine, config, search, base, report)
+        searches.append(search)
+        report(f"{basis} basis searched", 0.3 + 0.6 * (i + 1) / len(config.bases))
+    best = _best(searches, base, config)
+    answer, plan, pipelines = (base, None, []) if best is None else (best[2], best[1], [])
+    weights = next((s for s in searches if s.basis == "weights"), None)
+    if "prune" in config.methods and weights is not None and (weights_best := _best([weights], base, config)):
+        pipelines = _pipelines(engine, config, weights_best[1], base, report)
+        for _sparsity, record in pipelines:
+            if _within(base, record, config) and _cost(record, config.minimize, config.runtime) < _cost(
+                answer, config.minimize, config.runtime
+            ):
+                answer, plan = record, weights_best[1]
     int8 = None
     if "quantize" in config.methods and plan is not None:
         report("int8 on top", 0.98)
-        variant = (plan.variant(config.finetune_steps, int8=True, basis=config.basis) if sparsity is None
-                   else pipeline_variant(engine.params, plan, sparsity, config.finetune_steps, int8=True))  # fmt: skip
-        int8 = _evaluate(engine, variant, config)
-        if config.minimize == "bytes" and within(int8):
+        int8 = _evaluate(engine, methods.Variant.from_dict(answer).with_storage(), config)
+        if config.minimize == "bytes" and _within(base, int8, config):
             answer = int8
     report("done", 1.0)
+    return {**answer, "advisor": _smallest_summary(config, base, searches, pipelines, int8, best is not None, answer)}
+
+
+def _winner(answer: dict, by_basis: dict, config: AdvisorConfig) -> dict:
+    """Which basis and steps won, and by how much against the best of each other basis."""
+    steps = answer.get("steps") or [{"method": answer["method"], "config": answer.get("config") or {}}]
+    basis = next((s["config"].get("basis") for s in steps if "basis" in s["config"]), None)
+    cost = _cost(answer, config.minimize, config.runtime)
+    against = {b: _cost(r, config.minimize, config.runtime) / cost for b, r in by_basis.items() if r and cost}
+    return {"label": answer["label"], "steps": [s["method"] for s in steps], "basis": basis, "cost_ratio": against}
+
+
+def _smallest_summary(config, base, searches, pipelines, int8, found, answer) -> dict:
     points = f"{config.max_drop:g} accuracy point{'' if config.max_drop == 1 else 's'}"
-    search = {"question": f"smallest by {config.minimize} within {points} of the baseline",
-              "config": dataclasses.asdict(config), "baseline": _summary(base, base, None),
-              "candidates": [_summary(r, base, p) for p, r in measured.items()],
-              "pipelines": [_summary(r, base, None) for r in pipelines],
-              "with_int8": None if int8 is None else _summary(int8, base, plan),
-              "found": bool(meeting), "n_test": base["n_test"]}  # fmt: skip
-    return {**answer, "advisor": search}
+    by_basis = {}
+    for search in searches:
+        best = _best([search], base, config)
+        by_basis[search.basis] = None if best is None else _summary(best[2], base, best[1])
+    return {
+        "question": f"smallest by {config.minimize} within {points} of the baseline",
+        "config": dataclasses.asdict(config),
+        "baseline": _summary(base, base, None),
+        "candidates": [dict(_summary(r, base, p), basis=s.basis) for s in searches for p, r in s.measured.items()],
+        "pipelines": [dict(_summary(r, base, None), basis="weights", sparsity=sp) for sp, r in pipelines],
+        "best_by_basis": by_basis,
+        "winner": _winner(answer, by_basis, config),
+        "with_int8": None if int8 is None else _summary(int8, base, None),
+        "found": found,
+        "n_test": base["n_test"],
+    }
 
 
 def most_accurate_within(engine, budget_share: float, config: AdvisorConfig,
@@ -275,23 +375,22 @@ def most_accurate_within(engine, budget_share: float, config: AdvisorConfig,
         raise ConfigError(f"the budget must be a share in (0, 1] of the baseline, got {budget_share}")
     report = on_progress or (lambda text, share: None)
     base = _evaluate(engine, methods.Variant.of("baseline"), config)
-    rows = engine.svd_sensitivity(
-        config.fractions, on_progress=lambda d, t: report("per-layer sensitivity", 0.5 * d / t), basis=config.basis
-    )
-    names = list(engine.spec.dense_layers)
-    shapes = {n: tuple(engine.params[n]["w"].shape) for n in names}
-    front = plans(rows, shapes, base["accuracy"])
+    shapes = {n: tuple(engine.params[n]["w"].shape) for n in engine.spec.dense_layers}
     dense_cost = sum(m * n for m, n in shapes.values())
     limit = budget_share * _cost(base, config.minimize, config.runtime)
     int8 = "quantize" in config.methods and config.minimize == "bytes"
     # The cheapest-to-check proxy first: plans whose dense weights fit the share, least predicted drop first.
     proxy_limit = budget_share * dense_cost * (2 if int8 else 1)
-    candidates = sorted((p for p in front if p.cost <= proxy_limit), key=lambda p: p.predicted_drop)
     measured = []
-    for i, plan in enumerate(candidates[: config.max_measurements]):
-        report(f"measuring candidate {i + 1}", 0.5 + 0.5 * i / config.max_measurements)
-        record = _evaluate(engine, plan.variant(config.finetune_steps, int8=int8, basis=config.basis), config)
-        measured.append((plan, record))
+    per_basis = max(1, config.max_measurements // len(config.bases))
+    for basis in config.bases:
+        front = _front(engine, config, basis, base, report)
+        candidates = sorted((p for p in front if p.cost <= proxy_limit), key=lambda p: p.predicted_drop)
+        for plan in candidates[:per_basis]:
+            report(f"{basis} basis: candidate {len(measured) + 1}", 0.5 + 0.5 * len(measured) / config.max_measurements)
+            measured.append(
+                (plan, _evaluate(engine, plan.variant(config.finetune_steps, int8=int8, basis=basis), config))
+            )
     fitting = [(p, r) for p, r in measured if _cost(r, config.minimize, config.runtime) <= limit]
     report("done", 1.0)
     answer = max(fitting, key=lambda pr: pr[1]["accuracy"])[1] if fitting else base

@@ -449,9 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_adv.add_argument("--finetune-steps", type=int, default=0, help="fine-tune each candidate (frozen convolutions)")
     p_adv.add_argument(
         "--basis",
-        default="weights",
-        choices=["weights", "activations"],
-        help="SVD of W, or activation-whitened (LᵀW over 5,000 training images)",
+        default="all",
+        help="narrow the search to one SVD basis: weights, activations or calibrated (default: all of them)",
     )
     p_adv.add_argument(
         "--runtime", help="with --minimize latency: whose measured latency (default: the product's own, jax)"

@@ -520,6 +520,7 @@ class Engine:
 
         from lowrank_core import sensitivity
 
+        basis = REGISTRY["svd"].config_type(basis=basis).table_basis  # validates it; the table that predicts it
         fractions = tuple(float(f) for f in (fractions or sensitivity.DEFAULT_FRACTIONS))
         layers = tuple(layers or model.dense_layer_names(self.params))
         for f in fractions:
@@ -536,7 +537,7 @@ class Engine:
             rows = sensitivity.svd_sensitivity(
                 self.params, self.intermediates.svd_of, self.test_features, self.data.y_test,
                 fractions, layers, self.storage_dtype, on_progress,
-                self.intermediates.input_factor if basis == "activations" else None,
+                self.intermediates.input_factor if basis != "weights" else None,
             )  # fmt: skip
             self.sensitivity_store.put(key, {"rows": rows, "n_test": int(self.data.y_test.shape[0])})
             return rows

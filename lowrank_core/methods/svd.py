@@ -35,6 +35,9 @@ FORMS = ("reconstructed", "factorized")
 # in closed form, to the original layer's outputs from the inputs the already compressed layers
 # give (:mod:`lowrank_core.refit`): later layers correct the earlier ones' error.
 BASES = ("weights", "activations", "calibrated")
+# The basis whose one-layer-at-a-time table predicts each basis: one layer refit alone, from its
+# own original inputs, is the activation-whitened truncation (with its bias refit).
+SENSITIVITY_BASIS = {"weights": "weights", "activations": "activations", "calibrated": "activations"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +103,11 @@ class SvdConfig:
             object.__setattr__(self, "rank_fraction", 1.0)
         object.__setattr__(self, "layer_ranks", tuple((n, int(k)) for n, k in self.layer_ranks))
         object.__setattr__(self, "layer_fractions", tuple((n, float(f)) for n, f in self.layer_fractions))
+
+    @property
+    def table_basis(self) -> str:
+        """The basis of the one-layer-at-a-time sensitivity table that predicts this one."""
+        return SENSITIVITY_BASIS[self.basis]
 
     def layers_of(self, params) -> tuple[str, ...]:
         """The dense layers of ``params`` this config compresses."""
