@@ -35,11 +35,12 @@ from typing import Callable, Mapping
 import numpy as np
 
 from lowrank_core import paths
-from lowrank_core.errors import DataError, UnsafePickleError
+from lowrank_core.errors import DataError, DataMissing, UnsafePickleError
 from lowrank_core.fileio import atomic_open
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_BYTES = 170_498_071  # the official archive's size, for saying what a download will fetch
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -370,17 +371,27 @@ def resolve_source(
         if candidate.exists():
             return DataSource(candidate, "cache")
     if not download:
-        raise DataError(f"CIFAR-10 not found: set {ENV_VAR}=/path/to/{ARCHIVE_NAME} or pass --data PATH")
-    url = os.environ.get(URL_ENV_VAR, CIFAR10_URL)
+        raise DataMissing(f"CIFAR-10 not found: set {ENV_VAR}=/path/to/{ARCHIVE_NAME} or pass --data PATH")
     close = None
     if progress is None:
         progress, close = _tqdm_progress("Downloading CIFAR-10")
     try:
-        download_archive(cache / ARCHIVE_NAME, url=url, progress=progress)
+        return download_to_cache(progress)
     finally:
         if close:
             close()
-    return DataSource(cache / ARCHIVE_NAME, "download")
+
+
+def download_url() -> str:
+    """Where a download fetches CIFAR-10 from (``LOWRANK_CIFAR10_URL`` for a mirror; md5 still checked)."""
+    return os.environ.get(URL_ENV_VAR, CIFAR10_URL)
+
+
+def download_to_cache(progress: ProgressFn | None = None) -> DataSource:
+    """Downloads the official archive into the project's cache (md5-checked, atomic)."""
+    dest = paths.data_dir() / ARCHIVE_NAME
+    download_archive(dest, url=download_url(), md5=CIFAR10_MD5, progress=progress)
+    return DataSource(dest, "download")
 
 
 def _cache_key(path: pathlib.Path) -> str:

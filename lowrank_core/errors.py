@@ -15,6 +15,10 @@ class DataError(LowrankError):
     """CIFAR-10 could not be found, downloaded or decoded."""
 
 
+class DataMissing(DataError):
+    """CIFAR-10 is nowhere it was looked for (and no download was allowed)."""
+
+
 class UnsafePickleError(DataError):
     """A pickle named a global that CIFAR-10 batches never contain."""
 

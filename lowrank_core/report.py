@@ -91,12 +91,23 @@ def flat_row(result: dict) -> dict:
         "latency_iqr_ms": (result.get("latency") or {}).get(str(result.get("batch_size")), {}).get("iqr_ms"),
         "latency_ms_batch1": result.get("latency_batch1_ms"),
         "latency_measured_on": (result.get("measured_on") or {}).get("cpu"),
+        **runtime_columns(result),
         "steps": json.dumps(
             result.get("steps") or [{"method": result["method"], "config": result.get("config")}], sort_keys=True
         ),
         "finetune": json.dumps(result.get("finetune")),
         "checkpoint": result.get("checkpoint"),
     }
+
+
+def runtime_columns(result: dict) -> dict:
+    """Each other runtime's own accuracy and latency (batch 1 and the largest batch timed), by runtime name."""
+    out = {}
+    for name, entry in (result.get("runtimes") or {}).items():
+        out[f"{name}_accuracy"] = entry.get("accuracy")
+        out[f"{name}_latency_ms"] = entry.get("latency_ms")
+        out[f"{name}_latency_ms_batch1"] = entry.get("latency_batch1_ms")
+    return out
 
 
 def to_csv(results: Iterable[dict]) -> str:

@@ -2,19 +2,38 @@
 a budget; every candidate it reports measured on the full test set."""
 
 import pandas as pd
+import plotly.express as px
 import streamlit as st
 
 from lowrank_core import advisor
 from lowrank_core.errors import ConfigError
+from lowrank_core.methods.svd import BASES as SVD_BASES
 from pages.common import (
     baseline_result,
     clear_in_memory_results,
+    export_buttons,
     fmt_mib,
     get_engine,
     keys,
     metric_row,
     run_with_errors,
 )
+
+
+def predicted_vs_measured(frame: pd.DataFrame) -> None:
+    """How good the prediction is: predicted against measured drop, one point per candidate."""
+    shown = frame.dropna(subset=["predicted_drop_points"])
+    if shown.empty:
+        return
+    fig = px.scatter(shown, x="predicted_drop_points", y="drop_points", color="basis", hover_name="label")
+    fig.update_layout(
+        height=320,
+        title="Predicted vs measured drop, every candidate",
+        xaxis_title="predicted (see above)",
+        yaxis_title="measured drop (points)",
+    )
+    st.plotly_chart(fig, key="advisor_prediction_chart")
+
 
 QUESTIONS = ("smallest within an accuracy drop", "most accurate within a budget")
 
@@ -44,10 +63,12 @@ if eng is not None:
     )
     basis = b2.radio(
         "SVD basis",
-        ["weights", "activations"],
+        ("all",) + SVD_BASES,
         key="advisor_basis",
         horizontal=True,
-        help="activations: truncate LᵀW, whitened by each layer's inputs on 5,000 training images",
+        help="all: every basis searched, the best measured answer wins. activations: truncate LᵀW, whitened by "
+        "each layer's inputs on 5,000 training images; calibrated: that, then each layer refit in closed form "
+        "to the original outputs from the inputs the compressed layers before it give",
     )
     try:
         config = advisor.AdvisorConfig(max_drop=float(max_drop), minimize=minimize, finetune_steps=int(finetune),
@@ -57,10 +78,11 @@ if eng is not None:
         st.error(str(exc))
         st.stop()
     st.caption(
-        "Searches per-layer SVD ranks (factorized) from the per-layer sensitivity table, then measures each "
-        "candidate on every test image; predictions only choose what to measure. Then pipelines (structured "
-        "pruning at a bisected sparsity, then those ranks) and int8 on top, each measured. Cold: the table "
-        "(≈ 25–30 s on 2 cores, the SVDs included) and up to 8 + 4 measurements, ≈ 45–50 s in all; cached afterwards."
+        "Weight basis: per-layer ranks from the measured per-layer sensitivity table, then pipelines "
+        "(structured pruning at a bisected sparsity, then those ranks). Data bases: ranks from each layer's "
+        "output error predicted by its spectrum σ(LᵀW), no table needed. Every candidate is then measured on "
+        "every test image, and predictions only choose what to measure; int8 on top of the answer, measured. "
+        "A cold search of every basis takes one to two minutes on 2 cores; cached afterwards."
     )
     request = (keys(), question, config, budget)
     if st.button("Find it", type="primary", key="advisor_run"):
@@ -92,7 +114,18 @@ if eng is not None:
                 f"images), {base_summary['params'] / answer['params']:.1f}× fewer parameters, "
                 f"{base_summary['bytes'] / answer['bytes']:.1f}× smaller stored ({fmt_mib(answer['bytes'])})."
             )
+        if winner := search.get("winner"):
+            others = ", ".join(
+                f"{ratio:.2f}× the best {basis}-basis candidate's {config.minimize}"
+                for basis, ratio in winner["cost_ratio"].items()
+            )
+            st.caption(
+                f"Won: {' → '.join(winner['steps'])} ({winner['basis'] or 'no SVD'} basis); its cost is 1 / {others}"
+                if others
+                else f"Won: {' → '.join(winner['steps'])}"
+            )
         metric_row(answer, base)
+        export_buttons(eng, answer, answer["label"], "advisor_export")
         if search.get("with_int8"):
             q = search["with_int8"]
             st.caption(
@@ -104,4 +137,10 @@ if eng is not None:
         frame = pd.DataFrame(search["candidates"] + search.get("pipelines", []))
         frame["ranks"] = frame["ranks"].map(lambda r: ", ".join(f"{k} {v}" for k, v in r.items()))
         st.dataframe(frame.drop(columns=["method"]), hide_index=True)
-        st.caption("All of them are cached: they appear on the Overview's chart and in Compare & export.")
+        st.caption(
+            "predicted_drop_points: for the weight basis, the one-layer drops of the sensitivity table added up; "
+            "for the data bases, the layers' predicted relative output errors (σ(LᵀW) tail energy) added up, in "
+            "percent — a ranking, not accuracy points. drop_points is measured. All candidates are cached: they "
+            "appear on the Overview's chart and in Compare & export."
+        )
+        predicted_vs_measured(frame)

@@ -20,8 +20,8 @@ import pandas  # noqa: F401
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import checkpoint, data, engine, methods, paths
-from lowrank_core.errors import LowrankError
+from lowrank_core import checkpoint, data, engine, methods, paths, runtimes
+from lowrank_core.errors import DataMissing, LowrankError
 from lowrank_core.finetune import FinetuneConfig
 
 CHECKPOINT_ENV = "LOWRANK_CHECKPOINT"
@@ -91,6 +91,9 @@ def get_engine() -> engine.Engine | None:
     """The engine for the current checkpoint and data, or None after showing ``st.error``."""
     try:
         eng = _engine(*keys())
+    except DataMissing:
+        data_missing_panel()
+        return None
     except LowrankError as exc:
         st.error(f"{exc}")
         return None
@@ -114,6 +117,36 @@ def get_engine() -> engine.Engine | None:
 
 
 SMALL_TEST_SET = 1000
+WHERE_DATA_GOES = (
+    "type the path of cifar-10-python.tar.gz (or its cifar-10-batches-py/ folder) into the sidebar's "
+    f"'CIFAR-10 path' field, or start the app with {data.ENV_VAR}=/path/to/cifar-10-python.tar.gz"
+)
+
+
+def data_missing_panel() -> None:
+    """What to do when CIFAR-10 is nowhere: one click downloads it (md5-checked, atomic, with progress)."""
+    url = data.download_url()
+    host = url.split("/")[2] if "://" in url else url
+    st.error(f"CIFAR-10 is not on this machine yet. Download it below, or {WHERE_DATA_GOES}.")
+    label = f"Download CIFAR-10 ({data.CIFAR10_BYTES / 1e6:.0f} MB from {host}, checksum verified)"
+    if not st.button(label, key="data_download", type="primary"):
+        return
+    bar = st.progress(0.0, text="Downloading CIFAR-10…")
+
+    def on_progress(done: int, total: int) -> None:
+        share = done / total if total else 0.0
+        bar.progress(min(1.0, share), text=f"Downloading CIFAR-10… {done / 1e6:.0f} of {total / 1e6:.0f} MB")
+
+    try:
+        data.download_to_cache(on_progress)
+    except LowrankError:
+        bar.empty()
+        st.error(
+            f"Could not download CIFAR-10 from {url} (offline, or the file was wrong). Instead, {WHERE_DATA_GOES}."
+        )
+        return
+    bar.empty()
+    st.rerun()  # the data is in the cache now: every page finds it
 
 
 def keys() -> tuple[str, str | None, str]:
@@ -132,11 +165,17 @@ def evaluate(
     finetune_steps: int = 0,
     with_latency: bool = False,
 ) -> dict:
-    """A measured variant (frozen configs and variants are hashable cache keys)."""
+    """A measured variant (frozen configs and variants are hashable cache keys); with latency,
+    in every runtime installed here (each its own accuracy and latency)."""
     finetune = FinetuneConfig(steps=finetune_steps) if finetune_steps else None
     return _engine(checkpoint_path, data_source, digest).evaluate(
-        method, config, finetune=finetune, with_latency=with_latency
+        method, config, finetune=finetune, with_latency=with_latency, runtimes=measured_runtimes(with_latency)
     )
+
+
+def measured_runtimes(with_latency: bool) -> tuple[str, ...]:
+    """The runtimes a page measures in: all installed ones when latency is asked for."""
+    return runtimes.available() if with_latency else ()
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -155,7 +194,9 @@ def baseline_accuracy(checkpoint_path: str, data_source: str | None, digest: str
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def baseline_result(checkpoint_path: str, data_source: str | None, digest: str) -> dict:
-    return _engine(checkpoint_path, data_source, digest).evaluate("baseline", with_latency=True)
+    return _engine(checkpoint_path, data_source, digest).evaluate(
+        "baseline", with_latency=True, runtimes=measured_runtimes(True)
+    )
 
 
 @st.cache_data(show_spinner="Computing singular values of every dense layer…", max_entries=4)
@@ -238,6 +279,7 @@ def metric_row(result: dict, base: dict) -> None:
         )
     else:
         cols[1].metric("Latency", "—", help="not measured: switch on 'Measure latency'")
+    runtime_caption(result, base)
     cols[2].metric(
         "Parameters", f"{result['params']:,}", f"{result['params'] - base['params']:+,}", delta_color="inverse"
     )
@@ -256,6 +298,29 @@ def metric_row(result: dict, base: dict) -> None:
         help=f"bytes of the variant's .npz as Compare & export writes it ({result['bytes']:,} B; floats "
         f"as {result.get('storage_dtype', 'float32')}, int8 matrices with float32 scales)",
     )
+
+
+def runtime_caption(result: dict, base: dict) -> None:
+    """One line per other runtime: its own accuracy and latency beside the product path's."""
+    for name, entry in (result.get("runtimes") or {}).items():
+        if "latency_ms" not in entry:
+            continue
+        label = runtimes.get(name).label if name in runtimes.REGISTRY else name
+        reference = (base.get("runtimes") or {}).get(name, {})
+        speed = ""
+        if reference.get("latency_ms"):
+            speed = f" ({reference['latency_ms'] / entry['latency_ms']:.2f}× the baseline's speed there)"
+        st.caption(
+            f"**{label}** ({entry.get('threads', '?')} threads, on {entry['measured_on'].get('cpu', '?')}): accuracy "
+            f"{entry['accuracy']:.2%} on {entry['n_test']:,} test images; latency batch {entry['batch_size']:,} "
+            f"{entry['latency_ms']:.0f} ms{speed}, batch 1 {entry['latency_batch1_ms']:.2f} ms "
+            f"(median of {entry['latency'][str(entry['batch_size'])]['repeats']}, session creation apart)"
+            + ("; int8 on integer kernels, activations quantized per batch" if _is_int8(result) else "")
+        )
+
+
+def _is_int8(result: dict) -> bool:
+    return bool((result.get("facts") or {}).get("int8_layers"))
 
 
 def style(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:
@@ -334,3 +399,26 @@ def sidebar() -> None:
         shown = data_path_setting()
         st.caption(f"Data: {data.describe_source(shown)}")
         st.caption(f"Checkpoint: {checkpoint_dir()}")
+
+
+def export_buttons(eng: engine.Engine, result: dict, name: str, key: str) -> None:
+    """Prepare-then-download buttons for a measured variant: its .npz (the stored size measured)
+    and its ONNX model (uint8 images in, logits out; int8 on integer kernels)."""
+    formats = {"npz": (eng.variant_npz, "application/octet-stream"), "onnx": (eng.variant_onnx, "application/onnx")}
+    cols = st.columns(len(formats))
+    for col, (suffix, (build, mime)) in zip(cols, formats.items()):
+        slot = f"{key}_{suffix}_blob"
+        if col.button(f"Prepare the .{suffix}", key=f"{key}_{suffix}_prepare"):
+            with st.spinner(f"Building the .{suffix} of {name}…"):
+                blob = run_with_errors(build, result)
+            if blob is not None:
+                st.session_state[slot] = (name, blob)
+        if st.session_state.get(slot, (None,))[0] == name:
+            blob = st.session_state[slot][1]
+            col.download_button(
+                f"Download variant.{suffix} ({fmt_mib(len(blob))})",
+                blob,
+                f"variant.{suffix}",
+                mime,
+                key=f"{key}_{suffix}_download",
+            )

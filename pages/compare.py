@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import report
-from pages.common import cached_results, fmt_mib, get_engine, keys, run_with_errors, style
+from pages.common import cached_results, export_buttons, get_engine, keys, run_with_errors, style
 
 st.title("Compare and export")
 eng = get_engine()
@@ -65,18 +65,5 @@ if eng is not None:
     if st.session_state.get("export_report_html"):
         st.download_button("Download report.html", st.session_state["export_report_html"], "report.html", "text/html",
                            key="export_report")  # fmt: skip
-    target = st.selectbox("Parameters of one variant (.npz)", list(labels), key="export_variant")
-    if st.button("Prepare the .npz", key="export_prepare"):
-        with st.spinner("Rebuilding the variant…"):
-            blob = run_with_errors(eng.variant_npz, labels[target])
-        if blob is not None:
-            st.session_state["export_blob"] = (target, blob)
-    if st.session_state.get("export_blob", (None,))[0] == target:
-        st.download_button(
-            f"Download {target}.npz ({fmt_mib(len(st.session_state['export_blob'][1]))}; the "
-            "stored size measured for it)",
-            st.session_state["export_blob"][1],
-            "variant_params.npz",
-            "application/octet-stream",
-            key="export_npz",
-        )
+    target = st.selectbox("One variant (.npz parameters, or an ONNX model)", list(labels), key="export_variant")
+    export_buttons(eng, labels[target], target, "export")

@@ -8,7 +8,7 @@ import streamlit as st
 from lowrank_core import compress, model, report
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
-from lowrank_core.methods.svd import SvdConfig
+from lowrank_core.methods.svd import BASES as SVD_BASES, SvdConfig
 from pages.common import (
     FORM_DASH,
     METHOD_COLORS,
@@ -39,12 +39,13 @@ if eng is not None:
     )
     basis = c2.radio(
         "Basis",
-        ["weights", "activations"],
+        list(SVD_BASES),
         key="svd_basis",
         horizontal=True,
-        help="weights: truncate W; activations: truncate W whitened by the layer's inputs (data-aware)",
+        help="weights: truncate W; activations: truncate W whitened by the layer's inputs (data-aware); "
+        "calibrated: then refit each layer in closed form to the original outputs, in order (seconds per move)",
     )
-    compare_basis = c2.toggle("Show the other basis beside it", False, key="svd_compare_basis")
+    compare_basis = c2.toggle("Show the other bases beside it", False, key="svd_compare_basis")
     form = c2.radio(
         "Form",
         ["factorized", "reconstructed"],
@@ -115,15 +116,19 @@ if eng is not None:
             result = evaluate(*keys(), "svd", config, 0, measure_latency)
     metric_row(result, base)
     if compare_basis:
-        other = "weights" if basis == "activations" else "activations"
-        with st.spinner(f"Measuring the {other} basis at the same ranks…"):
-            twin = evaluate(*keys(), "svd", dataclasses.replace(config, basis=other), finetune_steps, False)
+        for other in (b for b in SVD_BASES if b != basis):
+            with st.spinner(f"Measuring the {other} basis at the same rule…"):
+                twin = evaluate(*keys(), "svd", dataclasses.replace(config, basis=other), finetune_steps, False)
+            st.caption(
+                f"Same rule in the {other} basis: accuracy {twin['accuracy']:.2%} "
+                f"({twin['accuracy'] - result['accuracy']:+.2%} vs this one), ranks "
+                + ", ".join(f"{k} {v}" for k, v in twin["facts"]["ranks"].items())
+            )
         st.caption(
-            f"Same rule in the {other} basis: accuracy {twin['accuracy']:.2%} ({twin['accuracy'] - result['accuracy']:+.2%}"
-            f" vs this one), ranks "
-            + ", ".join(f"{k} {v}" for k, v in twin["facts"]["ranks"].items())
-            + ". The activation basis truncates LᵀW (L Lᵀ = XᵀX over each layer's inputs on 5,000 training "
-            "images, never test images) and maps back with L⁻ᵀ: the rank-k layer closest in what it outputs on data."
+            "The activation basis truncates LᵀW (L Lᵀ = XᵀX over each layer's inputs on 5,000 training images, "
+            "never test images) and maps back with L⁻ᵀ: the rank-k layer closest in what it outputs on data. The "
+            "calibrated basis takes those ranks and refits every compressed layer, in order, to the original "
+            "layer's outputs from the inputs the compressed layers before it give (closed form, no gradient step)."
         )
     st.caption(
         "Ranks: "

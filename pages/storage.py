@@ -19,7 +19,7 @@ if eng is not None:
         "Store dense matrices as int8",
         True,
         key="storage_int8",
-        help="symmetric int8, one float32 scale per output column; runs dequantized",
+        help="symmetric int8, one float32 scale per output column; dequantized on the JAX path, integer kernels in ONNX Runtime",
     )
     fraction = None
     if start == STARTS[2]:
@@ -51,8 +51,10 @@ if eng is not None:
     st.caption(
         f"Stored size is the .npz this variant exports: {fmt_mib(result['bytes'])} vs "
         f"{fmt_mib(base['bytes'])} for the checkpoint ({base['bytes'] / result['bytes']:.1f}× smaller). "
-        "Int8 halves a float16 checkpoint's dense matrices (quarters a float32 one); it runs no faster here "
-        "(dequantized to float32 once, when loaded, as a runtime without int8 kernels would). Dead-unit "
+        "Int8 halves a float16 checkpoint's dense matrices (quarters a float32 one). How fast it runs depends on "
+        "the runtime: the product path (JAX/XLA) dequantizes it to float32 once, when loaded, so it runs no "
+        "faster there; ONNX Runtime runs it on integer kernels (activations quantized per batch, so its accuracy "
+        "is its own figure) — switch on 'Measure latency' to see each runtime's measurement below. Dead-unit "
         "removal drops hidden units that can never change the output, so accuracy is unchanged by construction."
     )
     if result["facts"].get("widths"):

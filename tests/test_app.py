@@ -129,14 +129,18 @@ def test_compare_page_lists_and_exports(env):
     at.selectbox(key="export_variant").set_value(
         [o for o in at.selectbox(key="export_variant").options if o.startswith("SVD")][0]
     ).run()
-    at.button(key="export_prepare").click().run()
+    at.button(key="export_npz_prepare").click().run()
+    assert not at.exception and not at.error
+    at.button(key="export_onnx_prepare").click().run()
     assert not at.exception and not at.error
     at.button(key="export_report_prepare").click().run()
     assert not at.exception and not at.error
     assert "Plotly.newPlot" in at.session_state["export_report_html"]
-    blob = at.session_state["export_blob"][1]
+    blob = at.session_state["export_npz_blob"][1]
     measured = [r for r in eng.cached_results() if r["method"] == "svd"][0]
     assert len(blob) == measured["bytes"]  # the download is the variant whose size was shown
+    onnx_blob = at.session_state["export_onnx_blob"][1]
+    assert onnx_blob == eng.variant_onnx(measured)  # the ONNX model of that same variant
 
 
 def test_train_data_page_trains_with_progress(env, tmp_path):
@@ -276,3 +280,61 @@ def test_hostile_sidebar_paths_are_one_clear_error(env, key):
                     text, errors)  # fmt: skip
             else:
                 assert any("using the default checkpoint" in e for e in errors), (text, errors)
+
+
+def test_a_fresh_start_without_data_offers_the_download_and_then_runs(tiny_checkpoint, monkeypatch):
+    """No data anywhere: the Overview still draws the parameter chart, says what to do in the app's
+    terms, and one click fetches the archive (here from a server on loopback) and runs the page."""
+    import hashlib
+    import http.server
+    import threading
+
+    import streamlit as st
+
+    archive, ck = tiny_checkpoint
+    payload = pathlib.Path(archive).read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.delenv(data_lib.ENV_VAR, raising=False)
+        monkeypatch.setenv("LOWRANK_CHECKPOINT", str(ck))
+        monkeypatch.setenv(data_lib.URL_ENV_VAR, f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz")
+        monkeypatch.setattr(data_lib, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
+        st.cache_resource.clear()
+        st.cache_data.clear()
+        at = AppTest.from_file("../app.py", default_timeout=300).run()
+        assert not at.exception
+        assert "CIFAR-10 is not on this machine" in at.error[0].value and "sidebar" in at.error[0].value
+        assert "--data" not in at.error[0].value  # the app's language, not the CLI's
+        assert at.get("plotly_chart")  # the parameter chart draws from the checkpoint alone
+        at.button(key="data_download").click().run()
+        assert not at.exception and not at.error
+        assert [m.label for m in at.metric if m.label == "Test accuracy"]
+        assert (data_lib.paths.data_dir() / data_lib.ARCHIVE_NAME).read_bytes() == payload
+    finally:
+        server.shutdown()
+
+
+def test_an_offline_download_says_what_to_do_in_the_apps_terms(tiny_checkpoint, monkeypatch):
+    import streamlit as st
+
+    _, ck = tiny_checkpoint
+    monkeypatch.delenv(data_lib.ENV_VAR, raising=False)
+    monkeypatch.setenv("LOWRANK_CHECKPOINT", str(ck))  # the download URL is a dead local port (conftest)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file("../app.py", default_timeout=300).run()
+    at.button(key="data_download").click().run()
+    assert not at.exception
+    assert any("Could not download CIFAR-10" in e.value and "sidebar" in e.value for e in at.error)

@@ -157,6 +157,9 @@ def _readme_command_lines() -> list[list[str]]:
 
     text = (pathlib.Path(ROOT) / "README.md").read_text()
     lines = []
+    # The command table: "| `COMMAND …` | …" rows stand for "python -m lowrank_core COMMAND …".
+    for command in re.findall(r"^\| `([a-z][^`]*)` \|", text, re.M):
+        lines.append(shlex.split(command))
     for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S):
         for line in block.splitlines():
             line = line.split("  #")[0].strip()
