@@ -388,14 +388,13 @@ def most_accurate_within(engine, budget_share: float, config: AdvisorConfig,
         candidates = sorted((p for p in front if p.cost <= proxy_limit), key=lambda p: p.predicted_drop)
         for plan in candidates[:per_basis]:
             report(f"{basis} basis: candidate {len(measured) + 1}", 0.5 + 0.5 * len(measured) / config.max_measurements)
-            measured.append(
-                (plan, _evaluate(engine, plan.variant(config.finetune_steps, int8=int8, basis=basis), config))
-            )
-    fitting = [(p, r) for p, r in measured if _cost(r, config.minimize, config.runtime) <= limit]
+            record = _evaluate(engine, plan.variant(config.finetune_steps, int8=int8, basis=basis), config)
+            measured.append((plan, basis, record))
+    fitting = [(p, r) for p, _, r in measured if _cost(r, config.minimize, config.runtime) <= limit]
     report("done", 1.0)
     answer = max(fitting, key=lambda pr: pr[1]["accuracy"])[1] if fitting else base
     search = {"question": f"most accurate within {budget_share:.1%} of the baseline's {config.minimize}",
               "config": dataclasses.asdict(config), "baseline": _summary(base, base, None),
-              "candidates": [_summary(r, base, p) for p, r in measured], "found": bool(fitting),
+              "candidates": [dict(_summary(r, base, p), basis=b) for p, b, r in measured], "found": bool(fitting),
               "n_test": base["n_test"]}  # fmt: skip
     return {**answer, "advisor": search}

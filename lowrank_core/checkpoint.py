@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lowrank_core import model
+from lowrank_core import model, paths
 from lowrank_core.errors import CheckpointError
 from lowrank_core.fileio import atomic_write_bytes, atomic_write_json
 
@@ -160,6 +160,28 @@ def save(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def trained_dir(name: str) -> pathlib.Path:
+    """Where ``train`` writes a checkpoint of that name (a preset's, by default)."""
+    return paths.artifacts_dir() / "checkpoints" / name
+
+
+def trained_label(name: str) -> str:
+    """How a picker names the checkpoint trained under ``name``."""
+    return f"trained here: {name}"
+
+
+def known_checkpoints() -> dict[str, pathlib.Path]:
+    """Checkpoints to pick from, by label: the shipped baseline, then every one trained here
+    (folders under the artifacts' ``checkpoints/`` holding a params and a metadata file)."""
+    found = {"shipped baseline": paths.BASELINE_DIR}
+    root = trained_dir("x").parent
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if (folder / PARAMS_FILE).is_file() and (folder / METADATA_FILE).is_file():
+                found[trained_label(folder.name)] = folder
+    return found
 
 
 # Bounds checked before anything is read or inflated: the seed network's params are ≈ 85 MB in

@@ -20,7 +20,7 @@ SMALL_TEST_SET = 1000  # below this, figures are still measured, with a warning 
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from lowrank_core import configs, data, train
+    from lowrank_core import checkpoint, configs, data, train
 
     config = configs.get_preset(args.preset)
     if args.steps:
@@ -28,7 +28,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.eval_every:
         config = dataclasses.replace(config, eval_every=args.eval_every)
     dataset = data.load_cifar10(_data_path(args))
-    out_dir = pathlib.Path(args.out) if args.out else paths.artifacts_dir() / "checkpoints" / config.preset
+    out_dir = pathlib.Path(args.out) if args.out else checkpoint.trained_dir(config.preset)
     with tqdm(total=config.num_steps, desc=f"train[{config.preset}]", unit="step") as bar:
 
         def on_progress(p: train.TrainProgress) -> None:

@@ -22,6 +22,8 @@ from pages.common import (
 
 def predicted_vs_measured(frame: pd.DataFrame) -> None:
     """How good the prediction is: predicted against measured drop, one point per candidate."""
+    if "predicted_drop_points" not in frame or "basis" not in frame:
+        return
     shown = frame.dropna(subset=["predicted_drop_points"])
     if shown.empty:
         return

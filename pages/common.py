@@ -40,12 +40,28 @@ def data_path_setting() -> str | None:
     return st.session_state.get("data_path") or None
 
 
+OTHER_CHECKPOINT = "another folder…"
+
+
+def checkpoint_choices() -> dict[str, pathlib.Path]:
+    """The picker's checkpoints: $LOWRANK_CHECKPOINT first if set, the shipped baseline, every one trained here."""
+    known = checkpoint.known_checkpoints()
+    if env := os.environ.get(CHECKPOINT_ENV):
+        known = {f"$LOWRANK_CHECKPOINT ({pathlib.Path(env).name})": pathlib.Path(env)} | known
+    return known
+
+
 def checkpoint_dir() -> pathlib.Path:
-    """The checkpoint folder: the sidebar setting (if valid), then $LOWRANK_CHECKPOINT, then the shipped baseline."""
+    """The checkpoint folder: the picker's choice, or the folder typed for "another folder…"
+    (if valid), else the first choice ($LOWRANK_CHECKPOINT, or the shipped baseline)."""
+    choices = checkpoint_choices()
+    choice = st.session_state.get("checkpoint_choice")
+    if choice in choices:
+        return choices[choice]
     typed = st.session_state.get("checkpoint_path")
     if typed and validate_path(typed, "checkpoint") is None:
         return pathlib.Path(typed).expanduser()
-    return pathlib.Path(os.environ.get(CHECKPOINT_ENV) or paths.BASELINE_DIR)
+    return next(iter(choices.values()))
 
 
 def data_path() -> str | None:
@@ -387,15 +403,28 @@ def sidebar() -> None:
                 placeholder="default: $LOWRANK_CIFAR10 or artifacts/data",
                 help="cifar-10-python.tar.gz or a cifar-10-batches-py/ folder",
             )
-        st.text_input(
-            "Checkpoint folder",
-            key="checkpoint_path",
-            placeholder="default: $LOWRANK_CHECKPOINT or artifacts/baseline",
-            help="a folder holding params.npz and metadata.json",
+        options = list(checkpoint_choices()) + [OTHER_CHECKPOINT]
+        if st.session_state.get("checkpoint_choice") not in options:
+            # A folder typed earlier (or a choice that is gone): keep the typed one, else the first.
+            st.session_state["checkpoint_choice"] = (
+                OTHER_CHECKPOINT if st.session_state.get("checkpoint_path") else options[0]
+            )
+        choice = st.selectbox(
+            "Checkpoint",
+            options,
+            key="checkpoint_choice",
+            help="the shipped baseline, or one trained on the Train page",
         )
-        typed = st.session_state.get("checkpoint_path")
-        if typed and (problem := validate_path(typed, "checkpoint")):
-            st.error(f"{problem}; using the default checkpoint instead")
+        if choice == OTHER_CHECKPOINT:
+            st.text_input(
+                "Checkpoint folder",
+                key="checkpoint_path",
+                placeholder="a folder holding params.npz and metadata.json",
+                help="a folder holding params.npz and metadata.json",
+            )
+            typed = st.session_state.get("checkpoint_path")
+            if typed and (problem := validate_path(typed, "checkpoint")):
+                st.error(f"{problem}; using the default checkpoint instead")
         shown = data_path_setting()
         st.caption(f"Data: {data.describe_source(shown)}")
         st.caption(f"Checkpoint: {checkpoint_dir()}")

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import configs, data, paths, train
+from lowrank_core import checkpoint, configs, data, train
 from pages.common import cached_results, clear_in_memory_results, get_engine, keys, run_with_errors, style
 
 st.title("Training and data")
@@ -37,10 +37,10 @@ if eng is not None:
     )
     base_config = configs.get_preset(preset)
     steps = c2.number_input("Steps", 1, 50_000, base_config.num_steps, 100, key=f"train_steps_{preset}")
-    out_dir = paths.artifacts_dir() / "checkpoints" / preset
+    out_dir = checkpoint.trained_dir(preset)
     st.caption(
-        f"Writes {out_dir} (the previous checkpoint there stays intact until the new one is complete). "
-        "Use it by typing that folder into the sidebar's checkpoint field."
+        f"Writes {out_dir} (the previous checkpoint there stays intact until the new one is complete); "
+        "the sidebar's checkpoint picker lists it."
     )
     if st.button("Start training", type="primary", key="train_start"):
         config = dataclasses.replace(base_config, num_steps=int(steps))
@@ -76,6 +76,14 @@ if eng is not None:
             st.success(
                 f"Test accuracy {metadata['test_accuracy']:.2%} on {metadata['n_test']:,} images, "
                 f"{metadata['train_seconds']:.0f} s. Saved to {out_dir}."
+            )
+            label = checkpoint.trained_label(out_dir.name)
+            st.button(
+                "Use it now",
+                key="train_use",
+                type="primary",
+                on_click=lambda: st.session_state.update(checkpoint_choice=label),
+                help="switches every page to this checkpoint (the sidebar's picker)",
             )
 
     st.subheader("Cache")

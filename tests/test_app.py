@@ -150,6 +150,12 @@ def test_train_data_page_trains_with_progress(env, tmp_path):
     at.button(key="train_start").click().run()
     assert not at.exception and not at.error
     assert at.success and "Test accuracy" in at.success[0].value
+    at.button(key="train_use").click().run()
+    assert not at.exception and at.session_state["checkpoint_choice"] == "trained here: tiny"
+    from lowrank_core import checkpoint
+
+    # The picker (the sidebar, on every page of app.py) offers that checkpoint under this label.
+    assert checkpoint.known_checkpoints()["trained here: tiny"] == checkpoint.trained_dir("tiny")
 
 
 def test_bad_data_path_is_an_error_not_a_traceback(env, monkeypatch):
@@ -338,3 +344,18 @@ def test_an_offline_download_says_what_to_do_in_the_apps_terms(tiny_checkpoint, 
     at.button(key="data_download").click().run()
     assert not at.exception
     assert any("Could not download CIFAR-10" in e.value and "sidebar" in e.value for e in at.error)
+
+
+def test_the_checkpoint_picker_lists_checkpoints_trained_here_and_switches_to_them(env):
+    import shutil
+
+    from lowrank_core import checkpoint
+
+    _, ck = env
+    shutil.copytree(ck, checkpoint.trained_dir("mine"))
+    at = AppTest.from_file("../app.py", default_timeout=300).run()
+    picker = at.sidebar.selectbox(key="checkpoint_choice")
+    assert picker.options[:3] == ["$LOWRANK_CHECKPOINT (ck)", "shipped baseline", "trained here: mine"]
+    picker.set_value("trained here: mine").run()
+    assert not at.exception and not at.error
+    assert f"Checkpoint: {checkpoint.trained_dir('mine')}" in [c.value for c in at.caption]
