@@ -214,3 +214,50 @@ def best_within(results: Iterable[dict], baseline: dict, max_drop: float = 0.01)
     if timed and "latency_ms" in baseline:
         out["latency"] = min(timed, key=lambda r: r["latency_ms"])
     return out
+
+
+def short_label(result: dict) -> str:
+    """A variant named in a few words: its steps (e.g. "prune → SVD → int8"), fine-tuning, SVD basis."""
+    steps = result.get("steps") or [{"method": result["method"], "config": result.get("config") or {}}]
+    words = " → ".join(method_label(s["method"]).split(" (")[0] for s in steps)
+    basis = next((s["config"].get("basis") for s in steps if s["config"].get("basis") not in (None, "weights")), None)
+    if basis:
+        words += f", {basis} basis"
+    if result.get("finetune"):
+        words += f", fine-tuned {result['finetune']['steps']} steps"
+    return words
+
+
+def headline_cards(results: Iterable[dict], baseline: dict, max_drop: float = 0.01) -> list[dict]:
+    """The best measured trade-offs within ``max_drop`` of the baseline as cards: what it
+    buys (× fewer parameters, × smaller stored, × faster at the timed batch), the accuracy
+    change in points, and the variant (short name and full record). Only measured records."""
+    best = best_within(results, baseline, max_drop)
+    cards = []
+    for key, title, ratio in (
+        ("params", "fewer parameters", lambda r: baseline["params"] / r["params"]),
+        ("bytes", "smaller stored", lambda r: baseline["bytes"] / r["bytes"]),
+        ("latency", "faster", lambda r: baseline["latency_ms"] / r["latency_ms"]),
+    ):
+        if key in best:
+            record = best[key]
+            cards.append(
+                {
+                    "key": key,
+                    "title": title,
+                    "ratio": ratio(record),
+                    "record": record,
+                    "drop_points": 100 * (record["accuracy"] - baseline["accuracy"]),
+                    "name": short_label(record),
+                }
+            )
+    return cards
+
+
+def headline_variant(results: Sequence[dict], baseline: dict) -> dict | None:
+    """The variant a presenter talks about first: the fewest parameters within 1 point, else the most accurate."""
+    cards = headline_cards(results, baseline)
+    if cards:
+        return cards[0]["record"]
+    others = [r for r in results if r["method"] != "baseline"]
+    return max(others, key=lambda r: r["accuracy"]) if others else None

@@ -133,3 +133,13 @@ def _live_units(w: np.ndarray, b: np.ndarray, w_next: np.ndarray) -> np.ndarray:
     """Indices of a hidden layer's units that can affect the output (see :func:`compress.drop_dead_units`)."""
     dead = ((w == 0).all(axis=0) & (b <= 0)) | (w_next == 0).all(axis=1)
     return np.flatnonzero(~dead)
+
+
+def log_cell_edges(fractions) -> list[float]:
+    """Cell boundaries for a heatmap of ``fractions`` on a log axis: geometric midpoints between
+    neighbours, the outer edges as far out as the nearest midpoint (half a decade for a single cell)."""
+    f = np.log(np.asarray(sorted(fractions), np.float64))
+    if f.size == 1:
+        return np.exp([f[0] - 0.5, f[0] + 0.5]).tolist()
+    mids = (f[1:] + f[:-1]) / 2
+    return np.exp(np.concatenate([[2 * f[0] - mids[0]], mids, [2 * f[-1] - mids[-1]]])).tolist()

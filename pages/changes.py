@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import report
-from pages.common import cached_results, get_engine, keys, run_with_errors, style
+from pages.common import baseline_accuracy, cached_results, get_engine, keys, run_with_errors, style
 
 GALLERY = 24  # images shown per group
 
@@ -19,7 +19,16 @@ if eng is not None:
         st.info("Nothing measured yet: move a slider on a method's page, or ask the Advisor.")
         st.stop()
     c1, c2 = st.columns(2)
-    picked = c1.selectbox("Variant", variants, key="changes_variant")
+    headline = report.headline_variant(results, baseline_accuracy(*keys()))
+    by_record = {id(r): label for label, r in labels.items()}
+    start = variants.index(by_record[id(headline)]) if headline is not None and id(headline) in by_record else 0
+    picked = c1.selectbox(
+        "Variant",
+        variants,
+        index=start,
+        key="changes_variant",
+        help="opens on the headline variant: the fewest parameters within 1 point",
+    )
     reference_options = ["Baseline"] + [v for v in variants if v != picked]
     reference_label = c2.selectbox("Against", reference_options, key="changes_reference")
     reference = None if reference_label == "Baseline" else labels[reference_label]

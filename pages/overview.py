@@ -3,7 +3,7 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import measure, report
+from lowrank_core import advisor, measure, report
 from lowrank_core.errors import LowrankError
 from pages.common import (
     METHOD_COLORS,
@@ -12,11 +12,13 @@ from pages.common import (
     cached_results,
     checkpoint_digest,
     checkpoint_dir,
+    clear_in_memory_results,
     fmt_mib,
     get_engine,
     keys,
     latency_stats,
     parameter_breakdown,
+    run_with_errors,
     style,
 )
 
@@ -73,20 +75,38 @@ with summary_slot:
         latency_slot.metric(f"Latency, batch {batch:,}", "measuring…")
 
         measured = cached_results(*keys())
-        best = report.best_within(measured, base, max_drop=0.01)
-        if best:
-            parts = [f"**{base['params'] / best['params']['params']:.1f}× fewer parameters** "
-                     f"({best['params']['label']}, {best['params']['accuracy']:.2%})",
-                     f"**{base['bytes'] / best['bytes']['bytes']:.1f}× smaller stored** "
-                     f"({best['bytes']['label']}, {best['bytes']['accuracy']:.2%})"]  # fmt: skip
-            st.success(
-                "Within 1 point of the baseline, measured on all "
-                f"{base['n_test']:,} test images: " + "; ".join(parts) + ". "
-                f"Best of {len(measured)} measured variants; the Advisor searches for more."
+        cards = report.headline_cards(measured, base)
+        if cards:
+            st.markdown(
+                f"**Within 1 point of the baseline** (best of {len(measured)} measured variants, all "
+                f"{base['n_test']:,} test images each)"
             )
+            card_cols = st.columns(len(cards))
+            for col, card in zip(card_cols, cards):
+                col.metric(
+                    f"× {card['title']}",
+                    f"{card['ratio']:.1f}×",
+                    f"{card['drop_points']:+.2f} points",
+                    help=card["record"]["label"],
+                )
+                col.caption(card["name"])
+            with st.expander("The full recipes"):
+                for card in cards:
+                    st.markdown(f"- **{card['title']}**: {card['record']['label']} ({card['record']['accuracy']:.2%})")
         else:
-            st.info("How small can it get within 1 point of accuracy? Ask the Advisor (one click); its measured answer "
-                    "appears here.")  # fmt: skip
+            st.info("How small can it get within 1 point of accuracy? Nothing is measured yet.")
+            if st.button("Ask the advisor now (about a minute)", type="primary", key="overview_ask"):
+                bar = st.progress(0.0, text="starting")
+                found = run_with_errors(
+                    advisor.smallest_within,
+                    eng,
+                    advisor.AdvisorConfig(),
+                    lambda stage, share: bar.progress(min(1.0, share), text=stage),
+                )
+                bar.empty()
+                if found is not None:
+                    clear_in_memory_results()
+                    st.rerun()
 
         st.subheader("Every measured variant")
         axis = st.radio(

@@ -30,22 +30,34 @@ if eng is not None:
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     fractions = list(dict.fromkeys(r["fraction"] for r in rows))
     grid = {(r["layer"], r["fraction"]): r for r in rows}
-    drop = [[100 * (base["accuracy"] - grid[(n, f)]["accuracy"]) for f in fractions] for n in layers]
+    show_output = st.toggle(
+        "Include the output layer (its drops dwarf the hidden layers')", False, key="sensitivity_show_output"
+    )
+    shown = layers if show_output else layers[:-1]
+    drop = [[100 * (base["accuracy"] - grid[(n, f)]["accuracy"]) for f in fractions] for n in shown]
+    # Cells placed on a log rank-fraction axis: the hidden layers' differences sit between 0.005 and 0.1.
+    edges = sensitivity.log_cell_edges(fractions)
     fig = go.Figure(
         go.Heatmap(
             z=drop,
-            x=[f"{f:g}" for f in fractions],
-            y=[f"{n} ({'×'.join(map(str, eng.params[n]['w'].shape))})" for n in layers],
+            x=edges,
+            y=[f"{n} ({'×'.join(map(str, eng.params[n]['w'].shape))})" for n in shown],
             colorscale="Reds",
             zmin=0,
+            zmax=max(0.5, max(max(row) for row in drop)),
             colorbar=dict(title="drop (points)"),
-            text=[[f"{grid[(n, f)]['accuracy']:.1%}<br>k={grid[(n, f)]['rank']}" for f in fractions] for n in layers],
-            hovertemplate="%{y}, f=%{x}<br>accuracy %{text}<br>drop %{z:.2f} points<extra></extra>",
+            text=[
+                [f"f={f:g}, k={grid[(n, f)]['rank']}: accuracy {grid[(n, f)]['accuracy']:.2%}" for f in fractions]
+                for n in shown
+            ],
+            texttemplate="%{z:.1f}",
+            hovertemplate="%{y}<br>%{text}<br>drop %{z:.2f} points<extra></extra>",
         )
     )
+    fig.update_xaxes(type="log", tickvals=[f for f in fractions if f in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)])
     fig.update_yaxes(autorange="reversed")
     st.plotly_chart(
-        style(fig, "Accuracy drop with one layer truncated (the rest intact)", "rank fraction f", "layer", 380),
+        style(fig, "Accuracy drop with one layer truncated (the rest intact)", "rank fraction f (log)", "layer", 380),
         key="sensitivity_heatmap",
     )
     output = layers[-1]

@@ -199,7 +199,11 @@ def test_sensitivity_page_draws_the_heatmap_and_checks_additivity(env):
     at.button(key="sensitivity_run").click().run()
     assert not at.exception and not at.error
     heatmap = at.get("plotly_chart")[0].proto.spec
-    assert '"type":"heatmap"' in heatmap.replace(" ", "") and "linear_4" in heatmap
+    # The hidden layers on their own colour scale and a log rank-fraction axis; the output layer one toggle away.
+    assert '"type":"heatmap"' in heatmap.replace(" ", "") and "linear_3" in heatmap and "linear_4" not in heatmap
+    assert '"type":"log"' in heatmap.replace(" ", "")
+    at.toggle(key="sensitivity_show_output").set_value(True).run()
+    assert not at.exception and "linear_4" in at.get("plotly_chart")[0].proto.spec
     at.button(key="sensitivity_additivity").click().run()
     assert not at.exception and not at.error
     table = at.dataframe[0].value
