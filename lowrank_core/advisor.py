@@ -127,7 +127,10 @@ def pipeline_variant(
     from lowrank_core import compress
 
     name, config = _front_step(sparsity)
-    pruned = compress.drop_dead_units(params) if name == "dead_units" else compress.prune_structured(params, config)
+    if name == "dead_units":
+        pruned = compress.drop_dead_units(params)
+    else:
+        pruned = compress.prune_structured(params, config.layers_of(params), config.sparsity)
     chosen = []
     for layer, rank in plan.ranks:
         m, n = pruned[layer]["w"].shape
@@ -135,8 +138,10 @@ def pipeline_variant(
             chosen.append((layer, rank))
     if not chosen:
         return None
-    steps = [(name, config), ("svd", SvdConfig(form="factorized", layer_ranks=tuple(chosen),
-                                               only=tuple(n for n, _ in chosen)))]  # fmt: skip
+    steps = [
+        (name, config),
+        ("svd", SvdConfig(form="factorized", layer_ranks=tuple(chosen), only=tuple(n for n, _ in chosen))),
+    ]
     if int8:
         steps.append(("quantize", methods.REGISTRY["quantize"].config_type()))
     return methods.Variant(tuple(steps), FinetuneConfig(steps=finetune_steps) if finetune_steps else None)
@@ -148,10 +153,14 @@ def plans(rows: list[dict], shapes: dict[str, tuple[int, int]], base_accuracy: f
     front = [((), 0.0, 0)]  # (choices, drop, cost)
     for name, (m, n) in shapes.items():
         options = [(None, 0.0, m * n)]
-        options += [(r["rank"], max(0.0, base_accuracy - r["accuracy"]), r["rank"] * (m + n))
-                    for r in rows if r["layer"] == name and r["rank"] * (m + n) < m * n]  # fmt: skip
-        merged = [(choices + ((name, rank),), drop + d, cost + c)
-                  for choices, drop, cost in front for rank, d, c in options]  # fmt: skip
+        options += [
+            (r["rank"], max(0.0, base_accuracy - r["accuracy"]), r["rank"] * (m + n))
+            for r in rows
+            if r["layer"] == name and r["rank"] * (m + n) < m * n
+        ]
+        merged = [
+            (choices + ((name, rank),), drop + d, cost + c) for choices, drop, cost in front for rank, d, c in options
+        ]
         merged.sort(key=lambda p: (p[1], p[2]))
         front, best = [], None
         for plan in merged:
@@ -169,11 +178,17 @@ def _cost(record: dict, minimize: str, runtime: str = runtimes.PRODUCT) -> float
 
 
 def _summary(record: dict, base: dict, plan: Plan | None) -> dict:
-    return {"label": record["label"], "method": record["method"], "accuracy": record["accuracy"],
-            "drop_points": 100 * (base["accuracy"] - record["accuracy"]), "params": record["params"],
-            "bytes": record["bytes"], "latency_ms": record.get("latency_ms"),
-            "predicted_drop_points": None if plan is None else 100 * plan.predicted_drop,
-            "ranks": record["facts"].get("ranks", {})}  # fmt: skip
+    return {
+        "label": record["label"],
+        "method": record["method"],
+        "accuracy": record["accuracy"],
+        "drop_points": 100 * (base["accuracy"] - record["accuracy"]),
+        "params": record["params"],
+        "bytes": record["bytes"],
+        "latency_ms": record.get("latency_ms"),
+        "predicted_drop_points": None if plan is None else 100 * plan.predicted_drop,
+        "ranks": record["facts"].get("ranks", {}),
+    }
 
 
 @dataclasses.dataclass
@@ -366,8 +381,9 @@ def _smallest_summary(config, base, searches, pipelines, int8, found, answer) ->
     }
 
 
-def most_accurate_within(engine, budget_share: float, config: AdvisorConfig,
-                         on_progress: Callable[[str, float], None] | None = None) -> dict:  # fmt: skip
+def most_accurate_within(
+    engine, budget_share: float, config: AdvisorConfig, on_progress: Callable[[str, float], None] | None = None
+) -> dict:
     """The most accurate measured variant whose ``config.minimize`` cost is at
     most ``budget_share`` of the baseline's (params and bytes; for latency the
     dense stack's MACs choose the candidates, measured latency decides)."""
@@ -393,8 +409,12 @@ def most_accurate_within(engine, budget_share: float, config: AdvisorConfig,
     fitting = [(p, r) for p, _, r in measured if _cost(r, config.minimize, config.runtime) <= limit]
     report("done", 1.0)
     answer = max(fitting, key=lambda pr: pr[1]["accuracy"])[1] if fitting else base
-    search = {"question": f"most accurate within {budget_share:.1%} of the baseline's {config.minimize}",
-              "config": dataclasses.asdict(config), "baseline": _summary(base, base, None),
-              "candidates": [dict(_summary(r, base, p), basis=b) for p, b, r in measured], "found": bool(fitting),
-              "n_test": base["n_test"]}  # fmt: skip
+    search = {
+        "question": f"most accurate within {budget_share:.1%} of the baseline's {config.minimize}",
+        "config": dataclasses.asdict(config),
+        "baseline": _summary(base, base, None),
+        "candidates": [dict(_summary(r, base, p), basis=b) for p, b, r in measured],
+        "found": bool(fitting),
+        "n_test": base["n_test"],
+    }
     return {**answer, "advisor": search}

@@ -176,12 +176,60 @@ def known_checkpoints() -> dict[str, pathlib.Path]:
     """Checkpoints to pick from, by label: the shipped baseline, then every one trained here
     (folders under the artifacts' ``checkpoints/`` holding a params and a metadata file)."""
     found = {"shipped baseline": paths.BASELINE_DIR}
-    root = trained_dir("x").parent
-    if root.is_dir():
-        for folder in sorted(root.iterdir()):
-            if (folder / PARAMS_FILE).is_file() and (folder / METADATA_FILE).is_file():
-                found[trained_label(folder.name)] = folder
+    for root, label in ((trained_dir("x").parent, trained_label), (uploads_dir(), upload_label)):
+        if root.is_dir():
+            for folder in sorted(root.iterdir()):
+                complete = (folder / PARAMS_FILE).is_file() and (folder / METADATA_FILE).is_file()
+                if complete and not folder.name.startswith("."):
+                    found[label(folder.name)] = folder
     return found
+
+
+def uploads_dir() -> pathlib.Path:
+    """Where uploaded checkpoints are kept, one folder per content digest."""
+    return paths.artifacts_dir() / "uploads"
+
+
+def upload_label(name: str) -> str:
+    return f"uploaded: {name}"
+
+
+def store_upload(params_bytes: bytes, metadata_bytes: bytes | None = None) -> pathlib.Path:
+    """Keeps an uploaded checkpoint under :func:`uploads_dir`, named by the sha256 of its params
+    (the same upload twice is one folder). Every bound of :func:`load_params` and
+    :func:`load_metadata` is checked on a staging copy before it is published (atomic rename);
+    without a metadata file, one is written saying only the storage dtype."""
+    if len(params_bytes) > MAX_PARAMS_BYTES or len(metadata_bytes or b"") > MAX_METADATA_BYTES:
+        raise CheckpointError(
+            f"an upload is at most {MAX_PARAMS_BYTES:,} bytes of params and "
+            f"{MAX_METADATA_BYTES:,} of metadata; not stored"
+        )
+    final = uploads_dir() / hashlib.sha256(params_bytes).hexdigest()[:16]
+    if (final / PARAMS_FILE).is_file():
+        return final
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=".upload-", dir=_made(uploads_dir())))
+    try:
+        (staging / PARAMS_FILE).write_bytes(params_bytes)
+        params = load_params(staging)  # bounded, every header and the network checked first
+        if metadata_bytes is None:
+            dtype = {str(v.dtype) for ps in param_shapes(staging).values() for v in ps.values()}
+            metadata_bytes = json.dumps({"storage_dtype": "float16" if dtype == {"float16"} else "float32"}).encode()
+        (staging / METADATA_FILE).write_bytes(metadata_bytes)
+        load_metadata(staging)
+        del params
+        try:
+            os.rename(staging, final)
+        except OSError:  # published meanwhile by another session: the same content
+            if not (final / PARAMS_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _made(folder: pathlib.Path) -> pathlib.Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 # Bounds checked before anything is read or inflated: the seed network's params are ≈ 85 MB in

@@ -73,8 +73,11 @@ def _make_engine(args: argparse.Namespace, variant=None):
         variant.check(model.spec_of(checkpoint.load_params(ckpt_dir)))
     dataset = data.load_cifar10(_data_path(args))
     if dataset.y_test.shape[0] < SMALL_TEST_SET:
-        print(f"warning: only {dataset.y_test.shape[0]:,} test images in {dataset.source} (CIFAR-10 has 10,000); "
-              "every figure below is measured on those", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: only {dataset.y_test.shape[0]:,} test images in {dataset.source} (CIFAR-10 has 10,000); "
+            "every figure below is measured on those",
+            file=sys.stderr,
+        )
     return engine.Engine(ckpt_dir, dataset)
 
 

@@ -17,19 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from lowrank_core import model
 from lowrank_core.errors import ConfigError
 
-if TYPE_CHECKING:  # configs live with their methods, which import this module
-    from lowrank_core.methods.prune import PruneConfig
-
 Params = dict[str, dict[str, np.ndarray]]
-
-FORMS = ("reconstructed", "factorized")
 
 
 def copy_params(params: Mapping) -> Params:
@@ -240,12 +235,13 @@ def kth_smallest_magnitude(magnitude: np.ndarray, k: int) -> np.float32:
     return np.array([value], np.uint32).view(np.float32)[0]
 
 
-def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarray]:
-    """Boolean keep-masks of the kernels (biases excluded), exactly at the sparsity.
+def magnitude_masks(params: Mapping, layers: tuple[str, ...], sparsity: float, scope: str) -> dict[str, np.ndarray]:
+    """Boolean keep-masks of the kernels of ``layers`` (biases excluded), exactly at ``sparsity``,
+    per layer (``scope="layer"``) or under one threshold across them (``"global"``).
 
     Ties at the threshold are broken by position so the count is exact.
     """
-    kernels = {name: np.asarray(params[name]["w"]) for name in config.layers_of(params) if "w" in params[name]}
+    kernels = {name: np.asarray(params[name]["w"]) for name in layers if "w" in params[name]}
 
     def keep_top(values: np.ndarray, n_prune: int) -> np.ndarray:
         # The same set a stable argsort's first n_prune would give (smallest
@@ -267,10 +263,10 @@ def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarra
         keep[np.flatnonzero(magnitude == threshold)[: n_prune - int(below.sum())]] = False
         return keep
 
-    if config.scope == "layer":
-        return {n: keep_top(w, int(round(config.sparsity * w.size))).reshape(w.shape) for n, w in kernels.items()}
+    if scope == "layer":
+        return {n: keep_top(w, int(round(sparsity * w.size))).reshape(w.shape) for n, w in kernels.items()}
     flat = np.concatenate([w.ravel() for w in kernels.values()])
-    keep = keep_top(flat, int(round(config.sparsity * flat.size)))
+    keep = keep_top(flat, int(round(sparsity * flat.size)))
     masks, offset = {}, 0
     for name, w in kernels.items():
         masks[name] = keep[offset : offset + w.size].reshape(w.shape)
@@ -278,16 +274,16 @@ def magnitude_masks(params: Mapping, config: PruneConfig) -> dict[str, np.ndarra
     return masks
 
 
-def prune_unstructured(params: Mapping, config: PruneConfig) -> Params:
-    """Zeroes the smallest-magnitude kernel weights (stored densely: no faster)."""
+def prune_unstructured(params: Mapping, layers: tuple[str, ...], sparsity: float, scope: str) -> Params:
+    """Zeroes the smallest-magnitude kernel weights of ``layers`` (stored densely: no faster)."""
     out = copy_params(params)
-    for name, mask in magnitude_masks(params, config).items():
+    for name, mask in magnitude_masks(params, layers, sparsity, scope).items():
         out[name]["w"] = np.where(mask, params[name]["w"], 0).astype(np.float32)
     return out
 
 
-def prune_structured(params: Mapping, config: PruneConfig) -> Params:
-    """Drops the fraction ``sparsity`` of units of each hidden dense layer.
+def prune_structured(params: Mapping, layers: tuple[str, ...], sparsity: float) -> Params:
+    """Drops the fraction ``sparsity`` of units of each hidden dense layer in ``layers``.
 
     A unit's score is the L2 norm of its incoming weights; the unit's column
     of ``w``, its bias and the matching row of the next layer are removed, so
@@ -297,11 +293,11 @@ def prune_structured(params: Mapping, config: PruneConfig) -> Params:
     out = copy_params(params)
     names = model.dense_layer_names(params)
     for name, nxt in zip(names[:-1], names[1:]):
-        if name not in config.layers_of(params):
+        if name not in layers:
             continue
         w = np.asarray(out[name]["w"])
         n_units = w.shape[1]
-        n_keep = max(1, n_units - int(round(config.sparsity * n_units)))
+        n_keep = max(1, n_units - int(round(sparsity * n_units)))
         scores = np.linalg.norm(w, axis=0)
         keep = np.sort(np.argsort(-scores, kind="stable")[:n_keep])
         out[name] = {"w": w[:, keep], "b": np.asarray(out[name]["b"])[keep]}

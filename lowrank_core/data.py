@@ -455,8 +455,9 @@ def load_tfds(data_dir: str | None = None) -> Cifar10:
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise DataError("the tfds source needs TensorFlow Datasets: pip install -e '.[tfds]' "
-                        "(or use the CIFAR-10 archive)") from None  # fmt: skip
+        raise DataError(
+            "the tfds source needs TensorFlow Datasets: pip install -e '.[tfds]' (or use the CIFAR-10 archive)"
+        ) from None
     logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warns through absl; our error says it in one line
     where = data_dir or "TFDS's default data directory"
     arrays = {}
@@ -465,22 +466,27 @@ def load_tfds(data_dir: str | None = None) -> Cifar10:
         class_names = tuple(builder.info.features["label"].names)
         for split in ("train", "test"):
             rows = list(tfds.as_numpy(tfds.load(_TFDS_NAME, split=split, data_dir=data_dir, download=False)))
-            arrays[split] = (np.stack([r["image"] for r in rows]).astype(np.uint8),
-                             np.asarray([r["label"] for r in rows], np.int32))  # fmt: skip
+            arrays[split] = (
+                np.stack([r["image"] for r in rows]).astype(np.uint8),
+                np.asarray([r["label"] for r in rows], np.int32),
+            )
     except DataError:
         raise
     except Exception as exc:  # tfds reports an unprepared dataset in several ways
-        raise DataError(f"cifar10 is not prepared in {where} ({type(exc).__name__}); prepare it with "
-                        f"`tfds build cifar10 --data_dir DIR` where the internet is reachable, set {TFDS_ENV_VAR}, "
-                        "or use the CIFAR-10 archive") from None  # fmt: skip
+        raise DataError(
+            f"cifar10 is not prepared in {where} ({type(exc).__name__}); prepare it with "
+            f"`tfds build cifar10 --data_dir DIR` where the internet is reachable, set {TFDS_ENV_VAR}, "
+            "or use the CIFAR-10 archive"
+        ) from None
     (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
     if x_train.shape[1:] != IMAGE_SHAPE or x_test.shape[1:] != IMAGE_SHAPE or len(class_names) != NUM_CLASSES:
         raise DataError(f"tfds {_TFDS_NAME} in {where} is not CIFAR-10 shaped ({x_train.shape[1:]} images)")
     digest = hashlib.sha256()
     for array in (x_train, y_train, x_test, y_test):
         digest.update(np.ascontiguousarray(array).tobytes())
-    return Cifar10(x_train, y_train, x_test, y_test, class_names, source=f"tfds:{_TFDS_NAME} ({where})",
-                   sha256=digest.hexdigest())  # fmt: skip
+    return Cifar10(
+        x_train, y_train, x_test, y_test, class_names, source=f"tfds:{_TFDS_NAME} ({where})", sha256=digest.hexdigest()
+    )
 
 
 def _tfds_cache_key(data_dir: str | None) -> str | None:

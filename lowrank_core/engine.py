@@ -92,14 +92,19 @@ class Engine:
         misreport it."""
         with self._warm_lock:
             if self._warm_thread is None:
-                svd_steps = [(f"svd:{n}", lambda n=n: self.intermediates.svd_of(self.params[n]["w"]))
-                             for n in model.dense_layer_names(self.params)]  # fmt: skip
+                svd_steps = [
+                    (f"svd:{n}", lambda n=n: self.intermediates.svd_of(self.params[n]["w"]))
+                    for n in model.dense_layer_names(self.params)
+                ]
 
                 def work() -> None:
-                    for step, task in (("features", lambda: self.test_features),
-                                       ("baseline", lambda: self.evaluate("baseline", with_latency=False)),
-                                       ("hidden", lambda: self.intermediates.hidden_activations().outputs),
-                                       *svd_steps, ("init_spectra", self.init_singular_values)):  # fmt: skip
+                    for step, task in (
+                        ("features", lambda: self.test_features),
+                        ("baseline", lambda: self.evaluate("baseline", with_latency=False)),
+                        ("hidden", lambda: self.intermediates.hidden_activations().outputs),
+                        *svd_steps,
+                        ("init_spectra", self.init_singular_values),
+                    ):
                         if step not in ("features", "baseline"):
                             self._wait_for_quiet()
                         try:
@@ -119,8 +124,13 @@ class Engine:
         thread = self._warm_thread
         if thread is None or not thread.is_alive():
             return []
-        steps = {"features": "test-set features", "baseline": "baseline accuracy", "hidden": "hidden-layer outputs",
-                 "svds": "SVDs", "init_spectra": "spectra at initialization"}  # fmt: skip
+        steps = {
+            "features": "test-set features",
+            "baseline": "baseline accuracy",
+            "hidden": "hidden-layer outputs",
+            "svds": "SVDs",
+            "init_spectra": "spectra at initialization",
+        }
         return [label for step, label in steps.items() if step not in self.warmed]
 
     def _wait_for_quiet(self) -> None:
@@ -168,8 +178,10 @@ class Engine:
         images' inputs see it (see :meth:`Intermediates.data_singular_values`)."""
         from lowrank_core import compress
 
-        return {n: {"curves": compress.spectrum_curves(s), "stats": compress.spectrum_stats(s)}
-                for n, s in self.intermediates.data_singular_values().items()}  # fmt: skip
+        return {
+            n: {"curves": compress.spectrum_curves(s), "stats": compress.spectrum_stats(s)}
+            for n, s in self.intermediates.data_singular_values().items()
+        }
 
     def spectra(self) -> dict[str, dict]:
         """Per dense layer: curves and summary stats, trained and at initialization."""
@@ -194,11 +206,18 @@ class Engine:
 
         params, _, digest = checkpoint.load_with_digest(directory)
         if model.spec_of(params) != self.spec:
-            raise ConfigError(f"{directory} has other layer shapes than the loaded checkpoint: pick one of the same "
-                              "network")  # fmt: skip
+            raise ConfigError(
+                f"{directory} has other layer shapes than the loaded checkpoint: pick one of the same network"
+            )
         values = self.intermediates.singular_values_of(params, digest)
-        return {n: {"curves": compress.spectrum_curves(s), "stats": compress.spectrum_stats(s),
-                    "shape": tuple(params[n]["w"].shape)} for n, s in values.items()}  # fmt: skip
+        return {
+            n: {
+                "curves": compress.spectrum_curves(s),
+                "stats": compress.spectrum_stats(s),
+                "shape": tuple(params[n]["w"].shape),
+            }
+            for n, s in values.items()
+        }
 
     # ---- variants ----
 
@@ -432,8 +451,9 @@ class Engine:
         from lowrank_core import impact
 
         reference = reference or self.evaluate("baseline", with_latency=False)
-        return impact.compare(self.data.y_test, self.predictions(reference), self.predictions(record),
-                              self.data.class_names)  # fmt: skip
+        return impact.compare(
+            self.data.y_test, self.predictions(reference), self.predictions(record), self.data.class_names
+        )
 
     def cached_result(
         self, method, config=None, finetune: FinetuneConfig | None = None, with_latency: bool = False
@@ -525,8 +545,14 @@ class Engine:
         layers = tuple(layers or model.dense_layer_names(self.params))
         for f in fractions:
             REGISTRY["svd"].config_type(rank_fraction=f, basis=basis)  # validates the grid and basis
-        blob = {"checkpoint": self.checkpoint_hash, "fractions": fractions, "layers": layers, "basis": basis,
-                "version": REGISTRY["svd"].version, "kind": "svd_sensitivity"}  # fmt: skip
+        blob = {
+            "checkpoint": self.checkpoint_hash,
+            "fractions": fractions,
+            "layers": layers,
+            "basis": basis,
+            "version": REGISTRY["svd"].version,
+            "kind": "svd_sensitivity",
+        }
         key = hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:32]
         if not compute:
             hit = self.sensitivity_store.get(key)
@@ -535,10 +561,16 @@ class Engine:
             if (hit := self.sensitivity_store.get(key)) is not None:
                 return hit["rows"]
             rows = sensitivity.svd_sensitivity(
-                self.params, self.intermediates.svd_of, self.test_features, self.data.y_test,
-                fractions, layers, self.storage_dtype, on_progress,
+                self.params,
+                self.intermediates.svd_of,
+                self.test_features,
+                self.data.y_test,
+                fractions,
+                layers,
+                self.storage_dtype,
+                on_progress,
                 self.intermediates.input_factor if basis != "weights" else None,
-            )  # fmt: skip
+            )
             self.sensitivity_store.put(key, {"rows": rows, "n_test": int(self.data.y_test.shape[0])})
             return rows
 
@@ -557,8 +589,10 @@ class Engine:
 
         if method == "svd":
             rows = self.svd_sensitivity(grid, layers, on_progress)
-            return [{"layer": r["layer"], "value": r["fraction"], "rank": r["rank"], "accuracy": r["accuracy"]}
-                    for r in rows]  # fmt: skip
+            return [
+                {"layer": r["layer"], "value": r["fraction"], "rank": r["rank"], "accuracy": r["accuracy"]}
+                for r in rows
+            ]
         if method == "prune":
             layers = layers or compress.prunable_layers(self.params)
             configs = [(n, v, REGISTRY["prune"].config_type(sparsity=v, only=(n,))) for n in layers for v in grid]

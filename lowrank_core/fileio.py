@@ -7,7 +7,7 @@ import json
 import os
 import pathlib
 import secrets
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Iterator
 
 
 @contextlib.contextmanager
@@ -51,9 +51,3 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Writes ``obj`` as indented JSON to ``path`` atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_with(path: str | os.PathLike, write: Callable[[IO], None]) -> None:
-    """Calls ``write(handle)`` on a temporary file and renames it over ``path``."""
-    with atomic_open(path, "wb") as handle:
-        write(handle)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lowrank_core import model, priority
+from lowrank_core import compress, model, priority
 from lowrank_core.errors import ConfigError
 
 
@@ -99,12 +99,15 @@ def gradual_prune_dense(
     features: np.ndarray,
     labels: np.ndarray,
     config: FinetuneConfig,
-    prune_config,
+    layers: tuple[str, ...],
+    sparsity: float,
+    scope: str,
     frozen: dict | None = None,
     every: int = 50,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict, dict]:
-    """Fine-tunes ``dense`` while the pruned kernels reach ``prune_config.sparsity`` on
+    """Fine-tunes ``dense`` while the kernels of ``layers`` reach ``sparsity`` (per layer or
+    global, ``scope``) on
     Zhu & Gupta's cubic schedule (masks recomputed by magnitude every ``every``
     steps over the first 3/4 of training, then held).
 
@@ -113,24 +116,22 @@ def gradual_prune_dense(
     covers every pruned kernel, as the config says. Returns (dense params,
     final masks of every pruned kernel, frozen ones included).
     """
-    from lowrank_core import compress
-
     frozen = frozen or {}
-    chosen = set(prune_config.layers_of({**frozen, **dense}))
+    chosen = tuple(n for n in layers if n in {**frozen, **dense})
     end = max(1, (3 * config.steps) // 4)
 
     def masks_at(sparsity: float, params) -> dict:
         kernels = {n: {"w": np.asarray(v["w"])} for n, v in {**frozen, **params}.items() if n in chosen}
-        return compress.magnitude_masks(kernels, dataclasses.replace(prune_config, sparsity=sparsity, only=()))
+        return compress.magnitude_masks(kernels, tuple(kernels), sparsity, scope)
 
     def schedule(step: int, params) -> dict | None:
         if step > end or (step % every and step != end):
             return None  # masks held between updates and after the ramp
-        masks = masks_at(compress.zhu_gupta_sparsity(step, prune_config.sparsity, 0, end), params)
+        masks = masks_at(compress.zhu_gupta_sparsity(step, sparsity, 0, end), params)
         return {n: m for n, m in masks.items() if n in dense}
 
     params = finetune_dense(dense, features, labels, config, on_progress=on_progress, mask_schedule=schedule)
     # The last schedule step applied the target; make it exact on the returned weights.
-    masks = masks_at(prune_config.sparsity, params)
+    masks = masks_at(sparsity, params)
     params = {k: (dict(v, w=v["w"] * masks[k]) if k in masks else v) for k, v in params.items()}
     return params, masks

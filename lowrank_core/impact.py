@@ -39,7 +39,7 @@ def compare(labels: np.ndarray, reference: np.ndarray, variant: np.ndarray, clas
                 class_accuracy(labels, reference, k),
                 class_accuracy(labels, variant, k),
             )
-        ],  # fmt: skip
+        ],
         "confusion_reference": ref_conf.tolist(),
         "confusion_variant": var_conf.tolist(),
         "confusion_change": (var_conf - ref_conf).tolist(),

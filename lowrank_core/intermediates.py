@@ -204,8 +204,10 @@ class Intermediates:
                     return {n: npz[n] for n in names}
             except Exception:
                 pass
-            values = {n: compress.singular_values(self.input_factor(n).T.astype(np.float64) @ self.params[n]["w"])
-                      for n in names}  # fmt: skip
+            values = {
+                n: compress.singular_values(self.input_factor(n).T.astype(np.float64) @ self.params[n]["w"])
+                for n in names
+            }
             self._save(path, values)
             return values
 

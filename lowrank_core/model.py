@@ -108,7 +108,6 @@ TINY_SPEC = NetworkSpec(conv_channels=(4, 8), hidden_widths=(96, 64, 64, 32))
 CONV_LAYERS = SEED_SPEC.conv_layers
 DENSE_LAYERS = SEED_SPEC.dense_layers
 HIDDEN_LAYERS = SEED_SPEC.hidden_layers
-DENSE_WIDTHS = SEED_SPEC.dense_widths
 FEATURE_DIM = SEED_SPEC.feature_dim
 
 Params = Mapping[str, Mapping[str, jnp.ndarray]]
@@ -158,11 +157,6 @@ def preprocess(images: jnp.ndarray) -> jnp.ndarray:
 def init_params(key: jax.Array, spec: NetworkSpec = SEED_SPEC) -> hk.Params:
     """Fresh parameters, as Haiku initializes the network of ``spec``."""
     return make_network(spec).init(key, jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32))
-
-
-def expected_shapes(spec: NetworkSpec = SEED_SPEC) -> dict[str, dict[str, tuple[int, ...]]]:
-    """``{module: {param: shape}}`` of the architecture (no compute)."""
-    return spec.shapes()
 
 
 def _ordered(params: Params, prefix: str) -> list[str]:

@@ -85,8 +85,15 @@ def _convolutions(graph: _Graph, params, x: str, dtype) -> str:
         w = np.transpose(np.asarray(params[name]["w"]), (3, 2, 0, 1))  # HWIO → OIHW
         kh, kw = w.shape[2:]
         pads = [(kh - 1) // 2, (kw - 1) // 2, kh // 2, kw // 2]  # SAME, as XLA pads an even kernel
-        conv = graph.op("Conv", [x, graph.constant(f"{name}_w", _float(w, dtype)),
-                                 graph.constant(f"{name}_b", _float(params[name]["b"], dtype))], pads=pads)  # fmt: skip
+        conv = graph.op(
+            "Conv",
+            [
+                x,
+                graph.constant(f"{name}_w", _float(w, dtype)),
+                graph.constant(f"{name}_b", _float(params[name]["b"], dtype)),
+            ],
+            pads=pads,
+        )
         x = graph.op("AveragePool", [graph.op("Relu", [conv])], kernel_shape=[2, 2], strides=[2, 2])
     x = graph.op("Transpose", [x], perm=[0, 2, 3, 1])  # back to NHWC: the dense stack reads that order
     return graph.op("Reshape", [x, graph.constant("flat", np.array([0, -1], np.int64))])
@@ -165,6 +172,8 @@ def read_onnx_bytes(blob: bytes, source: str = "the file"):
     inputs = [(i.name, i.type.tensor_type.elem_type) for i in proto.graph.input]
     outputs = [o.name for o in proto.graph.output]
     if inputs != [(INPUT_NAME, onnx.TensorProto.UINT8)] or outputs != [OUTPUT_NAME]:
-        raise ConfigError(f"{source} is an ONNX model of another interface (wants uint8 '{INPUT_NAME}' → "
-                          f"'{OUTPUT_NAME}'); export the variant with this tool")  # fmt: skip
+        raise ConfigError(
+            f"{source} is an ONNX model of another interface (wants uint8 '{INPUT_NAME}' → "
+            f"'{OUTPUT_NAME}'); export the variant with this tool"
+        )
     return proto

@@ -185,8 +185,9 @@ def svd_headlines(results: Iterable[dict], baseline: dict) -> list[str]:
     return lines
 
 
-def additivity(rows: Sequence[dict], base_accuracy: float, measured: dict[float, float],
-               layers: Sequence[str]) -> list[dict]:  # fmt: skip
+def additivity(
+    rows: Sequence[dict], base_accuracy: float, measured: dict[float, float], layers: Sequence[str]
+) -> list[dict]:
     """Per rank fraction f: the sum of the single-layer drops of ``layers`` (from
     the sensitivity ``rows``) beside the drop measured with all of them at f."""
     out = []
@@ -194,8 +195,9 @@ def additivity(rows: Sequence[dict], base_accuracy: float, measured: dict[float,
         singles = [base_accuracy - r["accuracy"] for r in rows if r["fraction"] == f and r["layer"] in layers]
         if len(singles) != len(layers):
             continue
-        out.append({"fraction": f, "sum_of_single_drops": float(sum(singles)),
-                    "measured_drop": base_accuracy - accuracy})  # fmt: skip
+        out.append(
+            {"fraction": f, "sum_of_single_drops": float(sum(singles)), "measured_drop": base_accuracy - accuracy}
+        )
     return out
 
 
@@ -204,8 +206,13 @@ def best_within(results: Iterable[dict], baseline: dict, max_drop: float = 0.01)
     (accuracy as a fraction) of it: the one with the fewest parameters, the
     smallest stored file and, where latency was measured at the baseline's
     batch here, the fastest. Only measured records; keys absent if none."""
-    ok = [r for r in results if r.get("n_test") == baseline["n_test"] and r["method"] != "baseline"
-          and r["accuracy"] >= baseline["accuracy"] - max_drop - 1e-12]  # fmt: skip
+    ok = [
+        r
+        for r in results
+        if r.get("n_test") == baseline["n_test"]
+        and r["method"] != "baseline"
+        and r["accuracy"] >= baseline["accuracy"] - max_drop - 1e-12
+    ]
     out = {}
     if ok:
         out["params"] = min(ok, key=lambda r: r["params"])

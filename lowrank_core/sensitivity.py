@@ -23,8 +23,28 @@ import scipy.linalg
 from lowrank_core import compress, measure, model, priority
 
 # 20 fractions, dense where trained layers are cheap to cut (the advisor chooses among these ranks).
-DEFAULT_FRACTIONS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.06,
-                     0.07, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)  # fmt: skip
+DEFAULT_FRACTIONS = (
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.035,
+    0.04,
+    0.05,
+    0.06,
+    0.07,
+    0.08,
+    0.1,
+    0.12,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+)
 
 
 def _tail_predictions(tail: dict, hidden: np.ndarray) -> np.ndarray:
@@ -117,8 +137,15 @@ def svd_sensitivity(
                     accuracy = float(np.mean(predictions == labels))
                 previous = rank
                 for f in by_rank[rank]:
-                    rows.append({"layer": name, "fraction": f, "rank": rank, "accuracy": accuracy,
-                                 "layer_params": rank * (m + n) + n})  # fmt: skip
+                    rows.append(
+                        {
+                            "layer": name,
+                            "fraction": f,
+                            "rank": rank,
+                            "accuracy": accuracy,
+                            "layer_params": rank * (m + n) + n,
+                        }
+                    )
                     done += 1
                     if on_progress:
                         on_progress(done, total)

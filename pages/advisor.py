@@ -15,8 +15,10 @@ from pages.common import (
     fmt_mib,
     get_engine,
     keys,
+    long_jobs_note,
     metric_row,
     run_with_errors,
+    shared_mode,
 )
 
 
@@ -44,16 +46,25 @@ eng = get_engine()
 if eng is not None:
     question = st.radio("Question", QUESTIONS, key="advisor_question", horizontal=True)
     c1, c2, c3 = st.columns(3)
-    minimize = c1.selectbox("Cost", ["params", "bytes", "latency"], key="advisor_minimize",
-                            help="parameters, stored bytes, or measured latency at batch 1,000")  # fmt: skip
+    minimize = c1.selectbox(
+        "Cost",
+        ["params", "bytes", "latency"],
+        key="advisor_minimize",
+        help="parameters, stored bytes, or measured latency at batch 1,000",
+    )
     if question == QUESTIONS[0]:
         max_drop = c2.number_input("Allowed drop (accuracy points)", 0.0, 20.0, 1.0, 0.1, key="advisor_drop")
         budget = None
     else:
         max_drop = 1.0
         budget = c2.number_input("Budget (share of the baseline's cost)", 0.01, 1.0, 0.1, 0.01, key="advisor_budget")
-    finetune = c3.selectbox("Fine-tune each candidate (steps, frozen convolutions)", [0, 300, 1000],
-                            key="advisor_finetune")  # fmt: skip
+    finetune = c3.selectbox(
+        "Fine-tune each candidate (steps, frozen convolutions)",
+        [0, 300, 1000],
+        key="advisor_finetune",
+        disabled=shared_mode(),
+        help=f"training is {long_jobs_note()}" if shared_mode() else None,
+    )
     b1, b2 = st.columns(2)
     int8 = b1.toggle("Also try int8 storage on top", True, key="advisor_int8")
     prune_first = b1.toggle(
@@ -73,9 +84,13 @@ if eng is not None:
         "to the original outputs from the inputs the compressed layers before it give",
     )
     try:
-        config = advisor.AdvisorConfig(max_drop=float(max_drop), minimize=minimize, finetune_steps=int(finetune),
-                                       methods=("svd",) + ("prune",) * prune_first + ("quantize",) * int8,
-                                       basis=basis)  # fmt: skip
+        config = advisor.AdvisorConfig(
+            max_drop=float(max_drop),
+            minimize=minimize,
+            finetune_steps=int(finetune),
+            methods=("svd",) + ("prune",) * prune_first + ("quantize",) * int8,
+            basis=basis,
+        )
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()

@@ -45,16 +45,28 @@ if eng is not None:
 
     per_class = found["per_class"]
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=names, y=[100 * c["reference"] for c in per_class], name=reference_label,
-                         marker_color="#222222"))  # fmt: skip
-    fig.add_trace(go.Bar(x=names, y=[100 * c["variant"] for c in per_class], name="variant",
-                         marker_color=report.method_colour(labels[picked]["method"])))  # fmt: skip
+    fig.add_trace(
+        go.Bar(x=names, y=[100 * c["reference"] for c in per_class], name=reference_label, marker_color="#222222")
+    )
+    fig.add_trace(
+        go.Bar(
+            x=names,
+            y=[100 * c["variant"] for c in per_class],
+            name="variant",
+            marker_color=report.method_colour(labels[picked]["method"]),
+        )
+    )
     fig.update_layout(barmode="group")
     left, right = st.columns(2)
     left.plotly_chart(style(fig, "Accuracy per class", "class", "accuracy (%)"), key="changes_per_class")
-    delta = go.Figure(go.Bar(x=names, y=[100 * c["change"] for c in per_class],
-                             marker_color=["#2ca02c" if c["change"] >= 0 else "#d62728" for c in per_class],
-                             text=[f"{100 * c['change']:+.1f}" for c in per_class]))  # fmt: skip
+    delta = go.Figure(
+        go.Bar(
+            x=names,
+            y=[100 * c["change"] for c in per_class],
+            marker_color=["#2ca02c" if c["change"] >= 0 else "#d62728" for c in per_class],
+            text=[f"{100 * c['change']:+.1f}" for c in per_class],
+        )
+    )
     right.plotly_chart(style(delta, "Change per class", "class", "points"), key="changes_delta")
 
     left, right = st.columns(2)
@@ -63,8 +75,17 @@ if eng is not None:
         (right, "confusion_change", f"Change against {reference_label} (variant − reference)", "RdBu"),
     ):
         matrix = found[key]
-        heat = go.Figure(go.Heatmap(z=matrix, x=names, y=names, colorscale=scale, text=matrix, texttemplate="%{text}",
-                                    zmid=0 if key == "confusion_change" else None))  # fmt: skip
+        heat = go.Figure(
+            go.Heatmap(
+                z=matrix,
+                x=names,
+                y=names,
+                colorscale=scale,
+                text=matrix,
+                texttemplate="%{text}",
+                zmid=0 if key == "confusion_change" else None,
+            )
+        )
         heat.update_yaxes(autorange="reversed")
         col.plotly_chart(style(heat, title, "predicted", "true", 460), key=f"changes_{key}")
 

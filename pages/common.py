@@ -41,6 +41,25 @@ def data_path_setting() -> str | None:
 
 
 OTHER_CHECKPOINT = "another folder…"
+SHARED_ENV = "LOWRANK_SHARED"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def shared_mode() -> bool:
+    """Whether visitors other than the person at this machine can reach the app: on when
+    LOWRANK_SHARED=1, off when 0, else on whenever the server is not bound to loopback. In it,
+    no path typed in the browser reaches the filesystem (checkpoints: known ones or uploads) and
+    long jobs that change what everyone sees (training, clearing the cache) are off."""
+    setting = os.environ.get(SHARED_ENV, "").strip().lower()
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    if setting in ("0", "false", "no", "off"):
+        return False
+    return (st.get_option("server.address") or "0.0.0.0") not in LOOPBACK
+
+
+def long_jobs_note() -> str:
+    return "off in shared mode (the server is shared: set LOWRANK_SHARED=0 where it is yours alone)"
 
 
 def checkpoint_choices() -> dict[str, pathlib.Path]:
@@ -58,6 +77,8 @@ def checkpoint_dir() -> pathlib.Path:
     choice = st.session_state.get("checkpoint_choice")
     if choice in choices:
         return choices[choice]
+    if shared_mode():
+        return next(iter(choices.values()))  # nothing typed reaches the filesystem
     typed = st.session_state.get("checkpoint_path")
     if typed and validate_path(typed, "checkpoint") is None:
         return pathlib.Path(typed).expanduser()
@@ -70,7 +91,7 @@ def data_path() -> str | None:
     Resolving it on every run keys the caches by the file actually read, so
     changing the setting or the environment never reuses another source's engine.
     """
-    setting = data_path_setting()
+    setting = None if shared_mode() else data_path_setting()
     if data.is_tfds(setting):
         return setting
     if setting is None and data.is_tfds(os.environ.get(data.ENV_VAR)):
@@ -316,6 +337,23 @@ def metric_row(result: dict, base: dict) -> None:
     )
 
 
+def metrics_then_latency(compute, measure_latency: bool) -> dict:
+    """The metric row with accuracy as soon as it is measured, then — if asked — again with
+    latency in every runtime; ``compute(with_latency)`` measures the variant. Returns the last record."""
+    slot = st.empty()
+    with st.spinner("Computing on every test image…"):
+        result = compute(False)
+    with slot.container():
+        metric_row(result, baseline_accuracy(*keys()))
+    if measure_latency:
+        with st.spinner("Timing it in every runtime (compile or session creation apart, warm-up, 7 repeats)…"):
+            result = compute(True)
+            base = baseline_result(*keys())
+        with slot.container():
+            metric_row(result, base)
+    return result
+
+
 def runtime_caption(result: dict, base: dict) -> None:
     """One line per other runtime: its own accuracy and latency beside the product path's."""
     for name, entry in (result.get("runtimes") or {}).items():
@@ -360,12 +398,10 @@ def reference_line(
     line = dict(color=color, dash=dash)
     if x is not None:
         fig.add_shape(type="line", xref="x", yref="paper", x0=x, x1=x, y0=0, y1=1, line=line)
-        fig.add_annotation(x=x, xref="x", y=1, yref="paper", text=text, showarrow=False, xanchor="left",
-                           yanchor="top")  # fmt: skip
+        fig.add_annotation(x=x, xref="x", y=1, yref="paper", text=text, showarrow=False, xanchor="left", yanchor="top")
     else:
         fig.add_shape(type="line", xref="paper", yref="y", x0=0, x1=1, y0=y, y1=y, line=line)
-        fig.add_annotation(x=0, xref="paper", y=y, yref="y", text=text, showarrow=False, xanchor="left",
-                           yanchor="top")  # fmt: skip
+        fig.add_annotation(x=0, xref="paper", y=y, yref="y", text=text, showarrow=False, xanchor="left", yanchor="top")
     return fig
 
 
@@ -383,32 +419,16 @@ def validate_path(text: str, kind: str) -> str | None:
 def sidebar() -> None:
     """Data source and checkpoint settings, and the loaded model, on every page."""
     with st.sidebar:
-        kind = st.radio(
-            "Data source",
-            [ARCHIVE_CHOICE, TFDS_CHOICE],
-            key="data_kind",
-            help="TensorFlow Datasets needs the tfds extra and cifar10 prepared in its data directory",
-        )
-        if kind == TFDS_CHOICE:
-            st.text_input(
-                "TFDS data directory",
-                key="data_path",
-                placeholder="default: $TFDS_DATA_DIR",
-                help="the folder holding cifar10/ as `tfds build cifar10` prepared it",
-            )
+        shared = shared_mode()
+        if shared:
+            st.caption("Shared mode: data and checkpoints from this server's own list, or an upload.")
         else:
-            st.text_input(
-                "CIFAR-10 path (archive or folder)",
-                key="data_path",
-                placeholder="default: $LOWRANK_CIFAR10 or artifacts/data",
-                help="cifar-10-python.tar.gz or a cifar-10-batches-py/ folder",
-            )
-        options = list(checkpoint_choices()) + [OTHER_CHECKPOINT]
+            data_fields()
+        options = list(checkpoint_choices()) + ([] if shared else [OTHER_CHECKPOINT])
         if st.session_state.get("checkpoint_choice") not in options:
             # A folder typed earlier (or a choice that is gone): keep the typed one, else the first.
-            st.session_state["checkpoint_choice"] = (
-                OTHER_CHECKPOINT if st.session_state.get("checkpoint_path") else options[0]
-            )
+            typed = st.session_state.get("checkpoint_path") and not shared
+            st.session_state["checkpoint_choice"] = OTHER_CHECKPOINT if typed else options[0]
         choice = st.selectbox(
             "Checkpoint",
             options,
@@ -416,18 +436,69 @@ def sidebar() -> None:
             help="the shipped baseline, or one trained on the Train page",
         )
         if choice == OTHER_CHECKPOINT:
-            st.text_input(
-                "Checkpoint folder",
-                key="checkpoint_path",
-                placeholder="a folder holding params.npz and metadata.json",
-                help="a folder holding params.npz and metadata.json",
-            )
-            typed = st.session_state.get("checkpoint_path")
-            if typed and (problem := validate_path(typed, "checkpoint")):
-                st.error(f"{problem}; using the default checkpoint instead")
-        shown = data_path_setting()
-        st.caption(f"Data: {data.describe_source(shown)}")
+            checkpoint_field()
+        if shared:
+            upload_field()
+        st.caption(f"Data: {data.describe_source(None if shared else data_path_setting())}")
         st.caption(f"Checkpoint: {checkpoint_dir()}")
+
+
+def data_fields() -> None:
+    kind = st.radio(
+        "Data source",
+        [ARCHIVE_CHOICE, TFDS_CHOICE],
+        key="data_kind",
+        help="TensorFlow Datasets needs the tfds extra and cifar10 prepared in its data directory",
+    )
+    if kind == TFDS_CHOICE:
+        st.text_input(
+            "TFDS data directory",
+            key="data_path",
+            placeholder="default: $TFDS_DATA_DIR",
+            help="the folder holding cifar10/ as `tfds build cifar10` prepared it",
+        )
+    else:
+        st.text_input(
+            "CIFAR-10 path (archive or folder)",
+            key="data_path",
+            placeholder="default: $LOWRANK_CIFAR10 or artifacts/data",
+            help="cifar-10-python.tar.gz or a cifar-10-batches-py/ folder",
+        )
+
+
+def checkpoint_field() -> None:
+    st.text_input(
+        "Checkpoint folder",
+        key="checkpoint_path",
+        placeholder="a folder holding params.npz and metadata.json",
+        help="a folder holding params.npz and metadata.json",
+    )
+    typed = st.session_state.get("checkpoint_path")
+    if typed and (problem := validate_path(typed, "checkpoint")):
+        st.error(f"{problem}; using the default checkpoint instead")
+
+
+def upload_field() -> None:
+    """An upload (params.npz, optionally its metadata.json), checked and kept by content, then picked."""
+    files = st.file_uploader(
+        "Upload a checkpoint (params.npz, and its metadata.json if you have it)",
+        type=["npz", "json"],
+        accept_multiple_files=True,
+        key="checkpoint_upload",
+    )
+    by_name = {f.name: f for f in files or []}
+    params = next((f for name, f in by_name.items() if name.endswith(".npz")), None)
+    if params is None:
+        return
+    meta = next((f for name, f in by_name.items() if name.endswith(".json")), None)
+    if params.size > checkpoint.MAX_PARAMS_BYTES or (meta is not None and meta.size > checkpoint.MAX_METADATA_BYTES):
+        st.error("That upload is larger than any checkpoint of this network; it was not read.")
+        return
+    folder = run_with_errors(checkpoint.store_upload, params.getvalue(), None if meta is None else meta.getvalue())
+    if folder is not None:
+        label = checkpoint.upload_label(folder.name)
+        if st.session_state.get("checkpoint_choice") != label:
+            st.caption(f"Checked and stored as '{label}': pick it above.")
 
 
 def export_buttons(eng: engine.Engine, result: dict, name: str, key: str) -> None:

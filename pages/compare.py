@@ -63,7 +63,12 @@ if eng is not None:
         if text is not None:
             st.session_state["export_report_html"] = text
     if st.session_state.get("export_report_html"):
-        st.download_button("Download report.html", st.session_state["export_report_html"], "report.html", "text/html",
-                           key="export_report")  # fmt: skip
+        st.download_button(
+            "Download report.html",
+            st.session_state["export_report_html"],
+            "report.html",
+            "text/html",
+            key="export_report",
+        )
     target = st.selectbox("One variant (.npz parameters, or an ONNX model)", list(labels), key="export_variant")
     export_buttons(eng, labels[target], target, "export")

@@ -12,8 +12,10 @@ from pages.common import (
     baseline_result,
     get_engine,
     keys,
+    long_jobs_note,
     metric_row,
     progress_callback,
+    shared_mode,
     style,
 )
 
@@ -40,7 +42,9 @@ if eng is not None:
     base = baseline_result(*keys()) if measure_latency else baseline_accuracy(*keys())
     result = eng.cached_result("remove", config, with_latency=measure_latency)
     if result is None:
-        if st.button("Remove and retrain", type="primary", key="remove_run"):
+        if shared_mode():
+            st.info(f"Retraining is {long_jobs_note()}; variants measured before are shown.")
+        if st.button("Remove and retrain", type="primary", key="remove_run", disabled=shared_mode()):
             on_progress, bar = progress_callback("Retraining")
             result = eng.evaluate("remove", config, with_latency=measure_latency, on_progress=on_progress)
             bar.empty()

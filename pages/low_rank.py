@@ -19,9 +19,12 @@ from pages.common import (
     get_engine,
     keys,
     latency_stats,
-    metric_row,
+    long_jobs_note,
+    measured_runtimes,
+    metrics_then_latency,
     progress_callback,
     reference_line,
+    shared_mode,
     style,
 )
 
@@ -83,9 +86,19 @@ if eng is not None:
                 overrides.append((name, float(value)))
     o1, o2 = st.columns(2)
     finetune_steps = (
-        300 if o1.toggle("Fine-tune the dense stack (300 steps, frozen convolutions)", False, key="svd_finetune") else 0
+        300
+        if o1.toggle(
+            "Fine-tune the dense stack (300 steps, frozen convolutions)",
+            False,
+            key="svd_finetune",
+            disabled=shared_mode(),
+            help=f"training is {long_jobs_note()}" if shared_mode() else None,
+        )
+        else 0
     )
-    measure_latency = o2.toggle("Measure latency (adds a few seconds)", False, key="svd_latency")
+    measure_latency = o2.toggle(
+        "Measure latency too (shown once accuracy is)", True, key="svd_latency", help="switch off for faster moves"
+    )
     try:
         config = SvdConfig(
             rank_fraction=float(fraction),
@@ -99,22 +112,24 @@ if eng is not None:
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()
-    # The baseline's latency only when latencies are asked for: timing it costs seconds.
-    base = baseline_result(*keys()) if measure_latency else baseline_accuracy(*keys())
     if finetune_steps:
         on_progress, bar = progress_callback("Fine-tuning")
-        result = eng.evaluate(
-            "svd",
-            config,
-            finetune=FinetuneConfig(steps=finetune_steps),
-            with_latency=measure_latency,
-            on_progress=on_progress,
+        finetune = FinetuneConfig(steps=finetune_steps)
+        result = metrics_then_latency(
+            lambda timed: eng.evaluate(
+                "svd",
+                config,
+                finetune=finetune,
+                with_latency=timed,
+                runtimes=measured_runtimes(timed),
+                on_progress=on_progress,
+            ),
+            measure_latency,
         )
         bar.empty()
     else:
-        with st.spinner(f"Computing on all {eng.data.y_test.shape[0]:,} test images…"):
-            result = evaluate(*keys(), "svd", config, 0, measure_latency)
-    metric_row(result, base)
+        result = metrics_then_latency(lambda timed: evaluate(*keys(), "svd", config, 0, timed), measure_latency)
+    base = baseline_result(*keys()) if measure_latency else baseline_accuracy(*keys())
     if compare_basis:
         for other in (b for b in SVD_BASES if b != basis):
             with st.spinner(f"Measuring the {other} basis at the same rule…"):
@@ -139,8 +154,12 @@ if eng is not None:
 
     st.subheader("Accuracy and latency vs rank fraction")
     groups = report.global_fraction_points(cached_results(*keys()))
-    points = {(form_, r["config"]["rank_fraction"]): r for (form_, with_output), series in groups.items()
-              if with_output == include_output for r in series}  # fmt: skip
+    points = {
+        (form_, r["config"]["rank_fraction"]): r
+        for (form_, with_output), series in groups.items()
+        if with_output == include_output
+        for r in series
+    }
     missing = [
         (fm, f)
         for fm in ("reconstructed", "factorized")

@@ -13,8 +13,11 @@ from pages.common import (
     evaluate,
     get_engine,
     keys,
-    metric_row,
+    long_jobs_note,
+    measured_runtimes,
+    metrics_then_latency,
     progress_callback,
+    shared_mode,
     style,
 )
 
@@ -37,8 +40,9 @@ if eng is not None:
         ["one-shot", "gradual"],
         key="prune_schedule",
         horizontal=True,
-        disabled=structured,
-        help="gradual: Zhu & Gupta's cubic schedule while the dense stack fine-tunes (takes a minute)",
+        disabled=structured or shared_mode(),
+        help="gradual: Zhu & Gupta's cubic schedule while the dense stack fine-tunes (takes a minute)"
+        + (f"; training is {long_jobs_note()}" if shared_mode() else ""),
     )
     scope = c3.radio(
         "Threshold",
@@ -57,7 +61,9 @@ if eng is not None:
         help="the two convolutions hold 0.1 % of the weights: pruning them saves next to nothing, costs accuracy, "
         "and makes every new point run the convolutions over all test images again (seconds)",
     )
-    measure_latency = o2.toggle("Measure latency (adds a few seconds)", False, key="prune_latency")
+    measure_latency = o2.toggle(
+        "Measure latency too (shown once accuracy is)", True, key="prune_latency", help="switch off for faster moves"
+    )
     dense_only = () if with_convolutions else tuple(model.dense_layer_names(eng.params))
     try:
         config = PruneConfig(
@@ -71,16 +77,18 @@ if eng is not None:
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()
-    # The baseline's latency only when latencies are asked for: timing it costs seconds.
-    base = baseline_result(*keys()) if measure_latency else baseline_accuracy(*keys())
     if config.schedule == "gradual":
         on_progress, bar = progress_callback("Gradual pruning while fine-tuning")
-        result = eng.evaluate("prune", config, with_latency=measure_latency, on_progress=on_progress)
+        result = metrics_then_latency(
+            lambda timed: eng.evaluate(
+                "prune", config, with_latency=timed, runtimes=measured_runtimes(timed), on_progress=on_progress
+            ),
+            measure_latency,
+        )
         bar.empty()
     else:
-        with st.spinner(f"Computing on all {eng.data.y_test.shape[0]:,} test images…"):
-            result = evaluate(*keys(), "prune", config, 0, measure_latency)
-    metric_row(result, base)
+        result = metrics_then_latency(lambda timed: evaluate(*keys(), "prune", config, 0, timed), measure_latency)
+    base = baseline_result(*keys()) if measure_latency else baseline_accuracy(*keys())
     if structured:
         st.info(
             "Structured pruning makes the matrices physically smaller, so parameters, MACs and latency drop. "

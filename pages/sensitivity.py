@@ -74,8 +74,9 @@ if eng is not None:
     hidden_only = st.toggle("Hidden layers only (output layer kept)", True, key="sensitivity_hidden")
     chosen = layers[:-1] if hidden_only else layers
     checks = [f for f in (0.02, 0.05, 0.1, 0.2) if f in fractions]
-    if st.button(f"Measure all {len(chosen)} layers together at f = {', '.join(map(str, checks))}",
-                 key="sensitivity_additivity"):  # fmt: skip
+    if st.button(
+        f"Measure all {len(chosen)} layers together at f = {', '.join(map(str, checks))}", key="sensitivity_additivity"
+    ):
         with st.spinner("Measuring on every test image…"):
             for f in checks:
                 evaluate(*keys(), "svd", SvdConfig(f, include_output=not hidden_only), 0, False)
@@ -90,10 +91,15 @@ if eng is not None:
         frame["sum_of_single_drops"] *= 100
         frame["measured_drop"] *= 100
         st.dataframe(
-            frame.rename(columns={"fraction": "rank fraction f", "sum_of_single_drops": "sum of single drops (points)",
-                                  "measured_drop": "measured drop, all together (points)"}),
+            frame.rename(
+                columns={
+                    "fraction": "rank fraction f",
+                    "sum_of_single_drops": "sum of single drops (points)",
+                    "measured_drop": "measured drop, all together (points)",
+                }
+            ),
             hide_index=True,
-        )  # fmt: skip
+        )
         st.caption("The advisor chooses per-layer ranks assuming drops add up, then measures every candidate.")
     else:
         st.caption("Not measured yet: press the button above.")

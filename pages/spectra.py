@@ -71,12 +71,21 @@ if eng is not None:
             )
         if seen is not None:
             theirs = seen[name]["curves"][curve_key]
-            fig.add_trace(go.Scatter(x=np.arange(1, len(theirs) + 1), y=theirs, name="σ(LᵀW), as data sees it",
-                                     line=dict(color="#2ca02c")))  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=np.arange(1, len(theirs) + 1),
+                    y=theirs,
+                    name="σ(LᵀW), as data sees it",
+                    line=dict(color="#2ca02c"),
+                )
+            )
         if other is not None:
             theirs = other[name]["curves"][curve_key]
-            fig.add_trace(go.Scatter(x=np.arange(1, len(theirs) + 1), y=theirs, name="other checkpoint",
-                                     line=dict(color="#ff7f0e")))  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=np.arange(1, len(theirs) + 1), y=theirs, name="other checkpoint", line=dict(color="#ff7f0e")
+                )
+            )
         reference_line(fig, x=k, text=f"k = {k}", color="#d62728")
         fig.update_yaxes(exponentformat="e")  # 1e-15, not plotly's SI "1f"
         fig.update_layout(

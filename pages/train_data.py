@@ -9,7 +9,16 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import checkpoint, configs, data, train
-from pages.common import cached_results, clear_in_memory_results, get_engine, keys, run_with_errors, style
+from pages.common import (
+    cached_results,
+    clear_in_memory_results,
+    get_engine,
+    keys,
+    long_jobs_note,
+    run_with_errors,
+    shared_mode,
+    style,
+)
 
 st.title("Training and data")
 eng = get_engine()
@@ -42,7 +51,10 @@ if eng is not None:
         f"Writes {out_dir} (the previous checkpoint there stays intact until the new one is complete); "
         "the sidebar's checkpoint picker lists it."
     )
-    if st.button("Start training", type="primary", key="train_start"):
+    shared = shared_mode()
+    if shared:
+        st.info(f"Training is {long_jobs_note()}.")
+    if st.button("Start training", type="primary", key="train_start", disabled=shared):
         config = dataclasses.replace(base_config, num_steps=int(steps))
         bar = st.progress(0.0, text="training")
         chart = st.empty()
@@ -94,7 +106,12 @@ if eng is not None:
         else 0
     )
     st.write(f"{len(results)} measured variants of this checkpoint, {size / 2**20:.1f} MiB in {eng.cache_dir}.")
-    if st.button("Clear measured results of this checkpoint", key="cache_clear"):
+    if st.button(
+        "Clear measured results of this checkpoint",
+        key="cache_clear",
+        disabled=shared,
+        help=f"clears results for every visitor: {long_jobs_note()}" if shared else None,
+    ):
         removed = eng.clear_results()
         clear_in_memory_results()
         st.success(f"Removed {removed} results; they will be measured again on demand.")

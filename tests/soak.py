@@ -285,9 +285,17 @@ async def soak(
 ) -> dict:
     from playwright.async_api import async_playwright
 
-    report: dict = {"errors": [], "moves": [], "visits": [], "first_visits": [], "moves_during_retrain": [],
-                    "moves_before_retrain": [],
-                    "sliders_ready": 0, "by_page": {}, "warm_after_s": []}  # fmt: skip
+    report: dict = {
+        "errors": [],
+        "moves": [],
+        "visits": [],
+        "first_visits": [],
+        "moves_during_retrain": [],
+        "moves_before_retrain": [],
+        "sliders_ready": 0,
+        "by_page": {},
+        "warm_after_s": [],
+    }
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
@@ -317,8 +325,12 @@ def _percentiles(values: list[float]) -> dict:
     if not values:
         return {"n": 0, "p50_s": None, "p95_s": None, "max_s": None}
     v = np.asarray(values)
-    return {"n": int(v.size), "p50_s": float(np.percentile(v, 50)), "p95_s": float(np.percentile(v, 95)),
-            "max_s": float(v.max())}  # fmt: skip
+    return {
+        "n": int(v.size),
+        "p50_s": float(np.percentile(v, 50)),
+        "p95_s": float(np.percentile(v, 95)),
+        "max_s": float(v.max()),
+    }
 
 
 def run(

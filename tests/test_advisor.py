@@ -32,7 +32,8 @@ def test_pipeline_leaves_dense_a_layer_its_rank_no_longer_shrinks(tiny_engine):
     plan = advisor.Plan((("linear", 20), ("linear_1", 2), ("linear_2", None)), 0.0, 0)
     variant = advisor.pipeline_variant(params, plan, 0.7)
     assert [name for name, _ in variant.steps] == ["prune", "svd"]
-    pruned = compress.prune_structured(params, variant.steps[0][1])
+    config = variant.steps[0][1]
+    pruned = compress.prune_structured(params, config.layers_of(params), config.sparsity)
     svd = variant.steps[1][1]
     for layer, rank in svd.layer_ranks:
         m, n = pruned[layer]["w"].shape

@@ -271,8 +271,22 @@ def test_spectra_page_overlays_another_checkpoint(env):
     assert not at.exception and at.error and "other layer shapes" in at.error[0].value
 
 
-HOSTILE_TEXT = ["", " ", "../../../../etc/passwd", "/dev/null", "/proc/self/mem", "~nobody/x", "\x00bad",
-                "a" * 5000, "C:\\\\cifar", "💥/ü", "/tmp", "file:///etc", "$(rm -rf /)", "\n"]  # fmt: skip
+HOSTILE_TEXT = [
+    "",
+    " ",
+    "../../../../etc/passwd",
+    "/dev/null",
+    "/proc/self/mem",
+    "~nobody/x",
+    "\x00bad",
+    "a" * 5000,
+    "C:\\\\cifar",
+    "💥/ü",
+    "/tmp",
+    "file:///etc",
+    "$(rm -rf /)",
+    "\n",
+]
 
 
 @pytest.mark.parametrize("key", ["data_path", "checkpoint_path"])
@@ -287,7 +301,9 @@ def test_hostile_sidebar_paths_are_one_clear_error(env, key):
             if key == "data_path":
                 # Either it is not a CIFAR-10 source (one error saying what to set) or, for a blank, the default.
                 assert len(errors) == 1 and ("cifar" in errors[0].lower() or "not a usable path" in errors[0]), (
-                    text, errors)  # fmt: skip
+                    text,
+                    errors,
+                )
             else:
                 assert any("using the default checkpoint" in e for e in errors), (text, errors)
 
@@ -368,3 +384,34 @@ def test_the_checkpoint_picker_lists_checkpoints_trained_here_and_switches_to_th
     assert not at.exception and not at.error
     shown = [c.value for c in at.caption if c.value.startswith("Checkpoint: ")]
     assert shown == [f"Checkpoint: {checkpoint.trained_dir('mine')}"]
+
+
+def test_shared_mode_lets_no_typed_path_reach_the_server_and_turns_training_off(env, monkeypatch):
+    monkeypatch.setenv("LOWRANK_SHARED", "1")
+    at = AppTest.from_file("../app.py", default_timeout=300)
+    at.session_state["checkpoint_path"] = "/etc"  # typed earlier, say: never read in shared mode
+    at.session_state["data_path"] = "/etc/passwd"
+    at.run()
+    assert not at.exception and not at.error
+    assert not at.text_input  # no free path field at all
+    assert OTHER_CHECKPOINT_LABEL not in at.sidebar.selectbox(key="checkpoint_choice").options
+    assert any("Shared mode" in c.value for c in at.sidebar.caption)
+    page = AppTest.from_file("../pages/train_data.py", default_timeout=300).run()
+    assert page.button(key="train_start").disabled and page.button(key="cache_clear").disabled
+    assert any("off in shared mode" in i.value for i in page.info)
+
+
+OTHER_CHECKPOINT_LABEL = "another folder…"
+
+
+def test_shared_mode_is_on_by_default_off_loopback(monkeypatch):
+    import streamlit as st
+
+    from pages import common
+
+    monkeypatch.delenv("LOWRANK_SHARED", raising=False)
+    for address, shared in (("127.0.0.1", False), ("localhost", False), ("0.0.0.0", True), ("10.0.0.5", True)):
+        monkeypatch.setattr(st, "get_option", lambda name, address=address: address)
+        assert common.shared_mode() is shared, address
+    monkeypatch.setenv("LOWRANK_SHARED", "0")
+    assert common.shared_mode() is False

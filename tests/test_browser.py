@@ -71,8 +71,11 @@ def app_server(shared_archive, tmp_path_factory):
         os.environ, LOWRANK_CIFAR10=str(shared_archive), LOWRANK_ARTIFACTS=str(tmp_path_factory.mktemp("artifacts"))
     )
     env.pop("LOWRANK_CHECKPOINT", None)
-    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):  # fmt: skip
+    for name in (
+        "JAX_COMPILATION_CACHE_DIR",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+    ):
         env.pop(name, None)  # a first start: nothing compiled before
     server = AppServer(env)
     yield server

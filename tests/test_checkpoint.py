@@ -162,3 +162,20 @@ def test_oversized_or_special_metadata_is_refused_unread(tmp_path, params):
     meta.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(CheckpointError):
         checkpoint.load_metadata(tmp_path / "a")
+
+
+def test_uploads_are_checked_then_kept_by_content(tmp_path, params, bomb):
+    checkpoint.save(tmp_path / "a", params, {"preset": "x"})
+    blob = (tmp_path / "a" / "params.npz").read_bytes()
+    folder = checkpoint.store_upload(blob)
+    assert checkpoint.load_metadata(folder)["storage_dtype"] == "float32"  # written for an upload without one
+    assert checkpoint.store_upload(blob, b'{"preset": "again"}') == folder  # same content, same folder
+    assert checkpoint.known_checkpoints()[checkpoint.upload_label(folder.name)] == folder
+    for hostile in ((bomb / "params.npz").read_bytes(), b"PK\x03\x04 not really", b"\x00" * 100):
+        with pytest.raises(CheckpointError):
+            checkpoint.store_upload(hostile)
+    with pytest.raises(CheckpointError):
+        checkpoint.store_upload(blob[: len(blob) // 2] + bytes(10), None)
+    with pytest.raises(CheckpointError, match="metadata"):
+        checkpoint.store_upload(blob + b"x", b"[1, 2")  # other bytes, bad metadata: refused, nothing kept
+    assert sorted(p.name for p in checkpoint.uploads_dir().iterdir()) == [folder.name]  # no staging left

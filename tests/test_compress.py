@@ -168,7 +168,7 @@ def test_settings_parsers_accept_only_valid_ranges(value):
 @pytest.mark.parametrize("scope", ["layer", "global"])
 @pytest.mark.parametrize("sparsity", [0.3, 0.9])
 def test_pruning_hits_sparsity_exactly(params, scope, sparsity):
-    pruned = compress.prune_unstructured(params, PruneConfig(sparsity, scope))
+    pruned = compress.prune_unstructured(params, compress.prunable_layers(params), sparsity, scope)
     kernels = [pruned[n]["w"] for n in compress.prunable_layers(params)]
     total = sum(k.size for k in kernels)
     zeros = sum(int(np.sum(k == 0)) for k in kernels)
@@ -180,7 +180,7 @@ def test_pruning_hits_sparsity_exactly(params, scope, sparsity):
 
 
 def test_structured_pruning_shrinks_matrices(params):
-    pruned = compress.prune_structured(params, PruneConfig(0.5, structured=True))
+    pruned = compress.prune_structured(params, compress.prunable_layers(params), 0.5)
     assert pruned["linear"]["w"].shape == (512, 48) and pruned["linear_1"]["w"].shape == (48, 32)
     assert pruned["linear_4"]["w"].shape == (16, 10)
     images = np.zeros((2, 32, 32, 3), np.uint8)
@@ -263,8 +263,11 @@ def test_drop_dead_units_is_lossless(params):
 def test_drop_dead_units_shrinks_factorized_layers_losslessly(params):
     images = np.random.default_rng(6).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     dead = _with_dead_units(params)
-    factorized = svd_compress(dead, SvdConfig(0.5, "factorized", include_output=False),
-                              {n: compress.layer_svd(dead[n]["w"]) for n in model.DENSE_LAYERS})  # fmt: skip
+    factorized = svd_compress(
+        dead,
+        SvdConfig(0.5, "factorized", include_output=False),
+        {n: compress.layer_svd(dead[n]["w"]) for n in model.DENSE_LAYERS},
+    )
     slim = compress.drop_dead_units(factorized)
     # linear's 30 dead units: zero columns of its V and zero rows of linear_1's U, both dropped.
     assert slim["linear"]["v"].shape[1] == factorized["linear"]["v"].shape[1] - 30
@@ -325,8 +328,8 @@ def test_gradual_pruning_reaches_exact_sparsity(params):
     features = rng.normal(size=(256, SPEC.feature_dim)).astype(np.float32)
     labels = rng.integers(0, 10, 256).astype(np.int32)
     dense = measure.dense_params(params)
-    config = PruneConfig(0.7, schedule="gradual", gradual_steps=8)
-    out, masks = gradual_prune_dense(dense, features, labels, FinetuneConfig(steps=8, batch_size=32), config, every=2)
+    finetune = FinetuneConfig(steps=8, batch_size=32)
+    out, masks = gradual_prune_dense(dense, features, labels, finetune, tuple(dense), 0.7, "layer", every=2)
     for name in model.DENSE_LAYERS:
         assert np.mean(out[name]["w"] == 0) == pytest.approx(0.7, abs=1e-3)
         assert not np.array_equal(out[name]["b"], dense[name]["b"])  # it trained
@@ -391,8 +394,7 @@ def test_magnitude_mask_equals_stable_sort_definition(values, sparsity):
     # Heavy ties (the shipped checkpoint has millions of exact zeros): the
     # pruned set must be the stable argsort's first n, i.e. ties in position order.
     w = np.asarray(values, np.float32).reshape(-1, 1)
-    config = PruneConfig(sparsity=sparsity, only=("linear",))
-    mask = compress.magnitude_masks({"linear": {"w": w}}, config)["linear"].ravel()
+    mask = compress.magnitude_masks({"linear": {"w": w}}, ("linear",), sparsity, "layer")["linear"].ravel()
     n_prune = int(round(sparsity * w.size))
     expected = np.ones(w.size, bool)
     expected[np.argsort(np.abs(w).ravel(), kind="stable")[:n_prune]] = False
@@ -414,5 +416,5 @@ def test_kth_smallest_magnitude_is_the_sorted_value(values, data):
 def test_magnitude_masks_of_float64_kernels_keep_their_precision():
     # Two magnitudes that float32 would merge into one: the smaller is pruned, not the first.
     w = np.array([[1.0 + 1e-12], [1.0]], np.float64)
-    mask = compress.magnitude_masks({"linear": {"w": w}}, PruneConfig(sparsity=0.5, only=("linear",)))["linear"]
+    mask = compress.magnitude_masks({"linear": {"w": w}}, ("linear",), 0.5, "layer")["linear"]
     assert mask.ravel().tolist() == [True, False]

@@ -271,7 +271,10 @@ def test_fast_svd_sensitivity_equals_measuring_each_cell(tiny_engine):
     calls = _counting(tiny_engine)
     assert tiny_engine.svd_sensitivity(fractions) == rows and not calls  # cached
     assert [r["value"] for r in tiny_engine.sensitivity("svd", list(fractions), layers=("linear_4",))] == [
-        0.05, 0.25, 1.0]  # fmt: skip
+        0.05,
+        0.25,
+        1.0,
+    ]
 
 
 def test_activation_basis_minimizes_the_output_error_on_calibration_data(tiny_engine):
@@ -285,8 +288,9 @@ def test_activation_basis_minimizes_the_output_error_on_calibration_data(tiny_en
     w = tiny_engine.params[name]["w"].astype(np.float64)
     errors = {}
     for basis in ("weights", "activations"):
-        params, facts = tiny_engine.build("svd", SvdConfig(layer_ranks=((name, k),), only=(name,), form="factorized",
-                                                           basis=basis))  # fmt: skip
+        params, facts = tiny_engine.build(
+            "svd", SvdConfig(layer_ranks=((name, k),), only=(name,), form="factorized", basis=basis)
+        )
         assert facts["ranks"] == {name: k} and params[name]["u"].shape[1] == k
         w_k = params[name]["u"].astype(np.float64) @ params[name]["v"]
         errors[basis] = np.linalg.norm(x @ (w - w_k))
@@ -413,8 +417,13 @@ def test_retraining_yields_to_interactive_runs_and_never_runs_beside_a_latency(t
     def retrain():  # another session's fine-tuning, inside its own script run
         with priority.foreground():
             try:
-                tiny_engine.evaluate("svd", SvdConfig(0.25), finetune=FinetuneConfig(steps=100_000, batch_size=32),
-                                     with_latency=False, on_progress=on_progress)  # fmt: skip
+                tiny_engine.evaluate(
+                    "svd",
+                    SvdConfig(0.25),
+                    finetune=FinetuneConfig(steps=100_000, batch_size=32),
+                    with_latency=False,
+                    on_progress=on_progress,
+                )
             except Stopped:
                 pass
 
@@ -433,8 +442,9 @@ def test_retraining_yields_to_interactive_runs_and_never_runs_beside_a_latency(t
         assert [t for t in steps if t > left]  # then it goes on
         paused = []
         real = measure.latency
-        monkeypatch.setattr(measure, "latency",
-                            lambda *a, **k: (paused.append(bool(priority._paused)), real(*a, **k))[1])  # fmt: skip
+        monkeypatch.setattr(
+            measure, "latency", lambda *a, **k: (paused.append(bool(priority._paused)), real(*a, **k))[1]
+        )
         tiny_engine.evaluate("baseline", with_latency=True, use_cache=False)
         assert paused == [True]  # the retraining was paused when timing began
     finally:

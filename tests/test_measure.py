@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from lowrank_core import measure, model
-from lowrank_core.methods.prune import PruneConfig
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +57,8 @@ def test_latency_on_a_short_test_set_records_the_batch_timed(params):
 def test_slim_params_give_the_same_logits_with_bucketed_widths(params):
     from lowrank_core import compress
 
-    pruned = compress.prune_unstructured(params, PruneConfig(sparsity=0.9, structured=False))
-    pruned = compress.prune_structured(pruned, PruneConfig(sparsity=0.37, structured=True))
+    pruned = compress.prune_unstructured(params, compress.prunable_layers(params), 0.9, "layer")
+    pruned = compress.prune_structured(pruned, compress.prunable_layers(pruned), 0.37)
     slim = measure.product_params(pruned)
     widths = [slim[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]]
     assert [measure.product_params(params)[n]["w"].shape[1] for n in model.DENSE_LAYERS[:-1]] == [
@@ -84,7 +83,7 @@ def test_slim_params_give_the_same_logits_with_bucketed_widths(params):
 def test_int8_runs_dequantized_once_on_the_product_path_with_the_same_predictions(params):
     from lowrank_core import compress
 
-    pruned = compress.prune_structured(params, PruneConfig(sparsity=0.5, structured=True))
+    pruned = compress.prune_structured(params, compress.prunable_layers(params), 0.5)
     int8 = compress.quantize_dense(pruned)
     product = measure.product_params(measure.dense_params(int8))
     assert not any(k.endswith(("_q", "_scale")) for layer in product.values() for k in layer)

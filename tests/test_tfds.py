@@ -49,7 +49,22 @@ def test_unprepared_tfds_dir_is_one_clear_line(tmp_path):
 def test_cli_with_unprepared_tfds_is_exit_2(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, LOWRANK_CIFAR10_URL="http://127.0.0.1:9/x.tgz", PYTHONPATH=root)
-    run = subprocess.run([sys.executable, "-m", "lowrank_core", "evaluate", "--data", "tfds", "--tfds-data-dir",
-                          str(tmp_path / "empty"), "--json"], capture_output=True, text=True, cwd=root, env=env,
-                         timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lowrank_core",
+            "evaluate",
+            "--data",
+            "tfds",
+            "--tfds-data-dir",
+            str(tmp_path / "empty"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 2 and "not prepared" in run.stderr and len(run.stderr.strip().splitlines()) == 1

@@ -22,11 +22,6 @@ from lowrank_core import compress, model, refit
 Params = dict[str, dict[str, np.ndarray]]
 ProgressFn = Callable[[int, int], None]
 
-# "structure" methods change what the network computes (ranks, units, layers);
-# "storage" methods change how it is stored (int8) and run last in a pipeline,
-# after any fine-tuning, so a stored variant is exactly what was measured.
-KINDS = ("reference", "structure", "storage")
-
 
 @dataclasses.dataclass(frozen=True)
 class BuildContext:
@@ -52,6 +47,8 @@ class Method:
     config_type: type
     build: Callable[[Params, Any, BuildContext], tuple[Params, dict]]
     describe: Callable[[Any], str]
+    # "reference" (the baseline); "structure": changes what the network computes (ranks, units,
+    # layers); "storage": changes how it is stored (int8), last in a pipeline, after any fine-tuning.
     kind: str = "structure"
     # After fine-tuning (or at once without it): e.g. multiply SVD factors out for the reconstructed form.
     finalize: Callable[[Params, Any], Params] = lambda params, config: params

@@ -62,9 +62,9 @@ class PruneConfig:
 def build(params: Params, config: PruneConfig, context: BuildContext) -> tuple[Params, dict]:
     check_layer_names(config.only, compress.prunable_layers(params), "prunable layer")
     if config.structured:
-        out = compress.prune_structured(params, config)
+        out = compress.prune_structured(params, config.layers_of(params), config.sparsity)
     elif config.schedule == "one-shot":
-        out = compress.prune_unstructured(params, config)
+        out = compress.prune_unstructured(params, config.layers_of(params), config.sparsity, config.scope)
     else:
         chosen = config.layers_of(params)
         dense = {n: params[n] for n in model.dense_layer_names(params) if n in chosen}
@@ -76,7 +76,9 @@ def build(params: Params, config: PruneConfig, context: BuildContext) -> tuple[P
                 context.train_features(),
                 context.train_labels,
                 FinetuneConfig(steps=config.gradual_steps, seed=context.seed),
-                config,
+                chosen,
+                config.sparsity,
+                config.scope,
                 frozen=frozen,
                 on_progress=context.on_progress,
             )
@@ -84,7 +86,7 @@ def build(params: Params, config: PruneConfig, context: BuildContext) -> tuple[P
             for name in frozen:
                 out[name] = dict(out[name], w=out[name]["w"] * masks[name])
         else:
-            out = compress.prune_unstructured(params, config)
+            out = compress.prune_unstructured(params, chosen, config.sparsity, config.scope)
     return out, {"sparsity": compress.sparsity_of(out)}
 
 

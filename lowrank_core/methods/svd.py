@@ -175,8 +175,10 @@ def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Par
     _check_names(config, params)
     layers = config.layers_of(params)
     factors = {name: _input_factor(config, params, name, context) for name in layers}
-    svds = {name: context.svd(params[name]["w"] if factors[name] is None else factors[name].T @ params[name]["w"])
-            for name in layers}  # fmt: skip
+    svds = {
+        name: context.svd(params[name]["w"] if factors[name] is None else factors[name].T @ params[name]["w"])
+        for name in layers
+    }
     ranks = choose_ranks(config, svds, layers)
     if config.basis == "calibrated":
         out = refit.sequential_refit(params, ranks, context.calibration_path())
@@ -213,8 +215,10 @@ def _input_factor(config: SvdConfig, params: Params, name: str, context: BuildCo
         raise ConfigError(f"the {config.basis} basis needs calibration data (build through the engine)")
     factor = context.input_factor(name)
     if factor.shape[0] != params[name]["w"].shape[0]:
-        raise ConfigError(f"the activation basis calibrates the checkpoint's own layers; {name} was changed before "
-                          "SVD (put SVD first, or use the weight basis)")  # fmt: skip
+        raise ConfigError(
+            f"the activation basis calibrates the checkpoint's own layers; {name} was changed before "
+            "SVD (put SVD first, or use the weight basis)"
+        )
     return factor
 
 
