@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from lowrank_core import checkpoint, measure, model, onnx_export, paths, priority, runtimes as runtimes_module
+from lowrank_core import checkpoint, fairness, measure, model, onnx_export, paths, priority, runtimes as runtimes_module
 from lowrank_core.data import Cifar10
 from lowrank_core.errors import ConfigError
 from lowrank_core.fileio import atomic_write_bytes
@@ -297,7 +297,10 @@ class Engine:
             with self._variant_locks(key):
                 if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency, extra)) is not None:
                     return hit
-                with self._busy():
+                # Interactive measurements take turns in arrival order; training yields instead.
+                queued = not (variant.trains or priority.in_background())
+                turn = fairness.MEASUREMENTS.turn() if queued else contextlib.nullcontext()
+                with self._busy(), turn:
                     result = self._measure(variant, with_latency, with_layer_latency, on_progress)
                     if extra:
                         result = self._with_runtimes(result, extra, with_latency)
@@ -400,11 +403,13 @@ class Engine:
         stale = with_latency and not (record.get("latency") and self._here(record))
         stale |= with_layer_latency and not (record.get("layer_latency_ms") and self._here(record))
         if stale:
-            params, _ = self.build(Variant.from_dict(record))
-            record = {**record, **self._latency(params, with_layer_latency)}
+            with fairness.MEASUREMENTS.turn():
+                params, _ = self.build(Variant.from_dict(record))
+                record = {**record, **self._latency(params, with_layer_latency)}
             self.store.put(key, record)
         if missing := self._runtimes_missing(record, extra, with_latency):
-            record = self._with_runtimes(record, missing, with_latency)
+            with fairness.MEASUREMENTS.turn():
+                record = self._with_runtimes(record, missing, with_latency)
             self.store.put(key, record)
         return record
 

@@ -43,12 +43,39 @@ _exclusive = 0
 _last_foreground_end = float("-inf")  # time.monotonic() when foreground work last ended
 
 
+_foreground_runs = 0  # how many foreground blocks have started (see :func:`quiet_since`)
+
+
 def _enter(table: dict[int, int]) -> int:
+    global _foreground_runs
     me = threading.get_ident()
     with _cond:
         table[me] = table.get(me, 0) + 1
+        if table is _foreground:
+            _foreground_runs += 1
         _cond.notify_all()
     return me
+
+
+def in_background() -> bool:
+    """Whether the calling thread is doing background work (:func:`background`)."""
+    return threading.get_ident() in _background
+
+
+def foreground_runs() -> int:
+    """A counter of foreground blocks started: equal before and after some work means none ran beside it."""
+    return _foreground_runs
+
+
+def wait_until_quiet(quiet_s: float = 1.0) -> None:
+    """Blocks until no foreground work has run for ``quiet_s`` seconds (for timing in the background)."""
+    while True:
+        with _cond:
+            busy = bool(_foreground)
+            since = time.monotonic() - _last_foreground_end
+        if not busy and since >= quiet_s:
+            return
+        time.sleep(max(0.05, quiet_s - since) if not busy else 0.1)
 
 
 def _leave(table: dict[int, int], me: int) -> None:

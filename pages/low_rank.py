@@ -5,9 +5,10 @@ import dataclasses
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import compress, model, report
+from lowrank_core import compress, curves, model, report
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
+from lowrank_core.methods import Variant
 from lowrank_core.methods.svd import BASES as SVD_BASES, SvdConfig
 from pages.common import (
     FORM_DASH,
@@ -153,91 +154,107 @@ if eng is not None:
     )
 
     st.subheader("Accuracy and latency vs rank fraction")
-    groups = report.global_fraction_points(cached_results(*keys()))
-    points = {
-        (form_, r["config"]["rank_fraction"]): r
-        for (form_, with_output), series in groups.items()
-        if with_output == include_output
-        for r in series
-    }
-    missing = [
-        (fm, f)
-        for fm in ("reconstructed", "factorized")
+    curve_variants = [
+        Variant.of("svd", SvdConfig(rank_fraction=f, form=fm, include_output=include_output))
+        for fm in ("factorized", "reconstructed")
         for f in CURVE_GRID
-        if "latency_ms" not in points.get((fm, f), {})
     ]
-    if missing and st.button(f"Measure curves ({len(missing)} points, with latency)", key="svd_curves"):
-        on_progress, bar = progress_callback("Measuring")
-        for i, (fm, f) in enumerate(missing):
-            points[(fm, f)] = eng.evaluate(
-                "svd", SvdConfig(rank_fraction=f, form=fm, include_output=include_output, only=config.only)
-            )
-            on_progress(i + 1, len(missing))
-        bar.empty()
-        cached_results.clear()
+    filling = curves.fill(eng, curve_variants, with_latency=measure_latency).is_alive()
+
+    @st.fragment(run_every=3 if filling else None)
+    def curves_section():
+        """The curves, redrawn every few seconds from the cache while the background fills them in."""
         groups = report.global_fraction_points(cached_results(*keys()))
-    acc_fig, lat_fig = go.Figure(), go.Figure()
-    # Both curves when measured: with the output layer truncated too (the seed's) and kept.
-    for (fm, with_output), series in sorted(groups.items()):
-        colour = METHOD_COLORS["svd"] if not with_output else "#9aa9b8"
-        line = dict(color=colour, dash=FORM_DASH[fm])
-        name = f"{fm}, output {'truncated too' if with_output else 'kept'}"
-        acc_fig.add_trace(
-            go.Scatter(
-                x=[r["config"]["rank_fraction"] for r in series],
-                y=[100 * r["accuracy"] for r in series],
-                mode="lines+markers",
-                name=name,
-                line=line,
+        points = {
+            (form_, r["config"]["rank_fraction"]): r
+            for (form_, with_output), series in groups.items()
+            if with_output == include_output
+            for r in series
+        }
+        grid = [(fm, f) for fm in ("factorized", "reconstructed") for f in CURVE_GRID]
+        with_accuracy = sum(key in points for key in grid)
+        with_latency = sum("latency_ms" in points.get(key, {}) for key in grid)
+        if with_accuracy < len(grid) or (measure_latency and with_latency < len(grid)):
+            st.caption(
+                f"Measuring the curves in the background: {with_accuracy} of {len(grid)} points have their accuracy, "
+                f"{with_latency} their latency (coarse points first, then the rest; it pauses while any page "
+                "runs). They draw themselves as the points arrive."
             )
-        )
-        timed = [r for r in series if "latency_ms" in r and with_output == include_output]
-        if timed:
-            lat_fig.add_trace(
+        acc_fig, lat_fig = go.Figure(), go.Figure()
+        # Both curves when measured: with the output layer truncated too (the seed's) and kept.
+        for (fm, with_output), series in sorted(groups.items()):
+            colour = METHOD_COLORS["svd"] if not with_output else "#9aa9b8"
+            line = dict(color=colour, dash=FORM_DASH[fm])
+            name = f"{fm}, output {'truncated too' if with_output else 'kept'}"
+            acc_fig.add_trace(
                 go.Scatter(
-                    x=[r["config"]["rank_fraction"] for r in timed],
-                    y=[r["latency_ms"] for r in timed],
-                    error_y=dict(array=[latency_stats(r)["iqr_ms"] for r in timed]),
+                    x=[r["config"]["rank_fraction"] for r in series],
+                    y=[100 * r["accuracy"] for r in series],
                     mode="lines+markers",
                     name=name,
                     line=line,
                 )
             )
-    current = config.rank_fraction if mode == "global rank fraction" and not overrides else None
-    if current is not None:
-        acc_fig.add_trace(
-            go.Scatter(
-                x=[current],
-                y=[100 * result["accuracy"]],
-                mode="markers",
-                name="current",
-                marker=dict(size=14, color="#d62728", symbol="diamond"),
-            )
-        )
-        if "latency_ms" in result:
-            lat_fig.add_trace(
+            timed = [r for r in series if "latency_ms" in r and with_output == include_output]
+            if timed:
+                lat_fig.add_trace(
+                    go.Scatter(
+                        x=[r["config"]["rank_fraction"] for r in timed],
+                        y=[r["latency_ms"] for r in timed],
+                        error_y=dict(array=[latency_stats(r)["iqr_ms"] for r in timed]),
+                        mode="lines+markers",
+                        name=name,
+                        line=line,
+                    )
+                )
+        current = config.rank_fraction if mode == "global rank fraction" and not overrides else None
+        if current is not None:
+            acc_fig.add_trace(
                 go.Scatter(
                     x=[current],
-                    y=[result["latency_ms"]],
+                    y=[100 * result["accuracy"]],
                     mode="markers",
                     name="current",
                     marker=dict(size=14, color="#d62728", symbol="diamond"),
                 )
             )
-    reference_line(acc_fig, y=100 * base["accuracy"], text="baseline", color=METHOD_COLORS["baseline"], dash="dash")
-    if "latency_ms" in base:
-        reference_line(lat_fig, y=base["latency_ms"], text="baseline", color=METHOD_COLORS["baseline"], dash="dash")
-    dense = model.dense_layer_names(eng.params)
-    layers = dense if include_output else dense[:-1]
-    break_even = compress.break_even_fraction([eng.params[n]["w"].shape for n in layers])
-    for fig in (acc_fig, lat_fig):
-        reference_line(fig, x=break_even, text=f"break-even f={break_even:.2f}", color="#888", dash="dot")
-    left, right = st.columns(2)
-    left.plotly_chart(style(acc_fig, "Test accuracy", "rank fraction f", "accuracy (%)"), key="svd_acc_curve")
-    right.plotly_chart(
-        style(lat_fig, "Latency, batch 1,000 (median, IQR bars)", "rank fraction f", "ms"), key="svd_latency_curve"
-    )
-    st.caption(
-        "Break-even f: the factorized dense stack holds as many weights (MACs) as the dense one; below it, "
-        "the factorized form is smaller. The reconstructed form keeps the dense shapes, so it never runs faster."
-    )
+            if "latency_ms" in result:
+                lat_fig.add_trace(
+                    go.Scatter(
+                        x=[current],
+                        y=[result["latency_ms"]],
+                        mode="markers",
+                        name="current",
+                        marker=dict(size=14, color="#d62728", symbol="diamond"),
+                    )
+                )
+        reference_line(acc_fig, y=100 * base["accuracy"], text="baseline", color=METHOD_COLORS["baseline"], dash="dash")
+        if "latency_ms" in base:
+            reference_line(lat_fig, y=base["latency_ms"], text="baseline", color=METHOD_COLORS["baseline"], dash="dash")
+        dense = model.dense_layer_names(eng.params)
+        layers = dense if include_output else dense[:-1]
+        break_even = compress.break_even_fraction([eng.params[n]["w"].shape for n in layers])
+        for fig in (acc_fig, lat_fig):
+            reference_line(fig, x=break_even, text=f"break-even f={break_even:.2f}", color="#888", dash="dot")
+            fig.update_xaxes(range=[0, 1.02])  # the whole range of fractions, before any point arrives
+        if not lat_fig.data:
+            lat_fig.add_annotation(
+                text="latency points arrive as they are timed",
+                showarrow=False,
+                x=0.5,
+                y=0.5,
+                xref="paper",
+                yref="paper",
+            )
+            lat_fig.update_yaxes(range=[0, 1], showticklabels=False)
+        left, right = st.columns(2)
+        left.plotly_chart(style(acc_fig, "Test accuracy", "rank fraction f", "accuracy (%)"), key="svd_acc_curve")
+        right.plotly_chart(
+            style(lat_fig, "Latency, batch 1,000 (median, IQR bars)", "rank fraction f", "ms"), key="svd_latency_curve"
+        )
+        st.caption(
+            "Break-even f: the factorized dense stack holds as many weights (MACs) as the dense one; below it, "
+            "the factorized form is smaller. The reconstructed form keeps the dense shapes, so it never runs faster."
+        )
+
+    curves_section()

@@ -45,25 +45,29 @@ def test_overview_page(env):
     assert not at.exception and "latency" in at.get("plotly_chart")[0].proto.spec
 
 
+def ranks_caption(at) -> str:
+    return next(c.value for c in at.caption if c.value.startswith("Ranks:"))
+
+
 def test_low_rank_page_slider_changes_metrics(env):
     at = AppTest.from_file("../pages/low_rank.py", default_timeout=300).run()
     assert not at.exception and not at.error
     assert at.radio(key="svd_form").value == "factorized" and at.slider(key="svd_fraction").value == 0.05
-    ranks_default = at.caption[0].value
+    ranks_default = ranks_caption(at)
     at.slider(key="svd_fraction").set_value(0.5).run()
     before = {m.label: m.value for m in at.metric}
-    ranks_before = at.caption[0].value
+    ranks_before = ranks_caption(at)
     at.slider(key="svd_fraction").set_value(0.05).run()
     after = {m.label: m.value for m in at.metric}
     assert not at.exception
     assert before["Parameters"] != after["Parameters"]
     assert before["MACs / image"] != after["MACs / image"]
-    assert "linear 48" in ranks_before and "linear 4," in at.caption[0].value
-    assert at.caption[0].value == ranks_default
+    assert "linear 48" in ranks_before and "linear 4," in ranks_caption(at)
+    assert ranks_caption(at) == ranks_default
     at.radio(key="svd_mode").set_value("energy threshold").run()
-    assert not at.exception and not at.error and "Ranks:" in at.caption[0].value
+    assert not at.exception and not at.error and "Ranks:" in ranks_caption(at)
     at.number_input(key="svd_override_linear_4").set_value(0.5).run()
-    assert not at.exception and "linear_4 5" in at.caption[0].value
+    assert not at.exception and "linear_4 5" in ranks_caption(at)
     at.toggle(key="svd_compare_basis").set_value(True).run()
     assert not at.exception and not at.error
     assert any("Same rule in the activations basis" in c.value for c in at.caption)
@@ -415,3 +419,32 @@ def test_shared_mode_is_on_by_default_off_loopback(monkeypatch):
         assert common.shared_mode() is shared, address
     monkeypatch.setenv("LOWRANK_SHARED", "0")
     assert common.shared_mode() is False
+
+
+def test_low_rank_curves_fill_themselves_in_the_background(env):
+    from lowrank_core import curves
+
+    at = AppTest.from_file("../pages/low_rank.py", default_timeout=300).run()
+    assert not at.exception and not at.error
+    for threads in list(curves._started.values()):
+        for thread in list(threads.values()):
+            thread.join(240)
+    from pages.common import cached_results
+
+    cached_results.clear()  # its 5-s ttl would still hold the first run's list
+    at.run()
+    assert not at.exception
+    specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    accuracy = next(s for s in specs if "Test accuracy" in json.dumps(s["layout"].get("title")))
+    latency = next(s for s in specs if "Latency, batch" in json.dumps(s["layout"].get("title")))
+    forms = [t for t in accuracy["data"] if t.get("name", "").startswith(("factorized", "reconstructed"))]
+    assert sum(len(t["x"]) for t in forms) >= 20  # both forms, every grid point, no click needed
+    timed = [t for t in latency["data"] if t.get("name", "").startswith(("factorized", "reconstructed"))]
+    assert sum(len(t["x"]) for t in timed) >= 20  # and their latency, timed after the accuracies
+    assert accuracy["layout"]["xaxis"]["range"] == [0, 1.02]
+
+
+def test_curve_points_come_coarse_first():
+    from lowrank_core import curves
+
+    assert curves.coarse_first(list(range(7))) == [0, 2, 4, 6, 1, 3, 5]

@@ -46,6 +46,7 @@ class Runtime:
     environment: Callable[[], dict]
     missing: Callable[[], str | None] = lambda: None
     threads: Callable[[], int] = lambda: os.cpu_count() or 1
+    int8: str = ""  # how it runs int8 matrices, in a few words
 
 
 def machine(extra: Mapping[str, Any]) -> dict:

@@ -33,4 +33,5 @@ RUNTIME = Runtime(
     prepare=prepare,
     predict=predict,
     environment=measure.environment,
+    int8="int8 dequantized to float32 once, when loaded",
 )

@@ -80,4 +80,5 @@ RUNTIME = Runtime(
     environment=environment,
     missing=missing,
     threads=threads,
+    int8="int8 on integer kernels, activations quantized per batch",
 )
