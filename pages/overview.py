@@ -3,7 +3,7 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import advisor, measure, report
+from lowrank_core import advisor, measure, report, runtimes
 from lowrank_core.errors import LowrankError
 from pages.common import (
     METHOD_COLORS,
@@ -109,27 +109,37 @@ with summary_slot:
                     st.rerun()
 
         st.subheader("Every measured variant")
-        axis = st.radio(
-            "Cost axis",
-            ["stored size (MiB)", f"latency (ms per batch of {batch:,})"],
-            horizontal=True,
-            key="overview_axis",
-        )
-        by_latency = axis.startswith("latency")
+        latency_axes = {f"latency (ms per batch of {batch:,})": runtimes.PRODUCT} | {
+            f"latency, {runtimes.get(name).label} (ms per batch of {batch:,})": name
+            for name in runtimes.available()[1:]
+        }
+        axis = st.radio("Cost axis", ["stored size (MiB)", *latency_axes], horizontal=True, key="overview_axis")
+        by_latency = axis in latency_axes
+        runtime = latency_axes.get(axis, runtimes.PRODUCT)
         timed = [r for r in measured if "latency_ms" in r and r["batch_size"] == batch]  # this machine's, one batch
+
+        def timing(record: dict) -> dict:
+            return record if runtime == runtimes.PRODUCT else (record.get("runtimes") or {}).get(runtime, {})
+
         if by_latency:
-            results = timed or [baseline_result(*keys())]
+            in_runtime = [r for r in measured if timing(r).get("latency_ms") and timing(r).get("batch_size") == batch]
+            results = in_runtime or [baseline_result(*keys())]
         else:
             results = measured or [base]
-        cost_of = (lambda r: r["latency_ms"]) if by_latency else (lambda r: r["bytes"] / 2**20)
-        front = report.pareto_mask([cost_of(r) for r in results], [r["accuracy"] for r in results])
+        cost_of = (lambda r: timing(r)["latency_ms"]) if by_latency else (lambda r: r["bytes"] / 2**20)
+
+        def accuracy_of(record: dict) -> float:
+            """The accuracy the chosen runtime measured (an int8 graph's own, in ONNX Runtime)."""
+            return timing(record).get("accuracy", record["accuracy"]) if by_latency else record["accuracy"]
+
+        front = report.pareto_mask([cost_of(r) for r in results], [accuracy_of(r) for r in results])
         fig = go.Figure()
         for method in sorted({r["method"] for r in results}, key=lambda m: (m != "baseline", m)):
             points = [(r, on_front) for r, on_front in zip(results, front) if r["method"] == method]
             fig.add_trace(
                 go.Scatter(
                     x=[cost_of(r) for r, _ in points],
-                    y=[100 * r["accuracy"] for r, _ in points],
+                    y=[100 * accuracy_of(r) for r, _ in points],
                     mode="markers",
                     name=report.method_label(method),
                     text=[report.describe(r) for r, _ in points],
@@ -146,7 +156,7 @@ with summary_slot:
         fig.add_trace(
             go.Scatter(
                 x=[cost_of(r) for r, f in order if f],
-                y=[100 * r["accuracy"] for r, f in order if f],
+                y=[100 * accuracy_of(r) for r, f in order if f],
                 mode="lines",
                 name="Pareto front",
                 line=dict(color="#999", dash="dash"),
