@@ -111,11 +111,12 @@ def runtime_columns(result: dict) -> dict:
 
 
 def to_csv(results: Iterable[dict]) -> str:
+    """The results as CSV; a column a record lacks (a runtime it was not measured in) is left empty."""
     rows = [flat_row(r) for r in results]
     if not rows:
         return ""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

@@ -340,22 +340,29 @@ def metric_row(result: dict, base: dict) -> None:
     )
 
 
-def metrics_then_latency(compute, measure_latency: bool) -> dict:
-    """The metric row with accuracy as soon as it is measured, then — if asked — again with
-    latency in every runtime; ``compute(with_latency)`` measures the variant. Returns the last record."""
+def metrics_then_latency(compute, measure_latency: bool):
+    """The metric row with accuracy as soon as it is measured; returns (that record, a function
+    that — if latency is asked for — times it in every runtime, redraws the row in place and
+    returns the timed record). A page calls the function once the rest of what accuracy
+    decides (ranks, captions) is drawn. ``compute(with_latency)`` measures the variant."""
     slot = st.empty()
     with st.spinner("Computing on every test image…" + queue_note()):
         result = compute(False)
     with slot.container():
         metric_row(result, baseline_accuracy(*keys()))
-    if measure_latency:
+
+    def add_latency() -> dict:
+        if not measure_latency:
+            return result
         note = queue_note()
         with st.spinner(f"Timing it in every runtime (compile or session creation apart, warm-up, 7 repeats)…{note}"):
-            result = compute(True)
+            timed = compute(True)
             base = baseline_result(*keys())
         with slot.container():
-            metric_row(result, base)
-    return result
+            metric_row(timed, base)
+        return timed
+
+    return result, add_latency
 
 
 def queue_note() -> str:

@@ -116,7 +116,7 @@ if eng is not None:
     if finetune_steps:
         on_progress, bar = progress_callback("Fine-tuning")
         finetune = FinetuneConfig(steps=finetune_steps)
-        result = metrics_then_latency(
+        result, add_latency = metrics_then_latency(
             lambda timed: eng.evaluate(
                 "svd",
                 config,
@@ -129,8 +129,9 @@ if eng is not None:
         )
         bar.empty()
     else:
-        result = metrics_then_latency(lambda timed: evaluate(*keys(), "svd", config, 0, timed), measure_latency)
-    base = baseline_result(*keys()) if measure_latency else baseline_accuracy(*keys())
+        result, add_latency = metrics_then_latency(
+            lambda timed: evaluate(*keys(), "svd", config, 0, timed), measure_latency
+        )
     if compare_basis:
         for other in (b for b in SVD_BASES if b != basis):
             with st.spinner(f"Measuring the {other} basis at the same rule…"):
@@ -152,6 +153,9 @@ if eng is not None:
         + ". Break-even ranks (factorized form smaller below): "
         + ", ".join(f"{k} {v:.0f}" for k, v in result["facts"]["break_even_ranks"].items())
     )
+
+    result = add_latency()  # ranks and captions are drawn: now the latency fills the metric row in
+    base = baseline_result(*keys()) if measure_latency else baseline_accuracy(*keys())
 
     st.subheader("Accuracy and latency vs rank fraction")
     curve_variants = [

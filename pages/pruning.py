@@ -8,8 +8,6 @@ from lowrank_core.errors import ConfigError
 from lowrank_core.methods.prune import PruneConfig
 from pages.common import (
     METHOD_COLORS,
-    baseline_accuracy,
-    baseline_result,
     evaluate,
     get_engine,
     keys,
@@ -79,7 +77,7 @@ if eng is not None:
         st.stop()
     if config.schedule == "gradual":
         on_progress, bar = progress_callback("Gradual pruning while fine-tuning")
-        result = metrics_then_latency(
+        result, add_latency = metrics_then_latency(
             lambda timed: eng.evaluate(
                 "prune", config, with_latency=timed, runtimes=measured_runtimes(timed), on_progress=on_progress
             ),
@@ -87,8 +85,9 @@ if eng is not None:
         )
         bar.empty()
     else:
-        result = metrics_then_latency(lambda timed: evaluate(*keys(), "prune", config, 0, timed), measure_latency)
-    base = baseline_result(*keys()) if measure_latency else baseline_accuracy(*keys())
+        result, add_latency = metrics_then_latency(
+            lambda timed: evaluate(*keys(), "prune", config, 0, timed), measure_latency
+        )
     if structured:
         st.info(
             "Structured pruning makes the matrices physically smaller, so parameters, MACs and latency drop. "
@@ -111,3 +110,4 @@ if eng is not None:
     st.plotly_chart(
         style(fig, "Share of exactly-zero kernel weights per layer", "layer", "zero weights (%)", 320), key="prune_bars"
     )
+    result = add_latency()  # the sparsities are drawn: now the latency fills the metric row in

@@ -102,3 +102,16 @@ def test_additivity_pairs_single_drops_with_the_measured_drop():
     table = report.additivity(rows, 0.80, {0.1: 0.75, 0.2: 0.7}, ["linear", "linear_1"])
     assert len(table) == 1 and table[0]["fraction"] == 0.1
     assert abs(table[0]["sum_of_single_drops"] - 0.03) < 1e-9 and abs(table[0]["measured_drop"] - 0.05) < 1e-9
+
+
+def test_the_csv_has_every_runtimes_columns_even_when_the_first_record_lacks_them():
+    import csv
+    import io
+
+    from lowrank_core import report
+
+    plain = {"method": "baseline", "accuracy": 0.8, "n_test": 10, "params": 1, "macs": 1, "bytes": 1}
+    measured = dict(plain, method="svd", runtimes={"onnxruntime": {"accuracy": 0.7, "latency_ms": 3.0}})
+    rows = list(csv.DictReader(io.StringIO(report.to_csv([plain, measured]))))
+    assert rows[0]["onnxruntime_accuracy"] == "" and rows[1]["onnxruntime_accuracy"] == "0.7"
+    assert rows[1]["onnxruntime_latency_ms"] == "3.0"
