@@ -308,12 +308,12 @@ def metric_row(result: dict, base: dict) -> None:
         stats = latency_stats(timed)
         where = timed.get("measured_on") or {}
         cols[1].metric(
-            f"Latency, batch {timed['batch_size']:,} ({runtime_label(name)})",
+            f"Latency · {runtime_label(name)}",
             f"{timed['latency_ms']:.0f} ms",
             f"{timed['latency_ms'] - reference['latency_ms']:+.0f} ms",
             delta_color="inverse",
-            help=f"the fastest runtime measured here for this variant, against the baseline in the same runtime: "
-            f"median of {stats['repeats']} runs after warm-up (compile or session creation apart), IQR "
+            help=f"batch {timed['batch_size']:,}, in the fastest runtime measured here for this variant, against the "
+            f"baseline in the same runtime: median of {stats['repeats']} runs after warm-up (compile or session creation apart), IQR "
             f"{stats['iqr_ms']:.1f} ms; batch 1: {timed['latency_batch1_ms']:.2f} ms; measured on "
             f"{where.get('cpu', '?')} ({where.get('backend', '?')}, {where.get('cores', '?')} cores)",
         )

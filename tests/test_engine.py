@@ -375,7 +375,7 @@ def test_latency_is_never_timed_beside_the_warm_up(tiny_engine, monkeypatch):
 
     finished = threading.Event()
     warming = threading.Thread(target=lambda: (time.sleep(0.5), finished.set()))
-    tiny_engine._warm_thread = warming
+    tiny_engine.schedule.thread = warming
     warming.start()
     seen = []
     real = measure.latency
@@ -387,7 +387,7 @@ def test_latency_is_never_timed_beside_the_warm_up(tiny_engine, monkeypatch):
 def test_warm_up_waits_while_a_measurement_runs(tiny_engine):
     import time
 
-    with tiny_engine._busy():  # a slider move's measurement in progress
+    with tiny_engine.schedule.busy():  # a slider move's measurement in progress
         thread = tiny_engine.warm_up()
         deadline = time.time() + 60
         while "baseline" not in tiny_engine.warmed and time.time() < deadline:

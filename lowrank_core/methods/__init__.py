@@ -19,11 +19,14 @@ import json
 import pkgutil
 from typing import Any, Mapping
 
+import numpy as np
+
+from lowrank_core import model
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods.base import BuildContext, Method, config_dict
 
-__all__ = ["REGISTRY", "Method", "BuildContext", "Variant", "get", "config_dict", "result_key"]
+__all__ = ["REGISTRY", "Method", "BuildContext", "Variant", "build_variant", "get", "config_dict", "result_key"]
 
 
 def _discover() -> dict[str, Method]:
@@ -128,6 +131,42 @@ class Variant:
         if self.finetune:
             text += f", fine-tuned {self.finetune.steps} steps"
         return text
+
+
+def build_variant(params, variant: Variant, context: BuildContext, finetune_dense) -> tuple[dict, dict]:
+    """(params, facts) of ``variant`` built from ``params``: structure steps in order, then
+    fine-tuning of the dense stack (``finetune_dense(dense, features, labels, config, masks=…,
+    on_progress=…)``, over frozen convolutions) that keeps each step's structure — factors train
+    as factors, and where a step keeps zeros (pruning) a mask keeps them zero — then each step's
+    finalize (e.g. the reconstructed SVD form), then storage steps (int8) last."""
+    structure = [(n, c) for n, c in variant.steps if get(n).kind != "storage"]
+    storage = [(n, c) for n, c in variant.steps if get(n).kind == "storage"]
+    facts: dict = {}
+    for name, config in structure:
+        params, step_facts = get(name).build(params, config, context)
+        facts.update(step_facts)
+    if variant.finetune:
+        dense = {n: params[n] for n in model.dense_layer_names(params)}
+        masks = None
+        if any(get(name).keeps_zeros for name, _ in structure):
+            masks = {n: np.asarray(layer["w"]) != 0 for n, layer in dense.items() if "w" in layer}
+        trained = finetune_dense(
+            dense,
+            context.train_features(),
+            context.train_labels,
+            variant.finetune,
+            masks=masks,
+            on_progress=context.on_progress,
+        )
+        params = {**params, **trained}
+    for name, config in structure:
+        params = get(name).finalize(params, config)
+    for name, config in storage:
+        params, step_facts = get(name).build(params, config, context)
+        facts.update(step_facts)
+    # Only float matrices can need float32 storage; int8 ones carry their own scales.
+    facts["float32_layers"] = [n for n in facts.get("float32_layers", ()) if "w" in params.get(n, {})]
+    return params, facts
 
 
 def result_key(checkpoint_hash: str, variant: Variant) -> str:

@@ -50,6 +50,8 @@ class Method:
     # "reference" (the baseline); "structure": changes what the network computes (ranks, units,
     # layers); "storage": changes how it is stored (int8), last in a pipeline, after any fine-tuning.
     kind: str = "structure"
+    # Whether its zeros are structure fine-tuning must keep (pruning: masks hold them at zero).
+    keeps_zeros: bool = False
     # After fine-tuning (or at once without it): e.g. multiply SVD factors out for the reconstructed form.
     finalize: Callable[[Params, Any], Params] = lambda params, config: params
     # Cheap checks of a config against the network (names, ranks), before any data is read.

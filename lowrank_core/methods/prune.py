@@ -141,6 +141,7 @@ METHOD = Method(
     check=check,
     describe=describe,
     trains=lambda config: config.schedule == "gradual",
+    keeps_zeros=True,
     add_arguments=add_arguments,
     config_from_args=config_from_args,
 )

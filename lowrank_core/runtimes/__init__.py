@@ -22,7 +22,7 @@ __all__ = ["REGISTRY", "PRODUCT", "Runtime", "StoredVariant", "get", "available"
 def _discover() -> dict[str, Runtime]:
     found = []
     for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
+        if info.name not in ("base", "records"):  # the interface and the records' helpers, not runtimes
             runtime = getattr(importlib.import_module(f"{__name__}.{info.name}"), "RUNTIME", None)
             if isinstance(runtime, Runtime):
                 found.append(runtime)

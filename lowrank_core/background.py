@@ -1,0 +1,96 @@
+"""Scheduling an engine's background work: the warm-up, and the quiet a latency needs.
+
+The warm-up computes what every page needs first in one daemon thread: the
+convolutions' test-set output and the baseline's accuracy at once, then — only
+while no measurement runs (:meth:`WarmUp.busy` marks one), piece by piece — the
+hidden-layer outputs, the SVDs and the spectra at initialization, each under
+its own lock elsewhere, so a page asking meanwhile waits for that piece only.
+A latency is never timed beside it (:meth:`WarmUp.timing` lets it finish
+first) nor beside another session's retraining (:func:`priority.exclusive`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, Iterator
+
+from lowrank_core import priority
+
+LABELS = {
+    "features": "test-set features",
+    "baseline": "baseline accuracy",
+    "hidden": "hidden-layer outputs",
+    "svds": "SVDs",
+    "init_spectra": "spectra at initialization",
+}
+URGENT = ("features", "baseline")  # run at once; the other steps wait for quiet
+
+
+class WarmUp:
+    """One engine's warm-up thread and its bookkeeping."""
+
+    def __init__(self):
+        self.warmed: set[str] = set()  # the steps finished
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._active = 0  # measurements in progress: the optional steps wait while any runs
+        self._active_lock = threading.Condition()
+        self._hurry = threading.Event()  # someone needs the warm-up finished: stop waiting for quiet
+
+    def start(self, steps: list[tuple[str, Callable[[], object]]], groups: dict[str, list[str]]) -> threading.Thread:
+        """Starts (once) the thread running ``steps`` in order; a group's name is marked warmed
+        once all of its steps are (e.g. "svds" for every layer's SVD)."""
+        with self._lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._work, args=(steps, groups), name="lowrank-warm-up")
+                self.thread.daemon = True
+                self.thread.start()
+            return self.thread
+
+    def _work(self, steps, groups) -> None:
+        for step, task in steps:
+            if step not in URGENT:
+                self._wait_for_quiet()
+            try:
+                task()
+            except Exception:  # the page that needs it reports the error itself
+                pass
+            self.warmed.add(step)
+        for group, members in groups.items():
+            if all(m in self.warmed for m in members):
+                self.warmed.add(group)
+
+    def still_warming(self) -> list[str]:
+        """What the warm-up has not finished yet (empty once done or never started)."""
+        if self.thread is None or not self.thread.is_alive():
+            return []
+        return [label for step, label in LABELS.items() if step not in self.warmed]
+
+    def _wait_for_quiet(self) -> None:
+        with self._active_lock:
+            self._active_lock.wait_for(lambda: self._active == 0 or self._hurry.is_set())
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Marks a measurement in progress: the warm-up's optional steps wait until it ends."""
+        with self._active_lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                self._active -= 1
+                self._active_lock.notify_all()
+
+    @contextlib.contextmanager
+    def timing(self) -> Iterator[None]:
+        """Quiet for a latency: the warm-up finished first, other background work paused."""
+        warming = self.thread
+        if warming is not None and warming is not threading.current_thread():
+            self._hurry.set()  # it would otherwise wait for this measurement to end
+            with self._active_lock:
+                self._active_lock.notify_all()
+            warming.join()
+        with priority.exclusive():
+            yield

@@ -1,0 +1,52 @@
+"""A measured record's ``runtimes`` entry: each registered runtime's own accuracy and latency."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+from lowrank_core import measure
+from lowrank_core.runtimes import REGISTRY, base, get as get_runtime
+
+TIMING_KEYS = ("latency", "latency_ms", "latency_batch1_ms", "batch_size", "measured_on")
+
+
+def with_runtimes(
+    record: dict,
+    stored: base.StoredVariant,
+    data,
+    names: tuple[str, ...],
+    with_latency: bool,
+    timing: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict:
+    """``record`` with each of ``names`` measuring its stored variant on every test image of
+    ``data`` (and timing it inside ``timing()`` if ``with_latency``)."""
+    measured = dict(record.get("runtimes") or {})
+    batches = measure.timed_batch_sizes(data.x_test.shape[0]) if with_latency else None
+    for name in names:
+        with timing():
+            measured[name], _ = base.runtime_record(get_runtime(name), stored, data.x_test, data.y_test, batches)
+    return {**record, "runtimes": measured}
+
+
+def measured_here(entry: dict, name: str) -> bool:
+    """Whether ``entry`` holds a latency runtime ``name`` measured on this machine."""
+    here = get_runtime(name).environment()["fingerprint"]
+    return bool(entry.get("latency")) and (entry.get("measured_on") or {}).get("fingerprint") == here
+
+
+def missing(record: dict, names: tuple[str, ...], with_latency: bool) -> tuple[str, ...]:
+    """The runtimes of ``names`` still to measure for ``record`` (latency: on this machine)."""
+    have = record.get("runtimes") or {}
+    return tuple(n for n in names if n not in have or (with_latency and not measured_here(have[n], n)))
+
+
+def listed_apart(entries: dict) -> dict:
+    """The entries with latency measured on another machine moved under ``latency_elsewhere``."""
+    out = {}
+    for name, entry in entries.items():
+        if name in REGISTRY and entry.get("latency") and not measured_here(entry, name):
+            moved = {k: entry[k] for k in TIMING_KEYS if k in entry}
+            entry = {k: v for k, v in entry.items() if k not in moved} | {"latency_elsewhere": moved}
+        out[name] = entry
+    return out

@@ -1,0 +1,78 @@
+"""One layer at a time: an engine's per-layer sensitivity tables, cached by content."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from lowrank_core import compress, model, sensitivity
+from lowrank_core.errors import ConfigError
+from lowrank_core.methods import REGISTRY, Variant
+
+
+def _svd_method():
+    return REGISTRY["svd"]  # the registry's SVD method: the fast table is its one-layer truncation
+
+
+def svd_table(engine, fractions=None, layers=None, on_progress=None, compute: bool = True, basis: str = "weights"):
+    """Each dense layer truncated alone at each rank fraction, all test images
+    (:func:`sensitivity.svd_sensitivity`), in the table basis that predicts ``basis``; cached on
+    disk by checkpoint, grid, layers, basis and method version. ``compute=False``: the cached
+    table or None."""
+    config_type = _svd_method().config_type
+    basis = config_type(basis=basis).table_basis  # validates it
+    fractions = tuple(float(f) for f in (fractions or sensitivity.DEFAULT_FRACTIONS))
+    layers = tuple(layers or model.dense_layer_names(engine.params))
+    for f in fractions:
+        config_type(rank_fraction=f)  # validates the grid
+    blob = {
+        "checkpoint": engine.checkpoint_hash,
+        "fractions": fractions,
+        "layers": layers,
+        "basis": basis,
+        "version": _svd_method().version,
+        "kind": "svd_sensitivity",
+    }
+    key = hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:32]
+    if not compute:
+        hit = engine.sensitivity_store.get(key)
+        return None if hit is None else hit["rows"]
+    with engine.locks(key):
+        if (hit := engine.sensitivity_store.get(key)) is not None:
+            return hit["rows"]
+        factor = engine.intermediates.input_factor if basis != "weights" else None
+        rows = sensitivity.svd_sensitivity(
+            engine.params,
+            engine.intermediates.svd_of,
+            engine.test_features,
+            engine.data.y_test,
+            fractions,
+            layers,
+            engine.storage_dtype,
+            on_progress,
+            factor,
+        )
+        engine.sensitivity_store.put(key, {"rows": rows, "n_test": int(engine.data.y_test.shape[0])})
+        return rows
+
+
+def one_layer_at_a_time(engine, method: str, grid, layers=None, on_progress=None) -> list[dict]:
+    """Rows (layer, value, accuracy) with one layer compressed at a time over ``grid``: rank
+    fractions through the fast SVD table, or sparsities measured point by point (cached)."""
+    if method == _svd_method().name:
+        rows = svd_table(engine, grid, layers, on_progress)
+        return [
+            {"layer": r["layer"], "value": r["fraction"], "rank": r["rank"], "accuracy": r["accuracy"]} for r in rows
+        ]
+    if method not in REGISTRY or not hasattr(REGISTRY[method].config_type(), "sparsity"):
+        raise ConfigError(f"the sensitivity sweep covers {_svd_method().name} and the methods with a sparsity")
+    layers = layers or compress.prunable_layers(engine.params)
+    points = [(n, v) for n in layers for v in grid]
+    rows = []
+    for i, (name, value) in enumerate(points):
+        config = REGISTRY[method].config_type(sparsity=value, only=(name,))
+        result = engine.evaluate(Variant.of(method, config), with_latency=False)
+        rows.append({"layer": name, "value": value, "accuracy": result["accuracy"]})
+        if on_progress:
+            on_progress(i + 1, len(points))
+    return rows
