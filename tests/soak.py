@@ -168,8 +168,13 @@ async def _move_sliders(page, name: str, index: int, rng: random.Random, report:
                 return  # it was the previous page's slider, on screen until this page's run ended
             raise
         await _settle(page, before, 300)
-        report[key].append(time.perf_counter() - started)
-        report["by_page"].setdefault(name or "overview", []).append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        report[key].append(elapsed)
+        report["by_page"].setdefault(name or "overview", []).append(elapsed)
+        # Cached or not: whether any session had this page's slider at this value before.
+        value = (name, await thumb.get_attribute("aria-valuenow"))
+        report["uncached_moves" if value not in report["seen_values"] else "cached_moves"].append(elapsed)
+        report["seen_values"].add(value)
         await _check(page, name, index, report)
 
 
@@ -295,6 +300,9 @@ async def soak(
         "sliders_ready": 0,
         "by_page": {},
         "warm_after_s": [],
+        "cached_moves": [],
+        "uncached_moves": [],
+        "seen_values": set(),
     }
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
@@ -388,6 +396,8 @@ def run(
         "error_samples": report["errors"][:5],
         **{k: v for k, v in _percentiles(actions).items() if k != "n"},
         "slider_moves": _percentiles(report["moves"]),
+        "cached_slider_moves": _percentiles(report["cached_moves"]),
+        "uncached_slider_moves": _percentiles(report["uncached_moves"]),
         "page_switches": _percentiles(report["visits"]),
         "first_visits": _percentiles(report["first_visits"]),
         "warm_after_s": max(report["warm_after_s"], default=None),
