@@ -2,7 +2,7 @@
 
 :func:`fill` starts (once per engine and grid) a daemon thread that measures
 each variant's accuracy on every test image — coarse grid points first, the
-rest after — and then its latency in every installed runtime. It runs as
+rest after — and then the latency of a coarse subset in every installed runtime. It runs as
 background work (:mod:`priority`): it pauses while any page runs, and a
 latency is timed only after a quiet second, and timed again if a page ran
 while it was being timed, so a curve point is never timed beside a slider
@@ -27,6 +27,11 @@ def coarse_first(items: list) -> list:
     return items[::2] + items[1::2]
 
 
+def timed_record(engine, variant) -> dict | None:
+    """``variant``'s cached record if it holds latency in every installed runtime, else None."""
+    return engine.cached_result(variant, with_latency=True) if _timed(engine, variant) else None
+
+
 def fill(engine, variants: list, with_latency: bool = True) -> threading.Thread:
     """Measures ``variants`` in the background (accuracy first, then latency); returns its thread."""
     key = (tuple(variants), with_latency)
@@ -43,22 +48,57 @@ def fill(engine, variants: list, with_latency: bool = True) -> threading.Thread:
         return threads[key]
 
 
+_timing_lock = threading.Lock()  # one background timing at a time: two would disturb each other
+_timing_requests: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+def time_later(engine, variant) -> threading.Thread:
+    """Times ``variant`` in every installed runtime in the background, once the CPU is quiet
+    (re-timed if a page ran meanwhile); returns its thread (one per engine and variant)."""
+    with _lock:
+        threads = _timing_requests.setdefault(engine, {})
+        if variant not in threads or not threads[variant].is_alive() and not _timed(engine, variant):
+            threads[variant] = threading.Thread(
+                target=_time_quietly, args=(weakref.proxy(engine), variant), name="lowrank-timing", daemon=True
+            )
+            threads[variant].start()
+        return threads[variant]
+
+
+def _timed(engine, variant) -> bool:
+    record = engine.cached_result(variant, with_latency=True)
+    others = runtimes.available()[1:]
+    return record is not None and all("latency_ms" in (record.get("runtimes") or {}).get(n, {}) for n in others)
+
+
+def _time_quietly(engine, variant) -> None:
+    with priority.background():
+        for _ in range(3):  # timed again if a page ran meanwhile
+            priority.wait_until_quiet()
+            with priority.idle():
+                _timing_lock.acquire()
+            try:
+                runs = priority.foreground_runs()
+                record = _try(
+                    lambda: engine.evaluate(variant, with_latency=True, runtimes=runtimes.available(), use_cache=False)
+                )
+            finally:
+                _timing_lock.release()
+            if record is None or priority.foreground_runs() == runs:
+                return
+
+
 def _work(engine, variants: list, with_latency: bool) -> None:
     with priority.background():
         for variant in coarse_first(variants):
             _try(lambda v=variant: engine.evaluate(v, with_latency=False))
         if not with_latency:
             return
-        names = runtimes.available()
-        for variant in coarse_first(variants):
-            if engine.cached_result(variant, with_latency=True) is not None:
-                continue
-            for _ in range(3):  # timed again if a page ran meanwhile
-                priority.wait_until_quiet()
-                runs = priority.foreground_runs()
-                record = _try(lambda v=variant: engine.evaluate(v, with_latency=True, runtimes=names, use_cache=False))
-                if record is None or priority.foreground_runs() == runs:
-                    break
+        # The latency curve: only its coarse points, each timed when quiet (timing holds the CPU to
+        # itself, so every point timed would keep other background work waiting that long).
+        for variant in variants[::4]:
+            if not _timed(engine, variant):
+                _time_quietly(engine, variant)
 
 
 def _try(measure):

@@ -67,15 +67,31 @@ def foreground_runs() -> int:
     return _foreground_runs
 
 
+@contextlib.contextmanager
+def idle() -> Iterator[None]:
+    """Marks the calling background thread as paused while it only waits (on a lock, or for
+    quiet), so exclusive work entering meanwhile does not wait for it to reach a pause point."""
+    me = threading.get_ident()
+    with _cond:
+        _paused.add(me)
+        _cond.notify_all()
+    try:
+        yield
+    finally:
+        with _cond:
+            _paused.discard(me)
+
+
 def wait_until_quiet(quiet_s: float = 1.0) -> None:
     """Blocks until no foreground work has run for ``quiet_s`` seconds (for timing in the background)."""
-    while True:
-        with _cond:
-            busy = bool(_foreground)
-            since = time.monotonic() - _last_foreground_end
-        if not busy and since >= quiet_s:
-            return
-        time.sleep(max(0.05, quiet_s - since) if not busy else 0.1)
+    with idle():
+        while True:
+            with _cond:
+                busy = bool(_foreground)
+                since = time.monotonic() - _last_foreground_end
+            if not busy and since >= quiet_s:
+                return
+            time.sleep(max(0.05, quiet_s - since) if not busy else 0.1)
 
 
 def _leave(table: dict[int, int], me: int) -> None:

@@ -20,7 +20,7 @@ import pandas  # noqa: F401
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import checkpoint, data, engine, fairness, methods, paths, runtimes
+from lowrank_core import checkpoint, curves, data, engine, fairness, methods, paths, runtimes
 from lowrank_core.errors import DataMissing, LowrankError
 from lowrank_core.finetune import FinetuneConfig
 
@@ -341,28 +341,34 @@ def metric_row(result: dict, base: dict) -> None:
 
 
 def metrics_then_latency(compute, measure_latency: bool):
-    """The metric row with accuracy as soon as it is measured; returns (that record, a function
-    that — if latency is asked for — times it in every runtime, redraws the row in place and
-    returns the timed record). A page calls the function once the rest of what accuracy
-    decides (ranks, captions) is drawn. ``compute(with_latency)`` measures the variant."""
-    slot = st.empty()
+    """The metric row with accuracy as soon as it is measured (``compute(False)``); with
+    ``measure_latency`` its latency in every runtime is timed in the background once the CPU
+    is quiet (:func:`curves.time_later`: it never slows a move) and the row fills it in when
+    it lands. Returns (the record, a function giving the timed record once there is one)."""
     with st.spinner("Computing on every test image…" + queue_note()):
         result = compute(False)
-    with slot.container():
-        metric_row(result, baseline_accuracy(*keys()))
+    eng = _engine(*keys())
+    variant, baseline = methods.Variant.from_dict(result), methods.Variant.of("baseline")
+    pending = measure_latency and not (curves.timed_record(eng, variant) and curves.timed_record(eng, baseline))
+    if pending:
+        curves.time_later(eng, baseline)
+        curves.time_later(eng, variant)
 
-    def add_latency() -> dict:
-        if not measure_latency:
-            return result
-        note = queue_note()
-        with st.spinner(f"Timing it in every runtime (compile or session creation apart, warm-up, 7 repeats)…{note}"):
-            timed = compute(True)
-            base = baseline_result(*keys())
-        with slot.container():
-            metric_row(timed, base)
-        return timed
+    def timed() -> dict:
+        return (curves.timed_record(eng, variant) if measure_latency else None) or result
 
-    return result, add_latency
+    @st.fragment(run_every=2 if pending else None)
+    def metrics() -> None:
+        shown, base = timed(), curves.timed_record(eng, baseline)
+        metric_row(shown, base if base is not None and "latency_ms" in shown else baseline_accuracy(*keys()))
+        if measure_latency and "latency_ms" not in shown:
+            st.caption(
+                "Latency: timing it in every runtime in the background, when no page is running (it never "
+                "slows a move); it appears here when done." + queue_note()
+            )
+
+    metrics()
+    return result, timed
 
 
 def queue_note() -> str:

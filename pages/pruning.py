@@ -110,4 +110,3 @@ if eng is not None:
     st.plotly_chart(
         style(fig, "Share of exactly-zero kernel weights per layer", "layer", "zero weights (%)", 320), key="prune_bars"
     )
-    result = add_latency()  # the sparsities are drawn: now the latency fills the metric row in

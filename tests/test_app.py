@@ -444,7 +444,7 @@ def test_low_rank_curves_fill_themselves_in_the_background(env):
     forms = [t for t in accuracy["data"] if t.get("name", "").startswith(("factorized", "reconstructed"))]
     assert sum(len(t["x"]) for t in forms) >= 20  # both forms, every grid point, no click needed
     timed = [t for t in latency["data"] if t.get("name", "").startswith(("factorized", "reconstructed"))]
-    assert sum(len(t["x"]) for t in timed) >= 20  # and their latency, timed after the accuracies
+    assert sum(len(t["x"]) for t in timed) >= 5  # and a coarse latency curve, timed after the accuracies
     assert accuracy["layout"]["xaxis"]["range"] == [0, 1.02]
 
 

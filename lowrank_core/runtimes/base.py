@@ -119,13 +119,17 @@ def runtime_record(
         "threads": runtime.threads(),
     }
     if batch_sizes:
-        timed = latency(runtime, variant, images, batch_sizes)
-        batch = max(int(b) for b in timed)
-        record.update(
-            latency=timed,
-            batch_size=batch,
-            latency_ms=timed[str(batch)]["median_ms"],
-            latency_batch1_ms=timed["1"]["median_ms"],
-            measured_on=runtime.environment(),
-        )
+        record.update(timing_fields(runtime, latency(runtime, variant, images, batch_sizes)))
     return record, predictions
+
+
+def timing_fields(runtime: Runtime, timed: dict) -> dict:
+    """A runtime record's latency fields from :func:`latency`'s result."""
+    batch = max(int(b) for b in timed)
+    return {
+        "latency": timed,
+        "batch_size": batch,
+        "latency_ms": timed[str(batch)]["median_ms"],
+        "latency_batch1_ms": timed["1"]["median_ms"],
+        "measured_on": runtime.environment(),
+    }
