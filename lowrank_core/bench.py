@@ -319,18 +319,20 @@ def _duration(minutes: float) -> str:
     return f"{minutes:.1f} min" if minutes >= 1 else f"{60 * minutes:.1f} s"
 
 
-def to_markdown(report: dict) -> str:
-    """The report as markdown tables: ratios first, absolute figures beside them."""
+COMPARISON_HEADER = [
+    "| comparison | ratio (median, IQR) | target | absolute | same predictions |",
+    "|---|---|---|---|---|",
+]
+
+
+def _speed_lines(report: dict) -> list[str]:
+    """The machine line and the inference and factorized comparison rows."""
     lines = [
         f"Machine: {report['environment']['cpus']} CPUs, {report['environment']['backend']} "
         f"({report['environment']['device']}), jax {report['environment']['jax']}",
         "",
     ]
-    comparison_header = [
-        "| comparison | ratio (median, IQR) | target | absolute | same predictions |",
-        "|---|---|---|---|---|",
-    ]
-    lines += comparison_header
+    lines += COMPARISON_HEADER
     inf = report.get("inference")
     if inf:
         s = inf["speedup"]
@@ -349,6 +351,12 @@ def to_markdown(report: dict) -> str:
             f"| {1e3 * row['factorized']['median_s']:.2f} ms vs {1e3 * row['dense']['median_s']:.2f} ms "
             f"| {100 * row['argmax_agreement_with_reconstructed']:.1f} % same argmax as the reconstructed rank-k layers |"
         )
+    return lines
+
+
+def _training_lines(report: dict) -> list[str]:
+    """The training comparison rows (projected step rates, time to accuracy)."""
+    lines = []
     tr = report.get("training")
     if tr:
         lines.append(
@@ -381,8 +389,12 @@ def to_markdown(report: dict) -> str:
             f"periodically, evaluation off the clock) | {ratio or 'n/a'} "
             f"| default ≤ 4 min, ≥ 5× faster than seed | {'; '.join(parts)} | n/a |"
         )
-    if lines[-2:] == comparison_header:  # no comparison rows in this report
-        del lines[-2:]
+    return lines
+
+
+def _table_lines(report: dict) -> list[str]:
+    """The tables after the comparisons: recipes, scaling, sweep, runtimes."""
+    lines = []
     if report.get("recipes"):
         lines += [
             "",
@@ -409,7 +421,15 @@ def to_markdown(report: dict) -> str:
             lines.append(f"| {row['points']} | {row['seconds']:.1f} | {row['seconds'] / row['points']:.2f} |")
     if report.get("runtimes"):
         lines += bench_runtimes.to_markdown(report["runtimes"])
-    return "\n".join(lines)
+    return lines
+
+
+def to_markdown(report: dict) -> str:
+    """The report as markdown tables: ratios first, absolute figures beside them."""
+    lines = _speed_lines(report) + _training_lines(report)
+    if lines[-2:] == COMPARISON_HEADER:  # no comparison rows in this report
+        del lines[-2:]
+    return "\n".join(lines + _table_lines(report))
 
 
 @dataclasses.dataclass(frozen=True)

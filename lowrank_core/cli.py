@@ -333,8 +333,6 @@ def _number(text: str, option: str) -> float:
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     from lowrank_core import methods
 
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
-    _add_data_options(p)
     p.add_argument(
         "--method",
         default="baseline",
@@ -391,97 +389,106 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m lowrank_core", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p_train = sub.add_parser("train", help="train the seed network and write a checkpoint")
-    p_train.add_argument("--preset", default="default", help="seed, default, baseline or tiny")
-    _add_data_options(p_train)
-    p_train.add_argument("--out", help="checkpoint folder (default artifacts/checkpoints/<preset>)")
-    p_train.add_argument("--steps", type=int, help="override the preset's number of steps")
-    p_train.add_argument("--eval-every", type=int, help="override steps between evaluations (= resume points)")
-    p_train.add_argument(
+def _train_parser(sub, data: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("train", parents=[data], help="train the seed network and write a checkpoint")
+    p.add_argument("--preset", default="default", help="seed, default, baseline or tiny")
+    p.add_argument("--out", help="checkpoint folder (default artifacts/checkpoints/<preset>)")
+    p.add_argument("--steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--eval-every", type=int, help="override steps between evaluations (= resume points)")
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue from the last resume point of an interrupted run with the same settings",
     )
-    p_train.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train)
 
-    p_eval = sub.add_parser("evaluate", help="measure a variant on all test images (cached)")
-    _add_method_options(p_eval)
-    p_eval.add_argument("--json", action="store_true", help="print one JSON object")
-    p_eval.add_argument("--no-cache", action="store_true", help="recompute even if cached")
-    p_eval.add_argument(
+
+def _evaluate_parsers(sub, source: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("evaluate", parents=[source], help="measure a variant on all test images (cached)")
+    _add_method_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-cache", action="store_true", help="recompute even if cached")
+    p.add_argument(
         "--export",
         metavar="PATH",
         help="write the variant: PATH.npz (the stored format) or PATH.onnx (ONNX, uint8 images in, logits out)",
     )
-    p_eval.add_argument(
-        "--runtimes",
-        help="runtimes to measure in, e.g. jax,onnxruntime (default: every one installed here)",
+    p.add_argument(
+        "--runtimes", help="runtimes to measure in, e.g. jax,onnxruntime (default: every one installed here)"
     )
-    p_eval.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_cmd_evaluate)
 
-    p_sweep = sub.add_parser("sweep", help="evaluate a grid of settings; writes CSV and JSON")
-    _add_method_options(p_sweep)
-    p_sweep.add_argument("--fractions", default="0.05:1.0:0.05", help="svd rank fractions")
-    p_sweep.add_argument("--sparsities", default="0.1:0.9:0.1", help="prune sparsities")
-    p_sweep.add_argument("--out", help="output path without extension (default artifacts/sweeps/<method>)")
-    p_sweep.set_defaults(func=_cmd_sweep)
+    p = sub.add_parser("sweep", parents=[source], help="evaluate a grid of settings; writes CSV and JSON")
+    _add_method_options(p)
+    p.add_argument("--fractions", default="0.05:1.0:0.05", help="svd rank fractions")
+    p.add_argument("--sparsities", default="0.1:0.9:0.1", help="prune sparsities")
+    p.add_argument("--out", help="output path without extension (default artifacts/sweeps/<method>)")
+    p.set_defaults(func=_cmd_sweep)
 
-    p_sens = sub.add_parser("sensitivity", help="compress one layer at a time over a grid (accuracy only)")
-    p_sens.add_argument("--method", default="svd", choices=["svd", "prune"])
-    p_sens.add_argument("--grid", default="0.05,0.1,0.25,0.5", help="rank fractions (svd) or sparsities (prune)")
-    p_sens.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
-    _add_data_options(p_sens)
-    p_sens.add_argument("--out", help="output path without extension")
-    p_sens.set_defaults(func=_cmd_sensitivity)
+    p = sub.add_parser("sensitivity", parents=[source], help="compress one layer at a time over a grid (accuracy only)")
+    p.add_argument("--method", default="svd", choices=["svd", "prune"])
+    p.add_argument("--grid", default="0.05,0.1,0.25,0.5", help="rank fractions (svd) or sparsities (prune)")
+    p.add_argument("--out", help="output path without extension")
+    p.set_defaults(func=_cmd_sensitivity)
 
-    p_adv = sub.add_parser("advise", help="the smallest variant within a drop, or the most accurate within a budget")
-    p_adv.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
-    _add_data_options(p_adv)
-    p_adv.add_argument("--max-drop", default="1.0", help="accuracy points below the baseline allowed (default 1.0)")
-    p_adv.add_argument("--minimize", default="params", choices=["params", "bytes", "latency"])
-    p_adv.add_argument("--budget", help="instead: the most accurate variant costing at most this share (0..1]")
-    p_adv.add_argument(
+
+def _advise_parser(sub, source: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "advise", parents=[source], help="the smallest variant within a drop, or the most accurate within a budget"
+    )
+    p.add_argument("--max-drop", default="1.0", help="accuracy points below the baseline allowed (default 1.0)")
+    p.add_argument("--minimize", default="params", choices=["params", "bytes", "latency"])
+    p.add_argument("--budget", help="instead: the most accurate variant costing at most this share (0..1]")
+    p.add_argument(
         "--methods",
         default="svd,prune,quantize",
         help="what to search: svd (required); prune: structured pruning before the SVD; quantize: int8 on top",
     )
-    p_adv.add_argument("--finetune-steps", type=int, default=0, help="fine-tune each candidate (frozen convolutions)")
-    p_adv.add_argument(
+    p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune each candidate (frozen convolutions)")
+    p.add_argument(
         "--basis",
         default="all",
         help="narrow the search to one SVD basis: weights, activations or calibrated (default: all of them)",
     )
-    p_adv.add_argument(
+    p.add_argument(
         "--runtime", help="with --minimize latency: whose measured latency (default: the product's own, jax)"
     )
-    p_adv.add_argument("--export", metavar="PATH", help="write the answer: PATH.npz or PATH.onnx")
-    p_adv.add_argument("--max-measurements", type=int, default=8, help="candidates measured at most")
-    p_adv.add_argument("--json", action="store_true", help="print the answer's measured record with the search")
-    p_adv.set_defaults(func=_cmd_advise)
+    p.add_argument("--export", metavar="PATH", help="write the answer: PATH.npz or PATH.onnx")
+    p.add_argument("--max-measurements", type=int, default=8, help="candidates measured at most")
+    p.add_argument("--json", action="store_true", help="print the answer's measured record with the search")
+    p.set_defaults(func=_cmd_advise)
 
-    p_report = sub.add_parser("report", help="a self-contained HTML report of everything measured")
-    p_report.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
-    _add_data_options(p_report)
-    p_report.add_argument("--out", default="report.html", help="where to write it (default report.html)")
-    p_report.set_defaults(func=_cmd_report)
 
-    p_bench = sub.add_parser("bench", help="speed ratios measured in one run; markdown table + JSON")
-    p_bench.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
-    _add_data_options(p_bench)
-    p_bench.add_argument("--quick", action="store_true", help="fewer repeats, 2,000 images (a smoke run)")
-    p_bench.add_argument(
+def _output_parsers(sub, source: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("report", parents=[source], help="a self-contained HTML report of everything measured")
+    p.add_argument("--out", default="report.html", help="where to write it (default report.html)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("bench", parents=[source], help="speed ratios measured in one run; markdown table + JSON")
+    p.add_argument("--quick", action="store_true", help="fewer repeats, 2,000 images (a smoke run)")
+    p.add_argument(
         "--rows",
         default="inference,factorized,training,scaling,sweep,runtimes",
         help="comma list of rows to run; add to_accuracy to train the default and seed "
         "presets to 0.66 test accuracy (minutes), recipes for 21 short schedules "
         "trained towards it (about an hour on a CPU)",
     )
-    p_bench.add_argument("--out", help="output path without extension (default artifacts/bench/bench)")
-    p_bench.set_defaults(func=_cmd_bench)
+    p.add_argument("--out", help="output path without extension (default artifacts/bench/bench)")
+    p.set_defaults(func=_cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: one subcommand each; the data options and ``--checkpoint`` come from parent parsers."""
+    parser = _Parser(prog="python -m lowrank_core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    data = argparse.ArgumentParser(add_help=False)
+    _add_data_options(data)
+    source = argparse.ArgumentParser(add_help=False, parents=[data])
+    source.add_argument("--checkpoint", help="checkpoint folder (default: the shipped baseline)")
+    _train_parser(sub, data)
+    _evaluate_parsers(sub, source)
+    _advise_parser(sub, source)
+    _output_parsers(sub, source)
     return parser
 
 

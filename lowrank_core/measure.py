@@ -276,10 +276,8 @@ def stored_bytes(params: Mapping, float_dtype="float32") -> int:
     return len(checkpoint.params_to_npz_bytes(params, float_dtype))
 
 
-def environment() -> dict:
-    """Where a latency was measured: backend, device, CPU, jax; ``fingerprint`` hashes them."""
-    import hashlib
-    import os
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     import platform
 
     cpu = platform.processor() or platform.machine()
@@ -288,26 +286,42 @@ def environment() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
     except OSError:
         pass
+    return cpu
+
+
+def fingerprinted(env: dict) -> dict:
+    """``env`` with ``fingerprint``: a hash of everything in it."""
+    import hashlib
+
+    return {**env, "fingerprint": hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]}
+
+
+def environment() -> dict:
+    """Where a latency was measured: backend, device, CPU, jax; ``fingerprint`` hashes them."""
+    import os
+    import platform
+
     device = jax.devices()[0]
-    env = {
-        "backend": jax.default_backend(),
-        "device": getattr(device, "device_kind", str(device)),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "jax": jax.__version__,
-        "host": platform.node(),
-    }
-    env["fingerprint"] = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
-    return env
+    return fingerprinted(
+        {
+            "backend": jax.default_backend(),
+            "device": getattr(device, "device_kind", str(device)),
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "jax": jax.__version__,
+            "host": platform.node(),
+        }
+    )
 
 
 # --------------------------------------------------------------------------
 # Latency
 
 
-def time_calls(fn: Callable[[], jax.Array], repeats: int = 7, warmup: int = 2) -> dict:
+def time_calls(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> dict:
     """First-call time (the compile, for shapes not seen before), then median
-    and IQR of ``repeats`` blocked calls after ``warmup``."""
+    and IQR of ``repeats`` blocked calls after ``warmup`` (``fn`` may return jax
+    arrays, which are waited for, or host arrays, already computed)."""
     started = time.perf_counter()
     jax.block_until_ready(fn())
     compile_s = time.perf_counter() - started

@@ -14,9 +14,9 @@ import importlib
 import pkgutil
 
 from lowrank_core.errors import ConfigError
-from lowrank_core.runtimes.base import Runtime, StoredVariant, runtime_record
+from lowrank_core.runtimes.base import Runtime, StoredVariant
 
-__all__ = ["REGISTRY", "PRODUCT", "Runtime", "StoredVariant", "get", "available", "runtime_record"]
+__all__ = ["REGISTRY", "PRODUCT", "Runtime", "StoredVariant", "get", "available"]
 
 
 def _discover() -> dict[str, Runtime]:

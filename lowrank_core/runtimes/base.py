@@ -8,14 +8,16 @@ runtime sees the same weights the product measures and exports.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import platform
 import time
 from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
+
+from lowrank_core import measure
+
+PREDICT_BATCH = 1000  # a whole test set runs in batches of this many images
 
 
 class StoredVariant(NamedTuple):
@@ -32,9 +34,7 @@ class Runtime:
 
     ``prepare(variant)`` loads it (compiles, or creates a session) and returns a
     function from a batch of uint8 images to float32 logits that returns once they
-    are computed; ``predict(variant, images)`` gives the class of every image (a
-    runtime may run a whole test set its own faster way, with the same result);
-    ``missing()`` says why it cannot run here (None when it can); ``environment()``
+    are computed (a measurement loads once: predictions and timings use it); ``missing()`` says why it cannot run here (None when it can); ``environment()``
     where it runs (``fingerprint`` hashes it).
     """
 
@@ -42,7 +42,6 @@ class Runtime:
     label: str
     order: int
     prepare: Callable[[StoredVariant], Callable[[np.ndarray], np.ndarray]]
-    predict: Callable[[StoredVariant, np.ndarray], np.ndarray]
     environment: Callable[[], dict]
     missing: Callable[[], str | None] = lambda: None
     threads: Callable[[], int] = lambda: os.cpu_count() or 1
@@ -51,75 +50,52 @@ class Runtime:
 
 def machine(extra: Mapping[str, Any]) -> dict:
     """The machine's description plus ``extra`` (runtime, versions), with a ``fingerprint``."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    env = {**extra, "cpu": cpu, "cores": os.cpu_count(), "host": platform.node()}
-    env["fingerprint"] = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
-    return env
+    return measure.fingerprinted({**extra, "cpu": measure.cpu_name(), "cores": os.cpu_count(), "host": platform.node()})
 
 
-def time_calls(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> dict:
-    """First-call time, then median and IQR of ``repeats`` calls after ``warmup``
-    (``fn`` returns once its work is done)."""
-    started = time.perf_counter()
-    fn()
-    first_s = time.perf_counter() - started
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    q1, median, q3 = np.percentile(samples, [25, 50, 75])
-    return {
-        "compile_s": first_s,
-        "median_ms": 1e3 * median,
-        "iqr_ms": 1e3 * (q3 - q1),
-        "min_ms": 1e3 * min(samples),
-        "repeats": repeats,
-    }
+class Loaded(NamedTuple):
+    """A variant loaded into a runtime once: its batch → logits function and how long loading took."""
+
+    runtime: Runtime
+    run: Callable[[np.ndarray], np.ndarray]
+    setup_s: float
 
 
-def latency(runtime: Runtime, variant: StoredVariant, images: np.ndarray, batch_sizes: tuple[int, ...]) -> dict:
-    """Whole-network latency at each batch size, keyed by the batch actually timed
-    (the same shape as :func:`lowrank_core.measure.latency`); ``setup_s`` is the
-    load (compile or session creation), timed apart."""
+def load(runtime: Runtime, variant: StoredVariant) -> Loaded:
+    """Compiles it, or creates its session, timed apart from everything after."""
     started = time.perf_counter()
     run = runtime.prepare(variant)
-    setup_s = time.perf_counter() - started
+    return Loaded(runtime, run, time.perf_counter() - started)
+
+
+def predict(loaded: Loaded, images: np.ndarray) -> np.ndarray:
+    """The class of every image, in batches of PREDICT_BATCH."""
+    batches = (np.ascontiguousarray(images[i : i + PREDICT_BATCH]) for i in range(0, len(images), PREDICT_BATCH))
+    return np.concatenate([np.argmax(loaded.run(batch), axis=-1) for batch in batches])
+
+
+def latency(loaded: Loaded, images: np.ndarray, batch_sizes: tuple[int, ...]) -> dict:
+    """Whole-network latency at each batch size, keyed by the batch actually timed (the same
+    shape as :func:`lowrank_core.measure.latency`); ``setup_s`` is the load, timed apart."""
     out = {}
     for batch_size in batch_sizes:
         batch = np.ascontiguousarray(images[:batch_size])
-        stats = time_calls(lambda batch=batch: run(batch))
-        stats["setup_s"] = setup_s
+        stats = measure.time_calls(lambda batch=batch: loaded.run(batch))
+        stats["setup_s"] = loaded.setup_s
         stats["per_image_ms"] = stats["median_ms"] / batch.shape[0]
         out[str(batch.shape[0])] = stats
     return out
 
 
-def runtime_record(
-    runtime: Runtime,
-    variant: StoredVariant,
-    images: np.ndarray,
-    labels: np.ndarray,
-    batch_sizes: tuple[int, ...] | None,
-) -> tuple[dict, np.ndarray]:
-    """(One runtime's measurement of a variant, its predictions): accuracy on every
-    image, and latency at ``batch_sizes`` (None: accuracy only), with where it was measured."""
-    predictions = np.asarray(runtime.predict(variant, images))
+def accuracy_fields(loaded: Loaded, images: np.ndarray, labels: np.ndarray) -> tuple[dict, np.ndarray]:
+    """(A runtime record's accuracy fields, the predictions): every image of ``images``."""
+    predictions = predict(loaded, images)
     record = {
         "accuracy": float(np.mean(predictions == labels)),
         "n_test": int(labels.shape[0]),
-        "runtime": runtime.name,
-        "threads": runtime.threads(),
+        "runtime": loaded.runtime.name,
+        "threads": loaded.runtime.threads(),
     }
-    if batch_sizes:
-        record.update(timing_fields(runtime, latency(runtime, variant, images, batch_sizes)))
     return record, predictions
 
 

@@ -22,16 +22,11 @@ def prepare(variant: StoredVariant):
     return run
 
 
-def predict(variant: StoredVariant, images: np.ndarray) -> np.ndarray:
-    return measure.predict_full(variant.params, images)
-
-
 RUNTIME = Runtime(
     name="jax",
     label="JAX (XLA)",
     order=0,
     prepare=prepare,
-    predict=predict,
     environment=measure.environment,
     int8="int8 dequantized to float32 once, when loaded",
 )

@@ -10,12 +10,8 @@ from __future__ import annotations
 import functools
 import os
 
-import numpy as np
-
 from lowrank_core import onnx_export
 from lowrank_core.runtimes.base import Runtime, StoredVariant, machine
-
-PREDICT_BATCH = 1000
 
 
 def _ort():
@@ -48,20 +44,9 @@ def session(model_bytes: bytes):
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def run(sess, images: np.ndarray, batch: int = PREDICT_BATCH) -> np.ndarray:
-    """Logits of ``images`` in batches."""
-    outs = [sess.run(None, {onnx_export.INPUT_NAME: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
-    return np.concatenate(outs)
-
-
 def prepare(variant: StoredVariant):
     sess = session(onnx_export.to_onnx_bytes(*variant))
     return lambda images: sess.run(None, {onnx_export.INPUT_NAME: images})[0]
-
-
-def predict(variant: StoredVariant, images: np.ndarray) -> np.ndarray:
-    sess = session(onnx_export.to_onnx_bytes(*variant))
-    return np.argmax(run(sess, images), axis=-1).astype(np.int32)
 
 
 @functools.cache
@@ -75,7 +60,6 @@ RUNTIME = Runtime(
     name="onnxruntime",
     label="ONNX Runtime",
     order=1,
-    predict=predict,
     prepare=prepare,
     environment=environment,
     missing=missing,

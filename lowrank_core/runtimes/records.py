@@ -23,12 +23,12 @@ def with_runtimes(
     ``data`` (and timing it inside ``timing()`` if ``with_latency``)."""
     measured = dict(record.get("runtimes") or {})
     for name in names:
-        runtime = get_runtime(name)
-        entry, _ = base.runtime_record(runtime, stored, data.x_test, data.y_test, None)  # accuracy: any time
+        loaded = base.load(get_runtime(name), stored)  # one session for its accuracy and its timing
+        entry, _ = base.accuracy_fields(loaded, data.x_test, data.y_test)
         if with_latency:
             with timing():  # only the timing needs the CPU to itself
-                timed = base.latency(runtime, stored, data.x_test, measure.timed_batch_sizes(data.x_test.shape[0]))
-            entry.update(base.timing_fields(runtime, timed))
+                timed = base.latency(loaded, data.x_test, measure.timed_batch_sizes(data.x_test.shape[0]))
+            entry.update(base.timing_fields(loaded.runtime, timed))
         measured[name] = entry
     return {**record, "runtimes": measured}
 
