@@ -15,12 +15,13 @@ summation order.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import scipy.linalg
 
 from lowrank_core import compress, measure, model, priority
+from lowrank_core.errors import ConfigError
 
 # 20 fractions, dense where trained layers are cheap to cut (the advisor chooses among these ranks).
 DEFAULT_FRACTIONS = (
@@ -86,74 +87,89 @@ def svd_sensitivity(
     layers = tuple(layers or names)
     unknown = [n for n in layers if n not in names]
     if unknown:
-        from lowrank_core.errors import ConfigError
-
         raise ConfigError(f"unknown dense layer {unknown[0]!r}; the network's are {', '.join(names)}")
-    total = len(layers) * len(fractions)
-    done = 0
-    rows = []
+    total, rows = len(layers) * len(fractions), []
+
+    def progress(row: dict) -> None:
+        rows.append(row)
+        if on_progress:
+            on_progress(len(rows), total)
+
     x = np.asarray(features, np.float32)
     live_in = np.arange(x.shape[1])
     for i, name in enumerate(names):
         w, b = np.asarray(params[name]["w"], np.float32), np.asarray(params[name]["b"], np.float32)
-        m, n = w.shape
         last = i == len(names) - 1
-        live_out = np.arange(n) if last else _live_units(w, b, np.asarray(params[names[i + 1]]["w"]))
+        live_out = np.arange(w.shape[1]) if last else _live_units(w, b, np.asarray(params[names[i + 1]]["w"]))
         if name in layers:
             factor = None if input_factor is None else input_factor(name)
             svd = svd_of(w if factor is None else factor.T @ w)
-            by_rank: dict[int, list[float]] = {}
-            for f in fractions:
-                by_rank.setdefault(compress.rank_for_fraction(f, m, n), []).append(f)
-            tail = None
-            if not last:
-                following = {t: params[t] for t in names[i + 1 :]}
-                following[names[i + 1]] = dict(
-                    following[names[i + 1]], w=np.asarray(following[names[i + 1]]["w"])[live_out]
-                )
-                tail = measure.product_params(following, pad=False)
-            # Only live inputs and outputs take part: a dead unit's column of W_r is zero too.
-            # Directions past the layer's numerical rank (σ exactly 0: dead units and σ < 1e-6·σ_max, see
-            # compress.layer_svd) add nothing: project on the ones that exist only (the baseline's first
-            # layer: 3,000 → 1,499).
-            reach = min(max(by_rank), int(np.count_nonzero(svd.s)))
-            u = svd.u[:, :reach]
-            if factor is not None:  # activation basis: W_k = L⁻ᵀ U_k S_k V_kᵀ
-                u = scipy.linalg.solve_triangular(factor.T, u, lower=False).astype(np.float32)
-            u_live, vt_live = u[live_in], svd.vt[:, live_out]
-            y = np.broadcast_to(b[live_out], (x.shape[0], live_out.size)).astype(np.float32)
-            # The inputs projected on every direction the grid reaches, in one product (x is read once).
-            projected = x @ _rounded(u_live, storage_dtype)
-            previous, accuracy = 0, None
-            for rank in sorted(by_rank):
-                lo, hi = min(previous, reach), min(rank, reach)
-                sv = _rounded(svd.s[lo:hi, None] * vt_live[lo:hi], storage_dtype)
-                if accuracy is None or sv.any():  # directions past the layer's rank add exactly nothing
-                    y += projected[:, lo:hi] @ sv
-                    if tail is None:
-                        predictions = np.argmax(y, axis=-1)
-                    else:
-                        predictions = _tail_predictions(tail, np.maximum(y, 0.0))
-                    accuracy = float(np.mean(predictions == labels))
-                previous = rank
-                for f in by_rank[rank]:
-                    rows.append(
-                        {
-                            "layer": name,
-                            "fraction": f,
-                            "rank": rank,
-                            "accuracy": accuracy,
-                            "layer_params": rank * (m + n) + n,
-                        }
-                    )
-                    done += 1
-                    if on_progress:
-                        on_progress(done, total)
+            tail = None if last else _tail(params, names[i + 1 :], live_out)
+            truncated = _Truncated(name, svd, factor, b, live_in, live_out, w.shape)
+            _layer_rows(truncated, x, tail, labels, fractions, storage_dtype, progress)
         if not last:
             x = np.maximum(x @ w[np.ix_(live_in, live_out)] + b[live_out], 0.0)
             live_in = live_out
     order = {f: j for j, f in enumerate(fractions)}
     return sorted(rows, key=lambda r: (names.index(r["layer"]), order[r["fraction"]]))
+
+
+class _Truncated(NamedTuple):
+    """One layer to truncate: its SVD (of W, or of LᵀW with ``factor`` L), bias, live units, shape."""
+
+    name: str
+    svd: compress.LayerSvd
+    factor: np.ndarray | None
+    b: np.ndarray
+    live_in: np.ndarray
+    live_out: np.ndarray
+    shape: tuple[int, int]
+
+
+def _tail(params, following: Sequence[str], live_out: np.ndarray) -> dict:
+    """The layers after a truncated one in product form, reading only its live outputs."""
+    tail = {t: params[t] for t in following}
+    tail[following[0]] = dict(tail[following[0]], w=np.asarray(tail[following[0]]["w"])[live_out])
+    return measure.product_params(tail, pad=False)
+
+
+def _layer_rows(layer: _Truncated, x, tail, labels, fractions, storage_dtype, emit) -> None:
+    """Emits one row per fraction: ``layer`` truncated to each rank, the rank-r output built up
+    incrementally (each rank adds its own slice of factors), the following layers run per rank."""
+    m, n = layer.shape
+    by_rank: dict[int, list[float]] = {}
+    for f in fractions:
+        by_rank.setdefault(compress.rank_for_fraction(f, m, n), []).append(f)
+    # Only live inputs and outputs take part: a dead unit's column of W_r is zero too. Directions past
+    # the layer's numerical rank (σ exactly 0: dead units and σ < 1e-6·σ_max, see compress.layer_svd)
+    # add nothing: project on the ones that exist only (the baseline's first layer: 3,000 → 1,499).
+    reach = min(max(by_rank), int(np.count_nonzero(layer.svd.s)))
+    u = layer.svd.u[:, :reach]
+    if layer.factor is not None:  # activation basis: W_k = L⁻ᵀ U_k S_k V_kᵀ
+        u = scipy.linalg.solve_triangular(layer.factor.T, u, lower=False).astype(np.float32)
+    vt_live = layer.svd.vt[:, layer.live_out]
+    y = np.broadcast_to(layer.b[layer.live_out], (x.shape[0], layer.live_out.size)).astype(np.float32)
+    # The inputs projected on every direction the grid reaches, in one product (x is read once).
+    projected = x @ _rounded(u[layer.live_in], storage_dtype)
+    previous, accuracy = 0, None
+    for rank in sorted(by_rank):
+        lo, hi = min(previous, reach), min(rank, reach)
+        sv = _rounded(layer.svd.s[lo:hi, None] * vt_live[lo:hi], storage_dtype)
+        if accuracy is None or sv.any():  # directions past the layer's rank add exactly nothing
+            y += projected[:, lo:hi] @ sv
+            predictions = np.argmax(y, axis=-1) if tail is None else _tail_predictions(tail, np.maximum(y, 0.0))
+            accuracy = float(np.mean(predictions == labels))
+        previous = rank
+        for f in by_rank[rank]:
+            emit(
+                {
+                    "layer": layer.name,
+                    "fraction": f,
+                    "rank": rank,
+                    "accuracy": accuracy,
+                    "layer_params": rank * (m + n) + n,
+                }
+            )
 
 
 def _live_units(w: np.ndarray, b: np.ndarray, w_next: np.ndarray) -> np.ndarray:
