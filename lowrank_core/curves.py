@@ -71,6 +71,19 @@ def _timed(engine, variant) -> bool:
     return record is not None and all("latency_ms" in (record.get("runtimes") or {}).get(n, {}) for n in others)
 
 
+def _engine_alive(work):
+    """``work`` with its engine held weakly: an engine dropped meanwhile (a cleared cache) ends it quietly."""
+
+    def run(engine, *args) -> None:
+        try:
+            work(engine, *args)
+        except ReferenceError:
+            pass  # the engine is gone: nothing left to measure for
+
+    return run
+
+
+@_engine_alive
 def _time_quietly(engine, variant) -> None:
     with priority.background():
         for _ in range(3):  # timed again if a page ran meanwhile
@@ -88,6 +101,7 @@ def _time_quietly(engine, variant) -> None:
                 return
 
 
+@_engine_alive
 def _work(engine, variants: list, with_latency: bool) -> None:
     with priority.background():
         for variant in coarse_first(variants):

@@ -1,0 +1,37 @@
+import gc
+import threading
+
+from lowrank_core import curves
+
+
+def test_coarse_first_puts_every_other_point_first():
+    assert curves.coarse_first([0, 1, 2, 3, 4]) == [0, 2, 4, 1, 3]
+
+
+class _Engine:
+    """Evaluates nothing, and tells the test when the filling thread has started measuring."""
+
+    def __init__(self, started: threading.Event, release: threading.Event):
+        self.started, self.release = started, release
+
+    def evaluate(self, variant, with_latency=False, **_):
+        self.started.set()
+        self.release.wait(5)
+        return {"accuracy": 0.5}
+
+    def cached_result(self, variant, with_latency=False):
+        return None
+
+
+def test_a_filling_thread_ends_quietly_when_its_engine_is_dropped(monkeypatch):
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    started, release = threading.Event(), threading.Event()
+    engine = _Engine(started, release)
+    thread = curves.fill(engine, ["a", "b"], with_latency=True)
+    assert started.wait(5)
+    del engine  # a cleared cache drops the engine while its curve is being filled
+    gc.collect()
+    release.set()
+    thread.join(5)
+    assert not thread.is_alive() and errors == []
