@@ -15,7 +15,7 @@ import contextlib
 import threading
 from typing import Callable, Iterator
 
-from lowrank_core import priority
+from lowrank_core import model, priority
 
 LABELS = {
     "features": "test-set features",
@@ -94,3 +94,20 @@ class WarmUp:
             warming.join()
         with priority.exclusive():
             yield
+
+
+def warm_up_steps(engine) -> tuple[list[tuple[str, Callable[[], object]]], dict[str, list[str]]]:
+    """The engine's warm-up, in order: the test-set features and the baseline's accuracy, then the
+    hidden-layer outputs, every dense layer's SVD and the spectra at initialization; and its groups."""
+    svd_steps = [
+        (f"svd:{n}", lambda n=n: engine.intermediates.svd_of(engine.params[n]["w"]))
+        for n in model.dense_layer_names(engine.params)
+    ]
+    steps = [
+        ("features", lambda: engine.test_features),
+        ("baseline", lambda: engine.evaluate("baseline", with_latency=False)),
+        ("hidden", lambda: engine.intermediates.hidden_activations().outputs),
+        *svd_steps,
+        ("init_spectra", engine.init_singular_values),
+    ]
+    return steps, {"svds": [name for name, _ in svd_steps]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
-from typing import Callable
+from typing import Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -144,6 +144,40 @@ def bench_training(data: Cifar10, steps: int = 15) -> dict:
     return out
 
 
+class TrainingPoint(NamedTuple):
+    """A point of :func:`_clocked_training`: the params to evaluate and the clock so far."""
+
+    step: int
+    epochs: float
+    train_s: float  # initialization included
+    init_s: float
+    params: dict
+
+
+def _clocked_training(config: configs.TrainConfig, data: Cifar10, eval_every: int) -> Iterator[TrainingPoint]:
+    """Trains ``config``, yielding a :class:`TrainingPoint` every ``eval_every`` steps and at the
+    last; the clock runs over initialization and steps (compile included) and stops while the
+    caller evaluates."""
+    optimizer = train.make_optimizer(config)
+    update = train.make_update(config, optimizer)
+    x_train, y_train, _, _ = train.split_train_validation(data, config)
+    started = time.perf_counter()
+    state = train.init_state(config, optimizer, x_train)
+    jax.block_until_ready(state.params)
+    init_s = train_s = time.perf_counter() - started
+    stream = train.batches(x_train, y_train, config.batch_size, config.seed)
+    for step in range(1, config.num_steps + 1):
+        started = time.perf_counter()
+        state, _ = update(state, *next(stream))
+        due = step % eval_every == 0 or step == config.num_steps
+        if due:
+            jax.block_until_ready(state.params)
+        train_s += time.perf_counter() - started
+        if due:
+            params = state.avg_params if config.eval_params == "ema" else state.params
+            yield TrainingPoint(step, step * config.batch_size / x_train.shape[0], train_s, init_s, params)
+
+
 def bench_time_to_accuracy(
     data: Cifar10,
     preset: str | configs.TrainConfig = "default",
@@ -162,38 +196,15 @@ def bench_time_to_accuracy(
     from lowrank_core import evaluation
 
     config = configs.get_preset(preset) if isinstance(preset, str) else preset
-    optimizer = train.make_optimizer(config)
-    update = train.make_update(config, optimizer)
-    x_train, y_train, _, _ = train.split_train_validation(data, config)
-    started = time.perf_counter()
-    state = train.init_state(config, optimizer, x_train)
-    jax.block_until_ready(state.params)
-    init_s = time.perf_counter() - started
-    stream = train.batches(x_train, y_train, config.batch_size, config.seed)
-    images_per_epoch = x_train.shape[0]
-    train_s, curve, reached = init_s, [], None
-    for step in range(1, config.num_steps + 1):
-        started = time.perf_counter()
-        state, _ = update(state, *next(stream))
-        if step % eval_every == 0 or step == config.num_steps:
-            jax.block_until_ready(state.params)
-            train_s += time.perf_counter() - started
-            kept = state.avg_params if config.eval_params == "ema" else state.params
-            accuracy = evaluation.accuracy(kept, data.x_test, data.y_test)
-            curve.append(
-                {
-                    "step": step,
-                    "epochs": step * config.batch_size / images_per_epoch,
-                    "train_s": train_s,
-                    "test_accuracy": accuracy,
-                }
-            )
-            log(f"  {config.preset} step {step}: {train_s:.0f} s, test accuracy {accuracy:.4f}")
-            if accuracy >= target:
-                reached = curve[-1]
-                break
-        else:
-            train_s += time.perf_counter() - started
+    curve, reached, init_s = [], None, None
+    for point in _clocked_training(config, data, eval_every):
+        init_s = point.init_s
+        accuracy = evaluation.accuracy(point.params, data.x_test, data.y_test)
+        curve.append({"step": point.step, "epochs": point.epochs, "train_s": point.train_s, "test_accuracy": accuracy})
+        log(f"  {config.preset} step {point.step}: {point.train_s:.0f} s, test accuracy {accuracy:.4f}")
+        if accuracy >= target:
+            reached = curve[-1]
+            break
     return {
         "row": "training to accuracy",
         "preset": config.preset,

@@ -6,22 +6,39 @@ User errors print one line to stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
 import json
 import pathlib
 import sys
 
-from lowrank_core import paths
-from lowrank_core.errors import LowrankError
+from tqdm.auto import tqdm
+
+from lowrank_core import (
+    advisor,
+    bench,
+    checkpoint,
+    configs,
+    data,
+    engine,
+    methods,
+    model,
+    paths,
+    runtimes,
+    share,
+    train,
+)
+from lowrank_core.errors import ConfigError, LowrankError
+from lowrank_core.fileio import atomic_write_bytes, atomic_write_json
+from lowrank_core.finetune import FinetuneConfig
+from lowrank_core.methods import Variant
+from lowrank_core.methods.base import parse_float
 
 SMALL_TEST_SET = 1000  # below this, figures are still measured, with a warning saying on how few images
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from lowrank_core import checkpoint, configs, data, train
-
     config = configs.get_preset(args.preset)
     if args.steps:
         config = dataclasses.replace(config, num_steps=args.steps)
@@ -54,8 +71,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _variant(args: argparse.Namespace):
     """The variant the options describe: ``--method svd`` or a pipeline ``--method svd+quantize``."""
-    from lowrank_core import methods
-    from lowrank_core.finetune import FinetuneConfig
 
     names = [n.strip() for n in args.method.split("+")]
     steps = tuple((name, methods.get(name).config_from(args)) for name in names)
@@ -64,8 +79,6 @@ def _variant(args: argparse.Namespace):
 
 
 def _make_engine(args: argparse.Namespace, variant=None):
-    from lowrank_core import checkpoint, data, engine, model
-
     ckpt_dir = pathlib.Path(args.checkpoint) if args.checkpoint else paths.BASELINE_DIR
     # A bad checkpoint or a setting the network cannot take fails before any data is fetched.
     checkpoint.load_metadata(ckpt_dir)
@@ -82,7 +95,6 @@ def _make_engine(args: argparse.Namespace, variant=None):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-
     variant = _variant(args)
     _check_export_path(args.export)
     measured_in = _runtime_names(args.runtimes)
@@ -118,7 +130,6 @@ EXPORT_SUFFIXES = (".npz", ".onnx")
 
 def _check_export_path(path: str | None) -> None:
     """A one-line error before any work if ``path`` names no format (by its suffix)."""
-    from lowrank_core.errors import ConfigError
 
     if path and not path.endswith(EXPORT_SUFFIXES):
         raise ConfigError(f"--export wants a path ending in .npz or .onnx, got {path!r}")
@@ -126,8 +137,6 @@ def _check_export_path(path: str | None) -> None:
 
 def _export(eng, result: dict, path: str) -> None:
     """Writes ``result``'s variant to ``path`` atomically, in the format its suffix names."""
-    from lowrank_core.errors import ConfigError
-    from lowrank_core.fileio import atomic_write_bytes
 
     blob = eng.variant_onnx(result) if path.endswith(".onnx") else eng.variant_npz(result)
     try:
@@ -138,7 +147,6 @@ def _export(eng, result: dict, path: str) -> None:
 
 def _runtime_names(text: str | None) -> tuple[str, ...]:
     """The runtimes a comma list names ("all": every one that can run here)."""
-    from lowrank_core import runtimes
 
     if text is None or text == "all":
         return runtimes.available()
@@ -163,25 +171,15 @@ def _parse_grid(text: str) -> list[float]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    import csv
-    import io
-
-    from tqdm.auto import tqdm
-
-    from lowrank_core.errors import ConfigError
-    from lowrank_core.fileio import atomic_write_bytes, atomic_write_json
-    from lowrank_core.methods import Variant
-
     base = _variant(args)
+    swept = [n for n, m in methods.REGISTRY.items() if m.sweep]
     if len(base.steps) != 1:
-        raise ConfigError("sweep takes one method (svd or prune), not a pipeline")
+        raise ConfigError(f"sweep takes one method ({' or '.join(swept)}), not a pipeline")
     name, config = base.steps[0]
-    if name == "svd":
-        grid = [dataclasses.replace(config, rank_fraction=f) for f in _parse_grid(args.fractions)]
-    elif name == "prune":
-        grid = [dataclasses.replace(config, sparsity=s) for s in _parse_grid(args.sparsities)]
-    else:
-        grid = [config]
+    if (axis := methods.get(name).sweep) is None:
+        raise ConfigError(f"{name} has no setting to sweep; choose {' or '.join(swept)}")
+    field, default_grid = axis
+    grid = [dataclasses.replace(config, **{field: v}) for v in _parse_grid(args.grid or default_grid)]
     eng = _make_engine(args, base)
     rows = []
     for config in tqdm(grid, desc=f"sweep[{args.method}]"):
@@ -210,10 +208,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from lowrank_core import bench
-    from lowrank_core.errors import ConfigError
-    from lowrank_core.fileio import atomic_write_bytes, atomic_write_json
-
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
     known = bench.BenchConfig.rows + bench.BenchConfig.optional_rows
     unknown = [r for r in rows if r not in known]
@@ -233,10 +227,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from lowrank_core.fileio import atomic_write_json
-
     grid = _parse_grid(args.grid)
     eng = _make_engine(args)
     with tqdm(desc=f"sensitivity[{args.method}]", unit="point") as bar:
@@ -253,11 +243,6 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def _cmd_advise(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from lowrank_core import advisor
-    from lowrank_core.errors import ConfigError
-
     methods_ = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     _check_export_path(args.export)
     config = advisor.AdvisorConfig(
@@ -309,10 +294,6 @@ def _cmd_advise(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from lowrank_core import share
-    from lowrank_core.errors import ConfigError
-    from lowrank_core.fileio import atomic_write_bytes
-
     if not args.out.endswith((".html", ".htm")):
         raise ConfigError(f"--out wants a path ending in .html, got {args.out!r}")
     text = share.build(_make_engine(args))
@@ -325,14 +306,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _number(text: str, option: str) -> float:
-    from lowrank_core.methods.base import parse_float
-
     return parse_float(text, option)
 
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
-    from lowrank_core import methods
-
     p.add_argument(
         "--method",
         default="baseline",
@@ -357,9 +334,6 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 def _data_path(args: argparse.Namespace) -> str | None:
     if args.tfds_data_dir:
-        from lowrank_core import data
-        from lowrank_core.errors import ConfigError
-
         if not data.is_tfds(args.data):
             raise ConfigError("--tfds-data-dir goes with --data tfds")
         return f"{data.TFDS}:{args.tfds_data_dir}"
@@ -367,8 +341,6 @@ def _data_path(args: argparse.Namespace) -> str | None:
 
 
 def _method_name(text: str) -> str:
-    from lowrank_core import methods
-
     for name in text.split("+"):
         if name.strip() not in methods.REGISTRY:
             raise argparse.ArgumentTypeError(
@@ -420,14 +392,16 @@ def _evaluate_parsers(sub, source: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("sweep", parents=[source], help="evaluate a grid of settings; writes CSV and JSON")
     _add_method_options(p)
-    p.add_argument("--fractions", default="0.05:1.0:0.05", help="svd rank fractions")
-    p.add_argument("--sparsities", default="0.1:0.9:0.1", help="prune sparsities")
+    p.add_argument(
+        "--grid", help="values of the method's swept setting, start:stop:step or a comma list (default: its own grid)"
+    )
     p.add_argument("--out", help="output path without extension (default artifacts/sweeps/<method>)")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("sensitivity", parents=[source], help="compress one layer at a time over a grid (accuracy only)")
-    p.add_argument("--method", default="svd", choices=["svd", "prune"])
-    p.add_argument("--grid", default="0.05,0.1,0.25,0.5", help="rank fractions (svd) or sparsities (prune)")
+    swept = [n for n, m in methods.REGISTRY.items() if m.sweep]
+    p.add_argument("--method", default=swept[0], choices=swept)
+    p.add_argument("--grid", default="0.05,0.1,0.25,0.5", help="values of the method's swept setting")
     p.add_argument("--out", help="output path without extension")
     p.set_defaults(func=_cmd_sensitivity)
 

@@ -4,7 +4,11 @@
   JSON, memory fallback), keyed by :func:`methods.result_key`;
 * :class:`~lowrank_core.intermediates.Intermediates` keeps SVDs, the
   convolutions' outputs and initialization spectra, each under its own lock;
-* :mod:`lowrank_core.methods` builds variants (pipelines of registered steps).
+* :mod:`lowrank_core.methods` builds variants (pipelines of registered steps);
+* :mod:`lowrank_core.measurement` measures them once and keeps records fresh,
+  :mod:`lowrank_core.runtimes` in each runtime, :mod:`lowrank_core.background`
+  schedules the warm-up, :mod:`lowrank_core.predictions` keeps predictions,
+  :mod:`lowrank_core.tables` and :mod:`lowrank_core.spectra` the per-layer views.
 
 The engine holds no lock across work: concurrent requests for one variant
 wait on that variant's lock only, so one session's retraining never stalls
@@ -18,7 +22,6 @@ floats in the checkpoint's storage dtype, int8 matrices with their scales.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -31,13 +34,13 @@ import numpy as np
 from lowrank_core import (
     background,
     checkpoint,
-    fairness,
+    impact as impact_module,
     measure,
+    measurement,
     model,
     onnx_export,
     paths,
     predictions as predictions_module,
-    priority,
     results,
     runtimes as runtimes_module,
     spectra,
@@ -46,8 +49,7 @@ from lowrank_core import (
 from lowrank_core.data import Cifar10
 from lowrank_core.finetune import FinetuneConfig, finetune_dense
 from lowrank_core.intermediates import Intermediates, KeyedLocks
-from lowrank_core.methods import BuildContext, Variant, build_variant, result_key
-from lowrank_core.runtimes import records
+from lowrank_core.methods import Variant, build_variant, result_key
 from lowrank_core.store import ResultStore
 
 ProgressFn = Callable[[int, int], None]
@@ -90,18 +92,8 @@ class Engine:
         """Starts (once) the background warm-up (:mod:`lowrank_core.background`): the test-set
         features and the baseline's accuracy, then, while no measurement runs, the hidden-layer
         outputs, every dense layer's SVD and the spectra at initialization."""
-        svd_steps = [
-            (f"svd:{n}", lambda n=n: self.intermediates.svd_of(self.params[n]["w"]))
-            for n in model.dense_layer_names(self.params)
-        ]
-        steps = [
-            ("features", lambda: self.test_features),
-            ("baseline", lambda: self.evaluate("baseline", with_latency=False)),
-            ("hidden", lambda: self.intermediates.hidden_activations().outputs),
-            *svd_steps,
-            ("init_spectra", self.init_singular_values),
-        ]
-        return self.schedule.start(steps, {"svds": [name for name, _ in svd_steps]})
+        steps, groups = background.warm_up_steps(self)
+        return self.schedule.start(steps, groups)
 
     def still_warming(self) -> list[str]:
         """What the background warm-up has not finished yet (empty once done or never started)."""
@@ -155,14 +147,7 @@ class Engine:
         """(params of the variant as stored, facts such as ranks or changed layers):
         :func:`methods.build_variant` on this checkpoint, fine-tuning over its training features."""
         variant = as_variant(method, config, finetune)
-        context = BuildContext(
-            svd=self.intermediates.svd_of,
-            train_features=lambda: self.train_features,
-            train_labels=self.data.y_train,
-            on_progress=on_progress,
-            input_factor=self.intermediates.input_factor,
-            calibration_path=self.intermediates.calibration_path,
-        )
+        context = self.intermediates.build_context(on_progress)
         params, facts = build_variant(self.params, variant, context, finetune_dense)
         return checkpoint.as_stored(params, self.storage_dtype, tuple(facts["float32_layers"])), facts
 
@@ -186,107 +171,22 @@ class Engine:
         extra = tuple(name for name in runtimes if name != runtimes_module.PRODUCT)
         for name in extra:
             runtimes_module.require(name)
-        key = result_key(self.checkpoint_hash, variant)
-        if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency, extra)) is not None:
-            return hit
-        # A training variant takes minutes: it yields to other sessions' interactive requests, and
-        # a session waiting for the same one (below) is no interactive request to yield to.
-        with priority.background() if variant.trains else contextlib.nullcontext():
-            # Sessions asking for the same variant at once (browser tabs) compute it
-            # once: the second waits for the first, then reads its result.
-            with self.locks(key):
-                if use_cache and (hit := self._lookup(key, with_latency, with_layer_latency, extra)) is not None:
-                    return hit
-                # Interactive measurements take turns in arrival order; training yields instead.
-                queued = not (variant.trains or priority.in_background())
-                turn = fairness.MEASUREMENTS.turn() if queued else contextlib.nullcontext()
-                with self.schedule.busy(), turn:
-                    result = self._measure(variant, with_latency, with_layer_latency, on_progress)
-                    if extra:
-                        result = self._with_runtimes(result, extra, with_latency)
-                self.store.put(key, result)
-                return result
-
-    def _measure(
-        self, variant: Variant, with_latency: bool, with_layer_latency: bool, on_progress: ProgressFn | None
-    ) -> dict:
-        params, facts = self.build(variant, on_progress=on_progress)
-        predictions = self._predict(params)
-        # Kept beside the result: What changes and the report read them instead of predicting again.
-        self.prediction_cache.put(result_key(self.checkpoint_hash, variant), predictions)
-        stored = len(self._npz(params, facts))
-        result = results.measured(
-            variant,
-            params,
-            facts,
-            predictions,
-            self.data.y_test,
-            stored,
-            self.baseline_bytes,
-            self.storage_dtype,
-            self.checkpoint_hash,
-        )
-        if with_latency:
-            result.update(self._latency(params, with_layer_latency))
-        return result
-
-    def _with_runtimes(self, record: dict, names: tuple[str, ...], with_latency: bool) -> dict:
-        """``record`` with each runtime's own measurement of its variant (accuracy, and latency if asked)."""
-        timing = self.schedule.timing if with_latency else contextlib.nullcontext
-        return records.with_runtimes(record, self.stored_variant(record), self.data, names, with_latency, timing)
-
-    def _latency(self, params: dict, with_layer_latency: bool) -> dict:
-        with self.schedule.timing():
-            return results.latency(params, self.data.x_test, self.environment, with_layer_latency)
-
-    def _here(self, entry: dict) -> bool:
-        return results.measured_here(entry, self.environment)
-
-    def _lookup(
-        self, key: str, with_latency: bool, with_layer_latency: bool = False, extra: tuple[str, ...] = ()
-    ) -> dict | None:
-        """The stored record under ``key`` with what is asked for; latency measured
-        on another machine (or missing) is measured here, the accuracy kept; runtimes
-        not measured yet are measured."""
-        record = self.store.get(key)
-        if record is None:
-            return None
-        stale = with_latency and not (record.get("latency") and self._here(record))
-        stale |= with_layer_latency and not (record.get("layer_latency_ms") and self._here(record))
-        if stale:
-            with fairness.MEASUREMENTS.turn():
-                params, _ = self.build(Variant.from_dict(record))
-                record = {**record, **self._latency(params, with_layer_latency)}
-            self.store.put(key, record)
-        if missing := records.missing(record, extra, with_latency):
-            with fairness.MEASUREMENTS.turn():
-                record = self._with_runtimes(record, missing, with_latency)
-            self.store.put(key, record)
-        return record
+        return measurement.once(self, variant, with_latency, with_layer_latency, extra, use_cache, on_progress)
 
     def predictions(self, record: dict) -> np.ndarray:
         """The test-set predictions of a measured variant (cached beside the results; rebuilt from
         its record if the file is gone). Their accuracy is the record's."""
-        variant = Variant.from_dict(record)
-        key = result_key(self.checkpoint_hash, variant)
-        with self.locks(("predictions", key)):
-            if (cached := self.prediction_cache.get(key)) is not None:
-                return cached
-            params, _ = self.build(variant)  # measured before this cache existed, or the file was lost
-            predictions = self._predict(params)
-            self.prediction_cache.put(key, predictions)
-            return predictions
+        return predictions_module.of_record(self, record)
 
-    def _predict(self, params: dict) -> np.ndarray:
+    def predict(self, params: dict) -> np.ndarray:
+        """The class of every test image under ``params`` (:func:`predictions.predict`)."""
         return predictions_module.predict(params, self.params, self.intermediates, self.data.x_test)
 
     def impact(self, record: dict, reference: dict | None = None) -> dict:
         """What ``record``'s variant changes against ``reference`` (default: the
         baseline) on every test image (:func:`impact.compare`)."""
-        from lowrank_core import impact
-
         reference = reference or self.evaluate("baseline", with_latency=False)
-        return impact.compare(
+        return impact_module.compare(
             self.data.y_test, self.predictions(reference), self.predictions(record), self.data.class_names
         )
 
@@ -295,9 +195,7 @@ class Engine:
     ) -> dict | None:
         """The cached result of a variant, or None if never measured (computes nothing)."""
         record = self.store.get(result_key(self.checkpoint_hash, as_variant(method, config, finetune)))
-        if record is None or (with_latency and not (record.get("latency") and self._here(record))):
-            return None
-        return record
+        return None if record is None or measurement.stale(record, self.environment, with_latency) else record
 
     def cached_results(self) -> list[dict]:
         """Every valid cached result of this checkpoint (for Pareto charts), latency measured on
@@ -311,7 +209,7 @@ class Engine:
     def variant_npz(self, result: dict) -> bytes:
         """The measured variant's parameters in the product's stored format
         (rebuilt from its record; the same bytes its ``bytes`` counts)."""
-        return self._npz(*self.build(Variant.from_dict(result)))
+        return self.npz(*self.build(Variant.from_dict(result)))
 
     def stored_variant(self, result: dict) -> runtimes_module.StoredVariant:
         """The measured variant exactly as its file stores it (rebuilt from its record)."""
@@ -327,7 +225,8 @@ class Engine:
         """The checkpoint's size in the stored format (measured once)."""
         return measure.stored_bytes(self.params, self.storage_dtype)
 
-    def _npz(self, params: dict, facts: dict) -> bytes:
+    def npz(self, params: dict, facts: dict) -> bytes:
+        """``params`` in the stored format (the bytes a record's ``bytes`` counts)."""
         return checkpoint.params_to_npz_bytes(params, self.storage_dtype, tuple(facts["float32_layers"]))
 
     def svd_sensitivity(self, fractions=None, layers=None, on_progress=None, compute=True, basis="weights"):

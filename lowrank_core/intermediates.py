@@ -24,6 +24,7 @@ import numpy as np
 from lowrank_core import compress, measure, model, refit
 from lowrank_core.data import Cifar10
 from lowrank_core.fileio import atomic_write_bytes
+from lowrank_core.methods import BuildContext
 
 CALIBRATION_IMAGES = 5000  # training images whose layer inputs calibrate activation-whitened SVD
 CALIBRATION_SEED = 0
@@ -87,6 +88,18 @@ class Intermediates:
         if any(matrix is np.asarray(layer.get("w")) for layer in self.params.values()):
             self._digests[id(matrix)] = (matrix, digest)  # the checkpoint's own matrices: hash once
         return digest
+
+    def build_context(self, on_progress=None) -> BuildContext:
+        """What a method's build may read: these SVDs, training features and labels, the
+        activation bases and the calibration path, each computed once when first asked for."""
+        return BuildContext(
+            svd=self.svd_of,
+            train_features=lambda: self.features("train"),
+            train_labels=self.data.y_train,
+            on_progress=on_progress,
+            input_factor=self.input_factor,
+            calibration_path=self.calibration_path,
+        )
 
     def svd_of(self, matrix: np.ndarray) -> compress.LayerSvd:
         """Thin SVD of ``matrix`` (memory, then disk, then computed)."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from lowrank_core import measure
 from lowrank_core.fileio import atomic_write_bytes
+from lowrank_core.methods import Variant, result_key
 
 
 def predict(params: dict, checkpoint_params: dict, intermediates, images: np.ndarray) -> np.ndarray:
@@ -27,6 +28,23 @@ def predict(params: dict, checkpoint_params: dict, intermediates, images: np.nda
     return predictions.astype(np.int32)
 
 
+NPY_HEADER_MAX = 4096  # an .npy header is padded to 64 bytes; NumPy's own limit is far above a 1-D array's
+
+
+def of_record(engine, record: dict) -> np.ndarray:
+    """The test-set predictions of ``engine``'s measured ``record`` (cached beside the results;
+    rebuilt from the record if the file is gone). Their accuracy is the record's."""
+    variant = Variant.from_dict(record)
+    key = result_key(engine.checkpoint_hash, variant)
+    with engine.locks(("predictions", key)):
+        if (cached := engine.prediction_cache.get(key)) is not None:
+            return cached
+        params, _ = engine.build(variant)  # measured before this cache existed, or the file was lost
+        predictions = engine.predict(params)
+        engine.prediction_cache.put(key, predictions)
+        return predictions
+
+
 class PredictionCache:
     """``<cache>/predictions/<result key>.npy``, written atomically; a missing, corrupt or
     mis-shaped file reads as absent (the caller rebuilds and predicts again)."""
@@ -35,8 +53,11 @@ class PredictionCache:
         self.folder, self.n_test, self._on_write_failure = folder, n_test, on_write_failure
 
     def get(self, key: str) -> np.ndarray | None:
+        path = self.folder / f"{key}.npy"
         try:
-            predictions = np.load(self.folder / f"{key}.npy", allow_pickle=False)
+            if path.stat().st_size > 4 * self.n_test + NPY_HEADER_MAX:  # bounded before it is read
+                return None
+            predictions = np.load(path, allow_pickle=False)
         except Exception:
             return None
         return predictions if predictions.shape == (self.n_test,) else None

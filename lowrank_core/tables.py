@@ -57,20 +57,23 @@ def svd_table(engine, fractions=None, layers=None, on_progress=None, compute: bo
 
 
 def one_layer_at_a_time(engine, method: str, grid, layers=None, on_progress=None) -> list[dict]:
-    """Rows (layer, value, accuracy) with one layer compressed at a time over ``grid``: rank
-    fractions through the fast SVD table, or sparsities measured point by point (cached)."""
+    """Rows (layer, value, accuracy) with one layer compressed at a time over ``grid`` (values of
+    the method's swept setting): SVD through its fast table, any other method measured point by
+    point (cached)."""
     if method == _svd_method().name:
         rows = svd_table(engine, grid, layers, on_progress)
         return [
             {"layer": r["layer"], "value": r["fraction"], "rank": r["rank"], "accuracy": r["accuracy"]} for r in rows
         ]
-    if method not in REGISTRY or not hasattr(REGISTRY[method].config_type(), "sparsity"):
-        raise ConfigError(f"the sensitivity sweep covers {_svd_method().name} and the methods with a sparsity")
+    if method not in REGISTRY or REGISTRY[method].sweep is None or not hasattr(REGISTRY[method].config_type(), "only"):
+        swept = [n for n, m in REGISTRY.items() if m.sweep and hasattr(m.config_type(), "only")]
+        raise ConfigError(f"the sensitivity sweep covers {', '.join(swept)}")
+    field = REGISTRY[method].sweep[0]
     layers = layers or compress.prunable_layers(engine.params)
     points = [(n, v) for n in layers for v in grid]
     rows = []
     for i, (name, value) in enumerate(points):
-        config = REGISTRY[method].config_type(sparsity=value, only=(name,))
+        config = REGISTRY[method].config_type(**{field: value, "only": (name,)})
         result = engine.evaluate(Variant.of(method, config), with_latency=False)
         rows.append({"layer": name, "value": value, "accuracy": result["accuracy"]})
         if on_progress:

@@ -4,7 +4,7 @@ whose prediction a variant changes, against the baseline or another variant."""
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import report
+from lowrank_core import charts, report
 from pages.common import baseline_accuracy, cached_results, get_engine, keys, run_with_errors, style
 
 GALLERY = 24  # images shown per group
@@ -44,19 +44,7 @@ if eng is not None:
     )
 
     per_class = found["per_class"]
-    fig = go.Figure()
-    fig.add_trace(
-        go.Bar(x=names, y=[100 * c["reference"] for c in per_class], name=reference_label, marker_color="#222222")
-    )
-    fig.add_trace(
-        go.Bar(
-            x=names,
-            y=[100 * c["variant"] for c in per_class],
-            name="variant",
-            marker_color=report.method_colour(labels[picked]["method"]),
-        )
-    )
-    fig.update_layout(barmode="group")
+    fig = charts.per_class(found, reference_label, labels[picked]["method"])
     left, right = st.columns(2)
     left.plotly_chart(style(fig, "Accuracy per class", "class", "accuracy (%)"), key="changes_per_class")
     delta = go.Figure(

@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import checkpoint, curves, data, engine, fairness, methods, paths, runtimes
+from lowrank_core.charts import style  # noqa: F401  (re-exported for the pages)
 from lowrank_core.errors import DataMissing, LowrankError
 from lowrank_core.finetune import FinetuneConfig
 
@@ -422,18 +423,6 @@ def runtime_caption(result: dict, base: dict) -> None:
 
 def _is_int8(result: dict) -> bool:
     return bool((result.get("facts") or {}).get("int8_layers"))
-
-
-def style(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:
-    fig.update_layout(
-        title=title,
-        xaxis_title=x_title,
-        yaxis_title=y_title,
-        height=height,
-        margin=dict(t=50, b=40, l=60, r=20),
-        legend=dict(orientation="h", y=-0.25),
-    )
-    return fig
 
 
 def reference_line(

@@ -5,11 +5,11 @@ import dataclasses
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import compress, curves, model, report
+from lowrank_core import compress, curves, model
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods import Variant
-from lowrank_core.methods.svd import BASES as SVD_BASES, SvdConfig
+from lowrank_core.methods.svd import BASES as SVD_BASES, SvdConfig, global_fraction_points
 from pages.common import (
     FORM_DASH,
     METHOD_COLORS,
@@ -167,7 +167,7 @@ if eng is not None:
     @st.fragment(run_every=3 if filling else None)
     def curves_section():
         """The curves, redrawn every few seconds from the cache while the background fills them in."""
-        groups = report.global_fraction_points(cached_results(*keys()))
+        groups = global_fraction_points(cached_results(*keys()))
         points = {
             (form_, r["config"]["rank_fraction"]): r
             for (form_, with_output), series in groups.items()

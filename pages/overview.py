@@ -3,7 +3,7 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import advisor, measure, report, runtimes
+from lowrank_core import advisor, charts, measure, methods, report, runtimes
 from lowrank_core.errors import LowrankError
 from pages.common import (
     METHOD_COLORS,
@@ -134,36 +134,7 @@ with summary_slot:
             """The accuracy the chosen runtime measured (an int8 graph's own, in ONNX Runtime)."""
             return timing(record).get("accuracy", record["accuracy"]) if by_latency else record["accuracy"]
 
-        front = report.pareto_mask([cost_of(r) for r in results], [accuracy_of(r) for r in results])
-        fig = go.Figure()
-        for method in sorted({r["method"] for r in results}, key=lambda m: (m != "baseline", m)):
-            points = [(r, on_front) for r, on_front in zip(results, front) if r["method"] == method]
-            fig.add_trace(
-                go.Scatter(
-                    x=[cost_of(r) for r, _ in points],
-                    y=[100 * accuracy_of(r) for r, _ in points],
-                    mode="markers",
-                    name=report.method_label(method),
-                    text=[report.describe(r) for r, _ in points],
-                    hovertemplate="%{text}<br>accuracy %{y:.2f} %<br>cost %{x:.1f}<extra></extra>",
-                    marker=dict(
-                        color=report.method_colour(method),
-                        size=[14 if f else 9 for _, f in points],
-                        symbol="star" if method == "baseline" else "circle",
-                        line=dict(width=[2 if f else 0 for _, f in points], color="#000"),
-                    ),
-                )
-            )
-        order = sorted(zip(results, front), key=lambda p: cost_of(p[0]))
-        fig.add_trace(
-            go.Scatter(
-                x=[cost_of(r) for r, f in order if f],
-                y=[100 * accuracy_of(r) for r, f in order if f],
-                mode="lines",
-                name="Pareto front",
-                line=dict(color="#999", dash="dash"),
-            )
-        )
+        fig = charts.pareto(results, cost_of, accuracy_of)
         st.plotly_chart(
             style(fig, "Accuracy vs cost (outlined: Pareto-optimal)", axis, "test accuracy (%)", 460),
             key="overview_pareto",
@@ -185,7 +156,7 @@ with summary_slot:
         )
 
         st.subheader("Does rank truncation save time?")
-        headlines = report.svd_headlines(timed, base)
+        headlines = [line for m in methods.REGISTRY.values() for line in m.headlines(timed, base)]
         if headlines:
             for line in headlines:
                 st.markdown("- " + line)

@@ -232,50 +232,60 @@ def test_full_disk_keeps_results_in_memory_and_old_entries_intact(tiny_checkpoin
 
 
 SAVE_KILLED_AT = r"""
-import os, signal, sys
+import json, os, signal, sys
 import numpy as np
 from lowrank_core import checkpoint
-directory, kill_at = sys.argv[1], int(sys.argv[2])
-calls = []
-real_replace, real_rmtree = os.replace, checkpoint.shutil.rmtree
 
-def replace(src, dst):
-    calls.append(dst)
-    if len(calls) == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)  # as a power cut would: no cleanup runs
-    return real_replace(src, dst)
+def save_killed_at(directory, kill_at):
+    calls = []
+    real_replace, real_rmtree = os.replace, checkpoint.shutil.rmtree
 
-def rmtree(path, *args, **kwargs):
-    if kill_at == 0:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real_rmtree(path, *args, **kwargs)
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # as a power cut would: no cleanup runs
+        return real_replace(src, dst)
 
-os.replace, checkpoint.shutil.rmtree = replace, rmtree
-params = {"linear": {"w": np.full((3, 2), 2.0, np.float32), "b": np.zeros(2, np.float32)}}
-checkpoint.save(directory, params, {"preset": "new"})
+    def rmtree(path, *args, **kwargs):
+        if kill_at == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_rmtree(path, *args, **kwargs)
+
+    os.replace, checkpoint.shutil.rmtree = replace, rmtree
+    params = {"linear": {"w": np.full((3, 2), 2.0, np.float32), "b": np.zeros(2, np.float32)}}
+    checkpoint.save(directory, params, {"preset": "new"})
+
+# One import, one forked child per kill point (nothing here has started a thread to fork beside).
+statuses = {}
+for directory, kill_at in zip(sys.argv[1::2], map(int, sys.argv[2::2])):
+    pid = os.fork()
+    if pid == 0:
+        save_killed_at(directory, kill_at)
+        os._exit(0)
+    statuses[directory] = os.waitpid(pid, 0)[1]
+print(json.dumps(statuses))
 """
 
 
 def test_checkpoint_save_killed_at_every_point_leaves_one_loadable(tmp_path):
-    import numpy as np
-
     # os.replace calls in a save over an existing folder: params file, metadata file
     # (into staging), old folder aside, new folder in place; 0 = after both, before cleanup.
-    for kill_at in (1, 2, 3, 4, 0):
+    points = (1, 2, 3, 4, 0)
+    old = {"linear": {"w": np.ones((3, 2), np.float32), "b": np.zeros(2, np.float32)}}
+    for kill_at in points:
+        checkpoint.save(tmp_path / f"ck{kill_at}", old, {"preset": "old"})
+    arguments = [a for k in points for a in (str(tmp_path / f"ck{k}"), str(k))]
+    run = subprocess.run(
+        [sys.executable, "-c", SAVE_KILLED_AT, *arguments], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    statuses = json.loads(run.stdout.strip().splitlines()[-1])
+    for kill_at in points:
         directory = tmp_path / f"ck{kill_at}"
-        old = {"linear": {"w": np.ones((3, 2), np.float32), "b": np.zeros(2, np.float32)}}
-        checkpoint.save(directory, old, {"preset": "old"})
-        run = subprocess.run(
-            [sys.executable, "-c", SAVE_KILLED_AT, str(directory), str(kill_at)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert run.returncode == -signal.SIGKILL, run.stderr
+        status = statuses[str(directory)]
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
         params = checkpoint.load_params(directory, check=False)
         metadata = checkpoint.load_metadata(directory)
-        # Killed before the new folder was in place: the old one; after: the new one.
         assert metadata["preset"] == ("new" if kill_at == 0 else "old")
         assert np.all(params["linear"]["w"] == (2.0 if kill_at == 0 else 1.0))
         # A later save cleans up whatever the crash left beside the folder.

@@ -6,7 +6,7 @@ import io
 from lowrank_core import methods, report
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods.prune import PruneConfig
-from lowrank_core.methods.svd import SvdConfig
+from lowrank_core.methods.svd import SvdConfig, headlines as svd_headlines
 
 
 def record(
@@ -68,7 +68,7 @@ def test_headlines_use_only_comparable_measured_points():
         record(svd(0.75), 0.8, 10, batch=40),
         record(svd(0.8, finetune=FinetuneConfig(5)), 0.8, 10),
     ]
-    lines = report.svd_headlines(results, base)
+    lines = svd_headlines(results, base)
     assert len(lines) == 2
     truncated = next(line for line in lines if "truncated too" in line)
     kept = next(line for line in lines if "output layer kept" in line)
@@ -76,8 +76,8 @@ def test_headlines_use_only_comparable_measured_points():
     assert "2 measured fractions 0.05, 0.9" in kept and "the largest is f = 0.9" in kept
     assert "≤" not in " ".join(lines)  # nothing claimed between or beyond measured points
     # Order of the records does not change the answer.
-    assert report.svd_headlines(list(reversed(results)), base) == lines
-    assert report.svd_headlines(results[:1], base) == []
+    assert svd_headlines(list(reversed(results)), base) == lines
+    assert svd_headlines(results[:1], base) == []
 
 
 def test_csv_has_one_row_per_result_with_its_steps():

@@ -79,8 +79,9 @@ class Variant:
             raise ConfigError("the baseline cannot be combined with other steps")
         if any(k == "storage" for k in kinds) and kinds.index("storage") < len(kinds) - kinds.count("storage"):
             raise ConfigError("storage steps (int8) must come last in a pipeline")
-        if "svd" in names and any(REGISTRY[n].kind != "storage" for n in names[names.index("svd") + 1 :]):
-            raise ConfigError("only int8 storage may follow SVD in a pipeline")
+        for i, name in enumerate(names):
+            if get(name).last_structure and any(get(n).kind != "storage" for n in names[i + 1 :]):
+                raise ConfigError(f"only storage steps (int8) may follow {get(name).label} in a pipeline")
         if self.finetune is not None and not self.finetune.steps:
             object.__setattr__(self, "finetune", None)
 

@@ -58,6 +58,12 @@ class Method:
     check: Callable[[Any, Any], None] = lambda config, spec: None
     # Whether building with this config trains (minutes: the engine runs it as background work).
     trains: Callable[[Any], bool] = lambda config: False
+    # Only storage steps may follow it in a pipeline (SVD: its factors are what fine-tuning trains and int8 stores).
+    last_structure: bool = False
+    # (the config field a sweep varies, its default grid "start:stop:step" or "a,b,c"); None: not swept.
+    sweep: tuple[str, str] | None = None
+    # Sentences answering what its measured results show (e.g. does truncation save time), for the Overview.
+    headlines: Callable[[list, dict], list[str]] = lambda results, baseline: []
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     config_from_args: Callable[[argparse.Namespace], Any] | None = None
 

@@ -142,6 +142,7 @@ METHOD = Method(
     describe=describe,
     trains=lambda config: config.schedule == "gradual",
     keeps_zeros=True,
+    sweep=("sparsity", "0.1:0.9:0.1"),
     add_arguments=add_arguments,
     config_from_args=config_from_args,
 )

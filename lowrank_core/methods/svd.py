@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Iterable
 
 import numpy as np
 import scipy.linalg
@@ -315,6 +316,60 @@ def config_from_args(args: argparse.Namespace) -> SvdConfig:
     )
 
 
+def global_fraction_points(results: Iterable[dict]) -> dict[tuple[str, bool], list[dict]]:
+    """Measured plain SVD results on a global rank fraction (no other rule, no
+    fine-tuning, one step), grouped by (form, output layer included), each
+    group sorted by fraction: the only points that are comparable on one curve."""
+    groups: dict[tuple[str, bool], dict[float, dict]] = {}
+    for r in results:
+        c = r.get("config") or {}
+        if (
+            r["method"] != "svd"
+            or r.get("finetune")
+            or c.get("energy")
+            or c.get("layer_ranks")
+            or c.get("layer_fractions")
+            or c.get("param_budget")
+            or c.get("only")
+        ):
+            continue
+        groups.setdefault((c["form"], bool(c["include_output"])), {})[c["rank_fraction"]] = r
+    return {key: [points[f] for f in sorted(points)] for key, points in groups.items()}
+
+
+def headlines(results: Iterable[dict], baseline: dict) -> list[str]:
+    """Does truncation save time? Answered per comparable group of measured
+    points (same form, output layer in or out), naming the points it used and
+    never claiming anything between or beyond them."""
+    if "latency_ms" not in baseline:
+        return []
+    base_ms, batch = baseline["latency_ms"], baseline["batch_size"]
+    lines = []
+    for (form, with_output), points in sorted(global_fraction_points(results).items()):
+        timed = [r for r in points if "latency_ms" in r and r.get("batch_size") == batch]
+        if len(timed) < 2:
+            continue
+        fractions = ", ".join(f"{r['config']['rank_fraction']:g}" for r in timed)
+        which = (
+            f"{form}, output layer {'truncated too' if with_output else 'kept'}; "
+            f"{len(timed)} measured fractions {fractions}"
+        )
+        faster = [r for r in timed if r["latency_ms"] < 0.95 * base_ms]
+        if not faster:
+            lines.append(
+                f"**{which}**: none runs ≥ 5 % faster than the baseline ({base_ms:.0f} ms per batch of {batch:,})."
+            )
+            continue
+        best = max(faster, key=lambda r: r["config"]["rank_fraction"])
+        lines.append(
+            f"**{which}**: {len(faster)} of them run ≥ 5 % faster than the baseline; the largest is "
+            f"f = {best['config']['rank_fraction']:g} ({best['latency_ms']:.0f} ms vs {base_ms:.0f} ms per "
+            f"batch of {batch:,}, accuracy {best['accuracy']:.2%} vs {baseline['accuracy']:.2%} on "
+            f"{best['n_test']:,} test images)."
+        )
+    return lines
+
+
 METHOD = Method(
     name="svd",
     label="Low-rank (SVD)",
@@ -325,6 +380,9 @@ METHOD = Method(
     finalize=finalize,
     check=check,
     describe=describe,
+    last_structure=True,
+    sweep=("rank_fraction", "0.05:1.0:0.05"),
+    headlines=headlines,
     add_arguments=add_arguments,
     config_from_args=config_from_args,
 )
