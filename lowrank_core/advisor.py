@@ -124,8 +124,6 @@ def pipeline_variant(
     ``plan``'s SVD ranks on the smaller matrices (a rank that no longer saves
     weights leaves its layer dense), then int8 if asked. None when nothing is
     left to factorize."""
-    from lowrank_core import compress
-
     name, config = _front_step(sparsity)
     if name == "dead_units":
         pruned = compress.drop_dead_units(params)

@@ -8,6 +8,7 @@ same predictions. It prints a markdown table and writes the same as JSON.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 from typing import Callable, Iterator, NamedTuple
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowrank_core import advisor, bench_runtimes, configs, measure, model, runtimes, train
+from lowrank_core import advisor, bench_runtimes, configs, evaluation, measure, model, runtimes, train
 from lowrank_core.data import Cifar10
 from lowrank_core.methods import Variant, svd
 
@@ -193,8 +194,6 @@ def bench_time_to_accuracy(
     it) and stops while the test set is evaluated every ``eval_every`` steps;
     the run ends at the target or at the config's last step.
     """
-    from lowrank_core import evaluation
-
     config = configs.get_preset(preset) if isinstance(preset, str) else preset
     curve, reached, init_s = [], None, None
     for point in _clocked_training(config, data, eval_every):
@@ -314,8 +313,6 @@ def bench_sweep_scaling(engine, points=(1, 2, 4)) -> list[dict]:
 
 
 def environment() -> dict:
-    import os
-
     return {
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),

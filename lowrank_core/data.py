@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import pathlib
 import pickle
@@ -33,6 +34,7 @@ import zlib
 from typing import Callable, Mapping
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from lowrank_core import paths
 from lowrank_core.errors import DataError, DataMissing, UnsafePickleError
@@ -332,8 +334,6 @@ def download_archive(
 
 
 def _tqdm_progress(desc: str) -> tuple[ProgressFn, Callable[[], None]]:
-    from tqdm.auto import tqdm
-
     bars = []  # created on the first byte, so a failed connection prints no empty bar
 
     def update(done: int, total: int) -> None:
@@ -449,8 +449,6 @@ def load_tfds(data_dir: str | None = None) -> Cifar10:
     splits in ``data_dir``), as the same uint8 NHWC arrays and int32 labels as the
     archive path. TensorFlow is imported only here. Nothing is downloaded: an
     unprepared directory is a one-line error saying what to do."""
-    import logging
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     try:
         import tensorflow_datasets as tfds

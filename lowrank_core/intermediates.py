@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from lowrank_core import compress, measure, model, refit
+from lowrank_core import compress, configs, measure, model, paths, refit, train
 from lowrank_core.data import Cifar10
 from lowrank_core.fileio import atomic_write_bytes
 from lowrank_core.methods import BuildContext
@@ -124,8 +124,6 @@ class Intermediates:
     def singular_values_of(self, params, digest: str) -> dict[str, np.ndarray]:
         """Singular values of another checkpoint's dense layers (``digest``: its params
         file's sha256), cached on disk under the artifacts' shared spectra folder."""
-        from lowrank_core import paths
-
         path = paths.artifacts_dir() / "cache" / "spectra" / f"{digest[:24]}.npz"
         names = model.dense_layer_names(params)
         with self._locks(("spectra", digest)):
@@ -241,8 +239,6 @@ class Intermediates:
                     return self._init_s
             except Exception:
                 pass
-            from lowrank_core import configs, train
-
             config = dataclasses.replace(
                 configs.TrainConfig.from_dict(self.metadata.get("config") or {}), network=model.spec_of(self.params)
             )

@@ -7,7 +7,10 @@ reported apart, then warm-up calls, then ``repeats`` timed calls each ended by
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import platform
 import threading
 import time
 from typing import Callable, Mapping
@@ -16,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowrank_core import model, priority
+from lowrank_core import checkpoint, model, priority
+from lowrank_core.compress import dequantize, drop_dead_units
 
 EVAL_BATCH = 1000  # the test-set batch at which latency is reported
 # Whole-test-set predictions on a CPU run in batches of PREDICT_BATCH, and
@@ -124,8 +128,6 @@ def product_params(params: Mapping, pad: bool = True) -> dict:
     or rank share one compiled program instead of compiling (seconds under
     load) for every new set of widths.
     """
-    from lowrank_core.compress import dequantize, drop_dead_units
-
     # On the host: eager device ops would each compile for every new shape.
     dequantized, _ = dequantize({m: {k: np.asarray(v) for k, v in ps.items()} for m, ps in params.items()})
     out = dict(drop_dead_units(dequantized))
@@ -271,15 +273,11 @@ def conv_macs(params: Mapping) -> int:
 
 def stored_bytes(params: Mapping, float_dtype="float32") -> int:
     """Bytes of the variant's stored file (:func:`checkpoint.params_to_npz_bytes`), measured by writing it."""
-    from lowrank_core import checkpoint
-
     return len(checkpoint.params_to_npz_bytes(params, float_dtype))
 
 
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    import platform
-
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
@@ -291,16 +289,11 @@ def cpu_name() -> str:
 
 def fingerprinted(env: dict) -> dict:
     """``env`` with ``fingerprint``: a hash of everything in it."""
-    import hashlib
-
     return {**env, "fingerprint": hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]}
 
 
 def environment() -> dict:
     """Where a latency was measured: backend, device, CPU, jax; ``fingerprint`` hashes them."""
-    import os
-    import platform
-
     device = jax.devices()[0]
     return fingerprinted(
         {

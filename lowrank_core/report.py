@@ -14,6 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from lowrank_core import methods
+
 
 def parameter_breakdown(spec) -> list[dict]:
     """Per layer of a :class:`model.NetworkSpec`, in network order: kind,
@@ -36,23 +38,17 @@ def parameter_breakdown(spec) -> list[dict]:
 
 def method_label(name: str) -> str:
     """The label of a method, or of a pipeline ("Low-rank (SVD) + Int8 storage")."""
-    from lowrank_core import methods
-
     return " + ".join(methods.REGISTRY[n].label if n in methods.REGISTRY else n for n in name.split("+"))
 
 
 def method_colour(name: str) -> str:
     """The colour of a method (a pipeline takes its first step's)."""
-    from lowrank_core import methods
-
     first = name.split("+")[0]
     return methods.REGISTRY[first].colour if first in methods.REGISTRY else "#7f7f7f"
 
 
 def describe(result: dict) -> str:
     """A short human label of a result's steps and fine-tuning."""
-    from lowrank_core import methods
-
     try:
         return methods.Variant.from_dict(result).describe()
     except Exception:  # a record of a method this version no longer has

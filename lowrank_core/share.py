@@ -11,6 +11,7 @@ import io
 
 import numpy as np
 import plotly.graph_objects as go
+from PIL import Image
 
 from lowrank_core import charts, measure, report
 
@@ -18,8 +19,6 @@ CHANGED_IMAGES = 12
 
 
 def _png(image: np.ndarray, scale: int = 3) -> str:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(image, np.uint8)).resize((32 * scale, 32 * scale), Image.NEAREST).save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -15,6 +15,8 @@ import threading
 
 from lowrank_core.fileio import atomic_write_json
 
+MAX_RECORD_BYTES = 16 * 2**20  # a record with per-layer latency and every runtime is a few kB
+
 
 def payload_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -71,6 +73,8 @@ class ResultStore:
     @staticmethod
     def _read(path: pathlib.Path) -> dict | None:
         try:
+            if path.stat().st_size > MAX_RECORD_BYTES:  # bounded before it is read
+                return None
             stored = json.loads(path.read_text())
             payload = stored["payload"]
             return payload if payload_hash(payload) == stored["sha256"] else None

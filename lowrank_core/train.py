@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lowrank_core import evaluation, initializers, model, priority
+from lowrank_core import checkpoint, evaluation, initializers, model, priority
 from lowrank_core.configs import TrainConfig
 from lowrank_core.data import Cifar10
+from lowrank_core.fileio import atomic_write_bytes
 
 
 class TrainState(NamedTuple):
@@ -240,8 +241,6 @@ def resume_path(out_dir) -> pathlib.Path:
 
 def save_resume_point(path, step: int, state: TrainState, config: TrainConfig) -> None:
     """The whole training state (params, EMA, optimizer, rng) at ``step``, written atomically."""
-    from lowrank_core.fileio import atomic_write_bytes
-
     leaves = jax.tree.leaves(state)
     buffer = io.BytesIO()
     np.savez(
@@ -289,8 +288,6 @@ def train_and_save(
     accuracy by at most 0.1 point (halving the file), else as float32. The
     accuracy recorded is that of the parameters as stored. Returns the metadata.
     """
-    from lowrank_core import checkpoint  # local: keeps train importable without I/O deps
-
     resume_file = resume_path(out_dir)
     start_step, state = 0, None
     if resume and (point := load_resume_point(resume_file, config)) is not None:

@@ -6,18 +6,18 @@ import plotly.express as px
 import streamlit as st
 
 from lowrank_core import advisor
-from lowrank_core.errors import ConfigError
 from lowrank_core.methods.svd import BASES as SVD_BASES
 from pages.common import (
     baseline_result,
     clear_in_memory_results,
+    config_or_stop,
     export_buttons,
     fmt_mib,
     get_engine,
-    keys,
     long_jobs_note,
     metric_row,
     run_with_errors,
+    session,
     shared_mode,
 )
 
@@ -83,17 +83,15 @@ if eng is not None:
         "each layer's inputs on 5,000 training images; calibrated: that, then each layer refit in closed form "
         "to the original outputs from the inputs the compressed layers before it give",
     )
-    try:
-        config = advisor.AdvisorConfig(
+    config = config_or_stop(
+        lambda: advisor.AdvisorConfig(
             max_drop=float(max_drop),
             minimize=minimize,
             finetune_steps=int(finetune),
             methods=("svd",) + ("prune",) * prune_first + ("quantize",) * int8,
             basis=basis,
         )
-    except ConfigError as exc:
-        st.error(str(exc))
-        st.stop()
+    )
     st.caption(
         "Weight basis: per-layer ranks from the measured per-layer sensitivity table, then pipelines "
         "(structured pruning at a bisected sparsity, then those ranks). Data bases: ranks from each layer's "
@@ -101,7 +99,7 @@ if eng is not None:
         "every test image, and predictions only choose what to measure; int8 on top of the answer, measured. "
         "A cold search of every basis takes one to two minutes on 2 cores; cached afterwards."
     )
-    request = (keys(), question, config, budget)
+    request = (session(), question, config, budget)
     if st.button("Find it", type="primary", key="advisor_run"):
         bar = st.progress(0.0, text="starting")
 
@@ -120,7 +118,7 @@ if eng is not None:
     if stored and stored[0] == request:
         answer = stored[1]
         search = answer["advisor"]
-        base = baseline_result(*keys())
+        base = baseline_result(session())
         if not search["found"]:
             st.warning(f"No measured candidate meets it ({search['question']}); the baseline is the answer.")
         else:

@@ -5,21 +5,21 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import charts, report
-from pages.common import baseline_accuracy, cached_results, get_engine, keys, run_with_errors, style
+from pages.common import baseline_accuracy, cached_results, get_engine, run_with_errors, session, style
 
 GALLERY = 24  # images shown per group
 
 st.title("What compression changes")
 eng = get_engine()
 if eng is not None:
-    results = cached_results(*keys())
+    results = cached_results(session())
     labels = report.unique_labels(results)
     variants = [label for label, r in labels.items() if r["method"] != "baseline"]
     if not variants:
         st.info("Nothing measured yet: move a slider on a method's page, or ask the Advisor.")
         st.stop()
     c1, c2 = st.columns(2)
-    headline = report.headline_variant(results, baseline_accuracy(*keys()))
+    headline = report.headline_variant(results, baseline_accuracy(session()))
     by_record = {id(r): label for label, r in labels.items()}
     start = variants.index(by_record[id(headline)]) if headline is not None and id(headline) in by_record else 0
     picked = c1.selectbox(

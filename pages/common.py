@@ -9,6 +9,8 @@ them. Nothing here computes a number; it only asks the core.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import pathlib
 
@@ -22,7 +24,7 @@ import streamlit as st
 
 from lowrank_core import checkpoint, curves, data, engine, fairness, methods, paths, runtimes
 from lowrank_core.charts import style  # noqa: F401  (re-exported for the pages)
-from lowrank_core.errors import DataMissing, LowrankError
+from lowrank_core.errors import ConfigError, DataMissing, LowrankError
 from lowrank_core.finetune import FinetuneConfig
 
 CHECKPOINT_ENV = "LOWRANK_CHECKPOINT"
@@ -111,24 +113,25 @@ def checkpoint_digest(directory: pathlib.Path) -> str:
         stat = path.stat()
     except (OSError, ValueError):
         return "missing"
+    if stat.st_size > checkpoint.MAX_PARAMS_BYTES:
+        return "too large"  # never hashed: loading it says what is wrong
     identity = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     if identity not in _DIGESTS:
-        import hashlib
-
-        _DIGESTS[identity] = hashlib.sha256(path.read_bytes()).hexdigest()
+        with open(path, "rb") as handle:
+            _DIGESTS[identity] = hashlib.file_digest(handle, "sha256").hexdigest()
     return _DIGESTS[identity]
 
 
 @st.cache_resource(show_spinner="Loading checkpoint and CIFAR-10…", max_entries=2)
-def _engine(checkpoint_path: str, data_source: str | None, digest: str) -> engine.Engine:
-    # ``digest`` keys the cache by content: a retrained checkpoint in the same folder gets a new engine.
-    return engine.Engine(checkpoint_path, data.load_cifar10(data_source, download=False))
+def _engine(on: Session) -> engine.Engine:
+    # The session's digest keys the cache by content: a retrained checkpoint in the same folder gets a new engine.
+    return engine.Engine(on.checkpoint_path, data.load_cifar10(on.data_source, download=False))
 
 
 def get_engine() -> engine.Engine | None:
     """The engine for the current checkpoint and data, or None after showing ``st.error``."""
     try:
-        eng = _engine(*keys())
+        eng = _engine(session())
     except DataMissing:
         data_missing_panel()
         return None
@@ -187,26 +190,28 @@ def data_missing_panel() -> None:
     st.rerun()  # the data is in the cache now: every page finds it
 
 
-def keys() -> tuple[str, str | None, str]:
-    """(checkpoint folder, data source, checkpoint content digest): the key every cached call takes first."""
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """What every cached call of a page is keyed by: the checkpoint folder, the data source and
+    the checkpoint's content digest (a retrained checkpoint in the same folder is a new session)."""
+
+    checkpoint_path: str
+    data_source: str | None
+    digest: str
+
+
+def session() -> Session:
+    """The session of this script run (the sidebar's checkpoint and data)."""
     directory = checkpoint_dir()
-    return str(directory), data_path(), checkpoint_digest(directory)
+    return Session(str(directory), data_path(), checkpoint_digest(directory))
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def evaluate(
-    checkpoint_path: str,
-    data_source: str | None,
-    digest: str,
-    method,
-    config=None,
-    finetune_steps: int = 0,
-    with_latency: bool = False,
-) -> dict:
+def evaluate(on: Session, method, config=None, *, finetune_steps: int = 0, with_latency: bool = False) -> dict:
     """A measured variant (frozen configs and variants are hashable cache keys); with latency,
     in every runtime installed here (each its own accuracy and latency)."""
     finetune = FinetuneConfig(steps=finetune_steps) if finetune_steps else None
-    return _engine(checkpoint_path, data_source, digest).evaluate(
+    return _engine(on).evaluate(
         method, config, finetune=finetune, with_latency=with_latency, runtimes=measured_runtimes(with_latency)
     )
 
@@ -225,38 +230,36 @@ def parameter_breakdown(checkpoint_path: str, digest: str) -> list[dict]:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def baseline_accuracy(checkpoint_path: str, data_source: str | None, digest: str) -> dict:
+def baseline_accuracy(on: Session) -> dict:
     """The checkpoint's accuracy, size and MACs (no latency: seconds sooner)."""
-    return _engine(checkpoint_path, data_source, digest).evaluate("baseline", with_latency=False)
+    return _engine(on).evaluate("baseline", with_latency=False)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def baseline_result(checkpoint_path: str, data_source: str | None, digest: str) -> dict:
-    return _engine(checkpoint_path, data_source, digest).evaluate(
-        "baseline", with_latency=True, runtimes=measured_runtimes(True)
-    )
+def baseline_result(on: Session) -> dict:
+    return _engine(on).evaluate("baseline", with_latency=True, runtimes=measured_runtimes(True))
 
 
 @st.cache_data(show_spinner="Computing singular values of every dense layer…", max_entries=4)
-def spectra(checkpoint_path: str, data_source: str | None, digest: str) -> dict:
-    return _engine(checkpoint_path, data_source, digest).spectra()
+def spectra(on: Session) -> dict:
+    return _engine(on).spectra()
 
 
 @st.cache_data(show_spinner="Computing the other checkpoint's singular values…", max_entries=4)
-def other_spectra(checkpoint_path: str, data_source: str | None, digest: str, other: str, other_digest: str) -> dict:
+def other_spectra(on: Session, other: str, other_digest: str) -> dict:
     """Spectra of another checkpoint (keyed by its content digest too)."""
-    return _engine(checkpoint_path, data_source, digest).checkpoint_spectra(other)
+    return _engine(on).checkpoint_spectra(other)
 
 
 @st.cache_data(show_spinner="Computing σ(LᵀW) of every layer on 5,000 training images…", max_entries=4)
-def data_spectra(checkpoint_path: str, data_source: str | None, digest: str) -> dict:
-    return _engine(checkpoint_path, data_source, digest).data_spectra()
+def data_spectra(on: Session) -> dict:
+    return _engine(on).data_spectra()
 
 
 @st.cache_data(show_spinner=False, ttl=5, max_entries=8)
-def cached_results(checkpoint_path: str, data_source: str | None, digest: str) -> list[dict]:
+def cached_results(on: Session) -> list[dict]:
     """Every result on disk for this checkpoint (short ttl: other tabs add to it)."""
-    return _engine(checkpoint_path, data_source, digest).cached_results()
+    return _engine(on).cached_results()
 
 
 def clear_in_memory_results() -> None:
@@ -273,6 +276,16 @@ def progress_callback(label: str):
         bar.progress(min(1.0, done / max(1, total)), text=f"{label} {done}/{total}")
 
     return on_progress, bar
+
+
+def config_or_stop(make):
+    """``make()``, a config built from the widgets; if it is invalid, its one-line reason as
+    ``st.error`` (what to change) and the page stops there."""
+    try:
+        return make()
+    except ConfigError as exc:
+        st.error(str(exc))
+        st.stop()
 
 
 def run_with_errors(fn, *args, **kwargs):
@@ -348,7 +361,7 @@ def metrics_then_latency(compute, measure_latency: bool):
     it lands. Returns (the record, a function giving the timed record once there is one)."""
     with st.spinner("Computing on every test image…" + queue_note()):
         result = compute(False)
-    eng = _engine(*keys())
+    eng = _engine(session())
     variant, baseline = methods.Variant.from_dict(result), methods.Variant.of("baseline")
     pending = measure_latency and not (curves.timed_record(eng, variant) and curves.timed_record(eng, baseline))
     if pending:
@@ -361,7 +374,7 @@ def metrics_then_latency(compute, measure_latency: bool):
     @st.fragment(run_every=2 if pending else None)
     def metrics() -> None:
         shown, base = timed(), curves.timed_record(eng, baseline)
-        metric_row(shown, base if base is not None and "latency_ms" in shown else baseline_accuracy(*keys()))
+        metric_row(shown, base if base is not None and "latency_ms" in shown else baseline_accuracy(session()))
         if measure_latency and "latency_ms" not in shown:
             st.caption(
                 "Latency: timing it in every runtime in the background, when no page is running (it never "

@@ -7,12 +7,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import report
-from pages.common import cached_results, export_buttons, get_engine, keys, run_with_errors, style
+from pages.common import cached_results, export_buttons, get_engine, run_with_errors, session, style
 
 st.title("Compare and export")
 eng = get_engine()
 if eng is not None:
-    results = cached_results(*keys())
+    results = cached_results(session())
     if not results:
         st.info("Nothing measured yet: move a slider on the Low-rank, Pruning or Layer removal page first.")
         st.stop()

@@ -4,17 +4,17 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import model
-from lowrank_core.errors import ConfigError
 from lowrank_core.methods.remove import RemoveConfig
 from pages.common import (
     METHOD_COLORS,
     baseline_accuracy,
     baseline_result,
+    config_or_stop,
     get_engine,
-    keys,
     long_jobs_note,
     metric_row,
     progress_callback,
+    session,
     shared_mode,
     style,
 )
@@ -33,13 +33,9 @@ if eng is not None:
         "Every layer after a cut sees new inputs, so the whole dense head is retrained on the cached "
         "outputs of the convolutions (the second seed's option A)."
     )
-    try:
-        config = RemoveConfig(layers=tuple(layers), retrain_steps=int(steps))
-    except ConfigError as exc:
-        st.error(str(exc))
-        st.stop()
+    config = config_or_stop(lambda: RemoveConfig(layers=tuple(layers), retrain_steps=int(steps)))
     # The baseline's latency only when latencies are asked for: timing it costs seconds.
-    base = baseline_result(*keys()) if measure_latency else baseline_accuracy(*keys())
+    base = baseline_result(session()) if measure_latency else baseline_accuracy(session())
     result = eng.cached_result("remove", config, with_latency=measure_latency)
     if result is None:
         if shared_mode():

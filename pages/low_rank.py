@@ -6,7 +6,6 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import compress, curves, model
-from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods import Variant
 from lowrank_core.methods.svd import BASES as SVD_BASES, SvdConfig, global_fraction_points
@@ -15,15 +14,16 @@ from pages.common import (
     METHOD_COLORS,
     baseline_accuracy,
     cached_results,
+    config_or_stop,
     evaluate,
     get_engine,
-    keys,
     latency_stats,
     long_jobs_note,
     measured_runtimes,
     metrics_then_latency,
     progress_callback,
     reference_line,
+    session,
     shared_mode,
     style,
 )
@@ -99,8 +99,8 @@ if eng is not None:
     measure_latency = o2.toggle(
         "Measure latency too (shown once accuracy is)", True, key="svd_latency", help="switch off for faster moves"
     )
-    try:
-        config = SvdConfig(
+    config = config_or_stop(
+        lambda: SvdConfig(
             rank_fraction=float(fraction),
             form=form,
             include_output=include_output,
@@ -109,9 +109,7 @@ if eng is not None:
             layer_fractions=tuple(overrides),
             basis=basis,
         )
-    except ConfigError as exc:
-        st.error(str(exc))
-        st.stop()
+    )
     if finetune_steps:
         on_progress, bar = progress_callback("Fine-tuning")
         finetune = FinetuneConfig(steps=finetune_steps)
@@ -129,12 +127,14 @@ if eng is not None:
         bar.empty()
     else:
         result, add_latency = metrics_then_latency(
-            lambda timed: evaluate(*keys(), "svd", config, 0, timed), measure_latency
+            lambda timed: evaluate(session(), "svd", config, with_latency=timed), measure_latency
         )
     if compare_basis:
         for other in (b for b in SVD_BASES if b != basis):
             with st.spinner(f"Measuring the {other} basis at the same rule…"):
-                twin = evaluate(*keys(), "svd", dataclasses.replace(config, basis=other), finetune_steps, False)
+                twin = evaluate(
+                    session(), "svd", dataclasses.replace(config, basis=other), finetune_steps=finetune_steps
+                )
             st.caption(
                 f"Same rule in the {other} basis: accuracy {twin['accuracy']:.2%} "
                 f"({twin['accuracy'] - result['accuracy']:+.2%} vs this one), ranks "
@@ -154,7 +154,9 @@ if eng is not None:
     )
 
     result = add_latency()  # the timed record once the background has timed it, else the accuracy's
-    base = (curves.timed_record(eng, Variant.of("baseline")) if measure_latency else None) or baseline_accuracy(*keys())
+    base = (curves.timed_record(eng, Variant.of("baseline")) if measure_latency else None) or baseline_accuracy(
+        session()
+    )
 
     st.subheader("Accuracy and latency vs rank fraction")
     curve_variants = [
@@ -167,7 +169,7 @@ if eng is not None:
     @st.fragment(run_every=3 if filling else None)
     def curves_section():
         """The curves, redrawn every few seconds from the cache while the background fills them in."""
-        groups = global_fraction_points(cached_results(*keys()))
+        groups = global_fraction_points(cached_results(session()))
         points = {
             (form_, r["config"]["rank_fraction"]): r
             for (form_, with_output), series in groups.items()

@@ -15,10 +15,10 @@ from pages.common import (
     clear_in_memory_results,
     fmt_mib,
     get_engine,
-    keys,
     latency_stats,
     parameter_breakdown,
     run_with_errors,
+    session,
     style,
 )
 
@@ -58,7 +58,7 @@ with summary_slot:
         # Accuracy first (seconds), latency after the chart: the page is useful
         # while the latency repeats run.
         with st.spinner("Measuring the checkpoint on every test image…"):
-            base = baseline_accuracy(*keys())
+            base = baseline_accuracy(session())
         batch = measure.timed_batch_sizes(eng.data.x_test.shape[0])[-1]
         cols = st.columns(5)
         cols[0].metric(
@@ -74,7 +74,7 @@ with summary_slot:
         latency_slot = cols[4].empty()
         latency_slot.metric(f"Latency, batch {batch:,}", "measuring…")
 
-        measured = cached_results(*keys())
+        measured = cached_results(session())
         cards = report.headline_cards(measured, base)
         if cards:
             st.markdown(
@@ -125,7 +125,7 @@ with summary_slot:
 
         if by_latency:
             in_runtime = [r for r in measured if timing(r).get("latency_ms") and timing(r).get("batch_size") == batch]
-            results = in_runtime or [baseline_result(*keys())]
+            results = in_runtime or [baseline_result(session())]
         else:
             results = measured or [base]
         cost_of = (lambda r: timing(r)["latency_ms"]) if by_latency else (lambda r: r["bytes"] / 2**20)
@@ -146,7 +146,7 @@ with summary_slot:
         )
 
         with st.spinner("Timing the checkpoint (compile excluded, warm-up, 7 repeats)…"):
-            base = baseline_result(*keys())
+            base = baseline_result(session())
         latency_slot.metric(
             f"Latency, batch {base['batch_size']:,}",
             f"{base['latency_ms']:.0f} ms",

@@ -4,17 +4,17 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import model
-from lowrank_core.errors import ConfigError
 from lowrank_core.methods.prune import PruneConfig
 from pages.common import (
     METHOD_COLORS,
+    config_or_stop,
     evaluate,
     get_engine,
-    keys,
     long_jobs_note,
     measured_runtimes,
     metrics_then_latency,
     progress_callback,
+    session,
     shared_mode,
     style,
 )
@@ -63,8 +63,8 @@ if eng is not None:
         "Measure latency too (shown once accuracy is)", True, key="prune_latency", help="switch off for faster moves"
     )
     dense_only = () if with_convolutions else tuple(model.dense_layer_names(eng.params))
-    try:
-        config = PruneConfig(
+    config = config_or_stop(
+        lambda: PruneConfig(
             sparsity=float(sparsity),
             scope=scope,
             structured=structured,
@@ -72,9 +72,7 @@ if eng is not None:
             gradual_steps=300,
             only=() if structured else dense_only,
         )
-    except ConfigError as exc:
-        st.error(str(exc))
-        st.stop()
+    )
     if config.schedule == "gradual":
         on_progress, bar = progress_callback("Gradual pruning while fine-tuning")
         result, add_latency = metrics_then_latency(
@@ -86,7 +84,7 @@ if eng is not None:
         bar.empty()
     else:
         result, add_latency = metrics_then_latency(
-            lambda timed: evaluate(*keys(), "prune", config, 0, timed), measure_latency
+            lambda timed: evaluate(session(), "prune", config, with_latency=timed), measure_latency
         )
     if structured:
         st.info(

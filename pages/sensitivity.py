@@ -7,12 +7,12 @@ import streamlit as st
 
 from lowrank_core import report, sensitivity
 from lowrank_core.methods.svd import SvdConfig
-from pages.common import baseline_accuracy, evaluate, get_engine, keys, progress_callback, style
+from pages.common import baseline_accuracy, evaluate, get_engine, progress_callback, session, style
 
 st.title("Per-layer sensitivity (truncated SVD)")
 eng = get_engine()
 if eng is not None:
-    base = baseline_accuracy(*keys())
+    base = baseline_accuracy(session())
     n_test = base["n_test"]
     rows = eng.svd_sensitivity(compute=False)
     if rows is None:
@@ -79,7 +79,7 @@ if eng is not None:
     ):
         with st.spinner("Measuring on every test image…"):
             for f in checks:
-                evaluate(*keys(), "svd", SvdConfig(f, include_output=not hidden_only), 0, False)
+                evaluate(session(), "svd", SvdConfig(f, include_output=not hidden_only), with_latency=False)
     measured = {}
     for f in checks:
         record = eng.cached_result("svd", SvdConfig(f, include_output=not hidden_only))

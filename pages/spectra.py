@@ -10,10 +10,10 @@ from pages.common import (
     checkpoint_digest,
     data_spectra,
     get_engine,
-    keys,
     other_spectra,
     reference_line,
     run_with_errors,
+    session,
     spectra,
     validate_path,
 )
@@ -47,9 +47,9 @@ if eng is not None:
         if problem:
             st.error(f"{problem}: pick a folder holding params.npz and metadata.json")
         else:
-            other = run_with_errors(other_spectra, *keys(), other_path, checkpoint_digest(other_path))
-    all_spectra = spectra(*keys())
-    seen = run_with_errors(data_spectra, *keys()) if show_data else None
+            other = run_with_errors(other_spectra, session(), other_path, checkpoint_digest(other_path))
+    all_spectra = spectra(session())
+    seen = run_with_errors(data_spectra, session()) if show_data else None
     curve_key = {
         "singular values": "singular_values",
         "normalized": "normalized",

@@ -4,9 +4,17 @@ network is stored rather than what it computes, alone or after SVD."""
 import streamlit as st
 
 from lowrank_core import methods
-from lowrank_core.errors import ConfigError
 from lowrank_core.methods.svd import SvdConfig
-from pages.common import baseline_accuracy, baseline_result, evaluate, fmt_mib, get_engine, keys, metric_row
+from pages.common import (
+    baseline_accuracy,
+    baseline_result,
+    config_or_stop,
+    evaluate,
+    fmt_mib,
+    get_engine,
+    metric_row,
+    session,
+)
 
 STARTS = ("the checkpoint as it is", "dead units dropped (lossless)", "SVD factorized, hidden layers at fraction f")
 
@@ -37,15 +45,11 @@ if eng is not None:
     if not steps:
         st.info("The checkpoint as it is: pick a start or switch on int8 storage.")
         st.stop()
-    try:
-        variant = methods.Variant(tuple(steps))
-    except ConfigError as exc:
-        st.error(str(exc))
-        st.stop()
+    variant = config_or_stop(lambda: methods.Variant(tuple(steps)))
     # The baseline's latency only when latencies are asked for: timing it costs seconds.
-    base = baseline_result(*keys()) if measure_latency else baseline_accuracy(*keys())
+    base = baseline_result(session()) if measure_latency else baseline_accuracy(session())
     with st.spinner(f"Computing on all {eng.data.y_test.shape[0]:,} test images…"):
-        result = evaluate(*keys(), variant, None, 0, measure_latency)
+        result = evaluate(session(), variant, None, with_latency=measure_latency)
     st.caption(f"Variant: {result['label']}")
     metric_row(result, base)
     st.caption(

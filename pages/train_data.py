@@ -13,9 +13,9 @@ from pages.common import (
     cached_results,
     clear_in_memory_results,
     get_engine,
-    keys,
     long_jobs_note,
     run_with_errors,
+    session,
     shared_mode,
     style,
 )
@@ -99,7 +99,7 @@ if eng is not None:
             )
 
     st.subheader("Cache")
-    results = cached_results(*keys())
+    results = cached_results(session())
     size = (
         sum(p.stat().st_size for p in pathlib.Path(eng.cache_dir).rglob("*") if p.is_file())
         if eng.cache_dir.exists()

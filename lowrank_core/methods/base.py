@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from lowrank_core import compress, model, refit
+from lowrank_core.errors import ConfigError
 
 Params = dict[str, dict[str, np.ndarray]]
 ProgressFn = Callable[[int, int], None]
@@ -82,15 +84,11 @@ class Method:
 
 def config_dict(config) -> dict:
     """A config as plain JSON values."""
-    import json
-
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def parse_float(text: str, what: str) -> float:
     """A float from a command-line value, or a one-line error naming the option."""
-    from lowrank_core.errors import ConfigError
-
     try:
         return float(text)
     except (TypeError, ValueError):
@@ -99,8 +97,6 @@ def parse_float(text: str, what: str) -> float:
 
 def check_layer_names(names, allowed: tuple[str, ...], what: str = "layer") -> None:
     """A :class:`ConfigError` for the first name not in ``allowed``."""
-    from lowrank_core.errors import ConfigError
-
     for name in names:
         if name not in allowed:
             raise ConfigError(f"unknown {what} {name!r}; the network's are {', '.join(allowed)}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from lowrank_core import compress
+from lowrank_core import compress, model
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig, finetune_dense
 from lowrank_core.methods.base import BuildContext, Method, Params, is_dense_name
@@ -35,8 +35,6 @@ def build(params: Params, config: RemoveConfig, context: BuildContext) -> tuple[
     out, changed = compress.remove_layers(params, config.layers, key_seed=context.seed)
     # Every layer after a cut sees new inputs, so the whole dense head is retrained.
     if config.retrain_steps:
-        from lowrank_core import model
-
         dense = {n: out[n] for n in model.dense_layer_names(out)}
         out.update(
             finetune_dense(
