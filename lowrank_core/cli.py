@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import pathlib
 import sys
 
@@ -156,18 +157,28 @@ def _runtime_names(text: str | None) -> tuple[str, ...]:
     return names
 
 
+MAX_GRID = 1000  # points in a sweep grid: more is a typo (a step of 1e-9), not a sweep
+
+
 def _parse_grid(text: str) -> list[float]:
-    """ "0.05:1.0:0.05" (start:stop:step, stop included) or "0.1,0.5,1"."""
+    """ "0.05:1.0:0.05" (start:stop:step, stop included) or "0.1,0.5,1": finite values, at most MAX_GRID."""
+    bad = LowrankError(f"bad grid {text!r}; use start:stop:step (start ≤ stop, step > 0) or a comma list")
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0:
-                raise ValueError
-            count = int(round((stop - start) / step)) + 1
-            return [round(start + i * step, 10) for i in range(count)]
-        return [float(v) for v in text.split(",")]
+            if not (math.isfinite(start) and math.isfinite(stop) and step > 0 and start <= stop):
+                raise bad
+            count = math.floor((stop - start) / step + 1e-6) + 1  # the stop itself despite rounding
+            if count > MAX_GRID:
+                raise LowrankError(f"grid {text!r} has {count:,} points; at most {MAX_GRID:,}")
+            grid = [round(start + i * step, 10) for i in range(count)]
+        else:
+            grid = [float(v) for v in text.split(",")]
     except ValueError:
-        raise LowrankError(f"bad grid {text!r}; use start:stop:step or a comma list") from None
+        raise bad from None
+    if not grid or len(grid) > MAX_GRID or not all(math.isfinite(v) for v in grid):
+        raise bad
+    return grid
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

@@ -6,6 +6,9 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from lowrank_core import advisor, cli
+from lowrank_core.errors import LowrankError
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -195,9 +198,10 @@ def test_advise_options_are_accepted_or_one_line_errors(text, option):
     import contextlib
     import io
 
-    from lowrank_core import cli
+    seen = []
 
-    def reached(*args, **kwargs):
+    def reached(args, *rest, **kwargs):
+        seen.append(args)
         raise _Reached
 
     original = cli._make_engine
@@ -215,3 +219,33 @@ def test_advise_options_are_accepted_or_one_line_errors(text, option):
         cli._make_engine = original
     if code is not None:
         assert code == 2 and len(err.getvalue().strip().splitlines()) == 1 and "Traceback" not in err.getvalue()
+        return
+    # Accepted: what reached the engine is a valid setting, as the advisor's contract states.
+    args = seen[0]
+    if option == "--max-drop":
+        assert 0 <= float(args.max_drop) <= 100
+    elif option == "--budget":
+        assert 0 < float(args.budget) <= 1
+    elif option == "--methods":
+        chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+        assert "svd" in chosen and set(chosen) <= set(advisor.SEARCHABLE)
+    else:
+        assert args.minimize in advisor.MINIMIZE
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("0.05:1.0:0.05", 20), ("0.1:0.9:0.1", 9), ("0:1:0.3", 4), ("0.1,0.5,1", 3), ("0.25", 1)],
+)
+def test_a_grid_is_every_value_from_start_to_stop(text, expected):
+    grid = cli._parse_grid(text)
+    assert len(grid) == expected and grid == sorted(grid)
+    if ":" in text:
+        start, stop, step = (float(v) for v in text.split(":"))
+        assert grid[0] == start and stop - step < grid[-1] <= stop + 1e-9
+
+
+@pytest.mark.parametrize("text", ["1:0:0.1", "0:1:0", "nan,1", "inf:1:1", "0:1:1e-9", ""])
+def test_an_impossible_grid_is_one_line(text):
+    with pytest.raises(LowrankError):
+        cli._parse_grid(text)

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from lowrank_core import checkpoint, configs, data as data_lib, engine, methods, train
+from lowrank_core.fileio import atomic_write_json
 from lowrank_core.methods.svd import SvdConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -101,13 +102,14 @@ while True:
 def test_kill_during_cache_write_leaves_nothing_trusted(tmp_path):
     target = tmp_path / "results" / "entry.json"
     target.parent.mkdir()
+    atomic_write_json(target, {"blob": "x" * 20_000_000})  # a complete entry to be overwritten
     for delay in (0.3, 0.7, 1.1):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], cwd=REPO)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if target.exists():  # either the old complete file or a new complete file, never a partial one
-            assert len(json.loads(target.read_text())["blob"]) == 20_000_000
+        # Either the old complete file or a new complete file, never a partial one.
+        assert len(json.loads(target.read_text())["blob"]) == 20_000_000
     # Leftover temp files never carry the entry's name, and the engine reads only *.json.
     assert all(p.name.startswith(".entry.json.") for p in target.parent.iterdir() if p != target)
 
