@@ -354,6 +354,9 @@ def metric_row(result: dict, base: dict) -> None:
     )
 
 
+POLL_S = 3  # how often a page redraws what the background measures (latency, curve points)
+
+
 def metrics_then_latency(compute, measure_latency: bool):
     """The metric row with accuracy as soon as it is measured (``compute(False)``); with
     ``measure_latency`` its latency in every runtime is timed in the background once the CPU
@@ -371,7 +374,10 @@ def metrics_then_latency(compute, measure_latency: bool):
     def timed() -> dict:
         return (curves.timed_record(eng, variant) if measure_latency else None) or result
 
-    @st.fragment(run_every=2 if pending else None)
+    # The interval depends on the page's settings only, never on whether this point is timed yet:
+    # a fragment whose run_every changes between runs can leave a stale timer that fires into the
+    # next run's layout (Streamlit's "Bad delta path index", seen in the 8-session soak).
+    @st.fragment(run_every=POLL_S if measure_latency else None)
     def metrics() -> None:
         shown, base = timed(), curves.timed_record(eng, baseline)
         metric_row(shown, base if base is not None and "latency_ms" in shown else baseline_accuracy(session()))

@@ -12,6 +12,7 @@ from lowrank_core.methods.svd import BASES as SVD_BASES, SvdConfig, global_fract
 from pages.common import (
     FORM_DASH,
     METHOD_COLORS,
+    POLL_S,
     baseline_accuracy,
     cached_results,
     config_or_stop,
@@ -164,9 +165,9 @@ if eng is not None:
         for fm in ("factorized", "reconstructed")
         for f in CURVE_GRID
     ]
-    filling = curves.fill(eng, curve_variants, with_latency=measure_latency).is_alive()
+    curves.fill(eng, curve_variants, with_latency=measure_latency)
 
-    @st.fragment(run_every=3 if filling else None)
+    @st.fragment(run_every=POLL_S)  # constant: see metrics_then_latency
     def curves_section():
         """The curves, redrawn every few seconds from the cache while the background fills them in."""
         groups = global_fraction_points(cached_results(session()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pathlib
 import pickle
@@ -97,15 +98,21 @@ def shared_archive() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
-    """(synthetic archive, checkpoint trained on it with the ``tiny`` preset), made once per run."""
+    """(synthetic archive, checkpoint trained on it with the ``tiny`` preset), made once per run:
+    under xdist the first worker trains it into the run's shared folder, the others wait and read
+    it (every test copies nothing into it: the engine's caches go to each test's own folder)."""
     from lowrank_core import configs, train
 
-    root = tmp_path_factory.mktemp("tiny")
-    with pytest.MonkeyPatch.context() as patch:  # session scope: keep its caches out of the repository too
-        patch.setenv("LOWRANK_ARTIFACTS", str(root / "artifacts"))
-        archive = write_archive(root / data_lib.ARCHIVE_NAME, write_folder(root / "src", n_per_batch=40))
-        train.train_and_save(configs.get_preset("tiny"), data_lib.load_cifar10(archive), root / "ck")
-    return archive, root / "ck"
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    root = tmp_path_factory.getbasetemp().parent / "tiny" if worker else tmp_path_factory.mktemp("tiny")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock, pytest.MonkeyPatch.context() as patch:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / "ck" / "metadata.json").exists():
+            patch.setenv("LOWRANK_ARTIFACTS", str(root / "artifacts"))  # keep its caches out of the repository
+            archive = write_archive(root / data_lib.ARCHIVE_NAME, write_folder(root / "src", n_per_batch=40))
+            train.train_and_save(configs.get_preset("tiny"), data_lib.load_cifar10(archive), root / "ck")
+    return root / data_lib.ARCHIVE_NAME, root / "ck"
 
 
 def pytest_collection_modifyitems(items):

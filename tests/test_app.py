@@ -224,7 +224,7 @@ def test_advisor_page_answers_with_measured_candidates(env):
     at.number_input(key="advisor_drop").set_value(5.0).run()
     at.button(key="advisor_run").click().run()
     assert not at.exception and not at.error
-    assert at.success and not at.warning  # within 5 points a candidate is found on the tiny network
+    assert at.success and "accuracy" in at.success[0].value  # within 5 points a candidate is found
     candidates = at.dataframe[0].value
     assert len(candidates) >= 1 and "drop_points" in candidates.columns
     at.radio(key="advisor_question").set_value("most accurate within a budget").run()

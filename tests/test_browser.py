@@ -3,8 +3,8 @@
 It starts the app headless on a free 127.0.0.1 port with the shipped
 checkpoint and the shared CIFAR-10 archive, visits every page, moves the SVD
 rank slider and checks that the shown accuracy changes and a plotly chart is
-drawn. Screenshots go to ``$LOWRANK_SCREENSHOTS`` (default: a temp folder),
-with the measured response times in ``app_timings.json`` beside them.
+drawn. The measured response times go to ``app_timings.json`` in
+``$LOWRANK_SCREENSHOTS`` (default: a temp folder); page screenshots too when it is set.
 """
 
 from __future__ import annotations
@@ -88,6 +88,15 @@ def app_server(shared_archive, tmp_path_factory):
     server.stop()
 
 
+SCREENSHOTS = os.environ.get("LOWRANK_SCREENSHOTS")
+
+
+def _shot(page, folder: pathlib.Path, name: str) -> None:
+    """A full-page screenshot, taken only when ``$LOWRANK_SCREENSHOTS`` asks for them (for the docs)."""
+    if SCREENSHOTS:
+        page.screenshot(path=str(folder / name), full_page=True)
+
+
 def _metric(page, label: str) -> str:
     locator = page.locator('[data-testid="stMetric"]', has_text=label).first
     return locator.locator('[data-testid="stMetricValue"]').inner_text()
@@ -157,7 +166,7 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
             first_visit[name or "overview"]["idle_s"] = time.perf_counter() - started
             assert not page.locator('[data-testid="stException"]').count(), f"traceback on page {name!r}"
             assert not page.locator('[data-testid="stAlertContentError"]').count(), f"error on page {name!r}"
-            page.screenshot(path=str(shots / f"page_{name or 'overview'}.png"), full_page=True)
+            _shot(page, shots, f"page_{name or 'overview'}.png")
             peak_rss = max(peak_rss, server.process.memory_info().rss)
 
         # The SVD page: move the rank slider with the keyboard; the ranks and the measured
@@ -179,7 +188,7 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
         _wait_until_idle(page)
         assert _metric(page, "Test accuracy").split("\n")[0].endswith("%")
         assert page.locator(".js-plotly-plot").count() >= 2
-        page.screenshot(path=str(shots / "svd_page.png"), full_page=True)
+        _shot(page, shots, "svd_page.png")
 
         # Back to a position already measured: a cache hit.
         started = time.perf_counter()
@@ -210,7 +219,7 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
         page.wait_for_selector(".js-plotly-plot", timeout=180_000)
         _wait_until_idle(page, 180)
         page.wait_for_timeout(1000)  # plotly finishes its transition
-        page.screenshot(path=str(shots / "spectra_page.png"), full_page=True)
+        _shot(page, shots, "spectra_page.png")
         peak_rss = max(peak_rss, server.process.memory_info().rss)
 
         # What changes: the gallery draws real images (the SVD points above changed some predictions).
@@ -221,7 +230,7 @@ def test_every_page_in_a_real_browser(app_server, tmp_path):
         assert " 0 images fixed, 0 broken" not in caption, caption  # it opens on a measured SVD point
         assert page.locator('[data-testid="stImage"] img').count() > 0
         assert page.locator('[data-testid="stImage"] img').first.evaluate("img => img.naturalWidth") > 0
-        page.screenshot(path=str(shots / "changes_page.png"), full_page=True)
+        _shot(page, shots, "changes_page.png")
 
         # The shareable report: download it, then open it with the network off; its charts draw.
         page.goto(f"{server.url}/compare")
