@@ -381,8 +381,9 @@ def metrics_then_latency(compute, measure_latency: bool):
     def metrics() -> None:
         shown, base = timed(), curves.timed_record(eng, baseline)
         metric_row(shown, base if base is not None and "latency_ms" in shown else baseline_accuracy(session()))
+        note = st.empty()  # always there: a fragment's element count must not change between reruns
         if measure_latency and "latency_ms" not in shown:
-            st.caption(
+            note.caption(
                 "Latency: timing it in every runtime in the background, when no page is running (it never "
                 "slows a move); it appears here when done." + queue_note()
             )
@@ -422,8 +423,14 @@ def fastest_timing(result: dict, base: dict) -> tuple[str, dict, dict] | None:
 
 
 def runtime_caption(result: dict, base: dict) -> None:
-    """One line per runtime: its own accuracy and latency (the metric above shows the fastest)."""
-    for name, entry in timings(result).items():
+    """One line per installed runtime: its own accuracy and latency (the metric above shows the
+    fastest). One slot per runtime whether it is timed yet or not: inside a polling fragment the
+    number of elements must not change between reruns (Streamlit's "Bad delta path index")."""
+    timed = timings(result)
+    for name in runtimes.available():
+        slot = st.empty()
+        if (entry := timed.get(name)) is None:
+            continue
         label = runtime_label(name)
         reference = timings(base).get(name, {})
         speed = ""
@@ -431,7 +438,7 @@ def runtime_caption(result: dict, base: dict) -> None:
             speed = f" ({reference['latency_ms'] / entry['latency_ms']:.2f}× the baseline's speed there)"
         threads = f"{entry['threads']} threads, " if "threads" in entry else ""
         how = runtimes.get(name).int8 if name in runtimes.REGISTRY and _is_int8(result) else ""
-        st.caption(
+        slot.caption(
             f"**{label}** ({threads}on {entry['measured_on'].get('cpu', '?')}): accuracy {entry['accuracy']:.2%} on "
             f"{entry['n_test']:,} test images; latency batch {entry['batch_size']:,} {entry['latency_ms']:.0f} ms"
             f"{speed}, batch 1 {entry['latency_batch1_ms']:.2f} ms (median of "
