@@ -107,7 +107,7 @@ class Plan:
             steps.append(("quantize", methods.REGISTRY["quantize"].config_type()))
         finetune = FinetuneConfig(steps=finetune_steps) if finetune_steps else None
         if not steps:
-            steps.append(("baseline", methods.REGISTRY["baseline"].config_type()))
+            steps.append((methods.REFERENCE, methods.REGISTRY[methods.REFERENCE].config_type()))
         return methods.Variant(tuple(steps), finetune)
 
 
@@ -321,7 +321,7 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
     its predicted and measured drop, which basis and steps won and by how much, the baseline,
     the answer with int8 on top)."""
     report = on_progress or (lambda text, share: None)
-    base = _evaluate(engine, methods.Variant.of("baseline"), config)
+    base = _evaluate(engine, methods.Variant.of(methods.REFERENCE), config)
     searches: list[_Search] = []
     for i, basis in enumerate(config.bases):
         search = _Search(basis, _front(engine, config, basis, base, report))
@@ -386,7 +386,7 @@ def most_accurate_within(
     if not (isinstance(budget_share, (int, float)) and 0 < budget_share <= 1):
         raise ConfigError(f"the budget must be a share in (0, 1] of the baseline, got {budget_share}")
     report = on_progress or (lambda text, share: None)
-    base = _evaluate(engine, methods.Variant.of("baseline"), config)
+    base = _evaluate(engine, methods.Variant.of(methods.REFERENCE), config)
     shapes = {n: tuple(engine.params[n]["w"].shape) for n in engine.spec.dense_layers}
     dense_cost = sum(m * n for m, n in shapes.values())
     limit = budget_share * _cost(base, config.minimize, config.runtime)

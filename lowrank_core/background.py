@@ -15,7 +15,7 @@ import contextlib
 import threading
 from typing import Callable, Iterator
 
-from lowrank_core import model, priority
+from lowrank_core import methods, model, priority
 
 LABELS = {
     "features": "test-set features",
@@ -105,7 +105,7 @@ def warm_up_steps(engine) -> tuple[list[tuple[str, Callable[[], object]]], dict[
     ]
     steps = [
         ("features", lambda: engine.test_features),
-        ("baseline", lambda: engine.evaluate("baseline", with_latency=False)),
+        ("baseline", lambda: engine.evaluate(methods.REFERENCE, with_latency=False)),
         ("hidden", lambda: engine.intermediates.hidden_activations().outputs),
         *svd_steps,
         ("init_spectra", engine.init_singular_values),

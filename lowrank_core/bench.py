@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowrank_core import advisor, bench_runtimes, configs, evaluation, measure, model, runtimes, train
+from lowrank_core import advisor, bench_runtimes, configs, evaluation, measure, methods, model, runtimes, train
 from lowrank_core.data import Cifar10
 from lowrank_core.methods import Variant, svd
 
@@ -503,7 +503,7 @@ def runtime_variants(engine, quick: bool) -> dict[str, Variant]:
     """The runtimes row's variants: the baseline, SVD f = 0.05 of the hidden layers and
     (unless ``quick``) the advisor's answer within 1 point (its search is cached)."""
     variants = {
-        "baseline": Variant.of("baseline"),
+        "baseline": Variant.of(methods.REFERENCE),
         "SVD f=0.05 hidden": Variant.of("svd", svd.SvdConfig(0.05, "factorized", include_output=False)),
     }
     if not quick:

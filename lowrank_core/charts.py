@@ -6,7 +6,7 @@ from typing import Callable
 
 import plotly.graph_objects as go
 
-from lowrank_core import report
+from lowrank_core import methods, report
 
 
 def style(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:
@@ -31,7 +31,7 @@ def pareto(
     Pareto-optimal points outlined and joined by a dashed front."""
     front = report.pareto_mask([cost_of(r) for r in results], [accuracy_of(r) for r in results])
     fig = go.Figure()
-    for method in sorted({r["method"] for r in results}, key=lambda m: (m != "baseline", m)):
+    for method in sorted({r["method"] for r in results}, key=lambda m: (m != methods.REFERENCE, m)):
         points = [(r, on_front) for r, on_front in zip(results, front) if r["method"] == method]
         fig.add_trace(
             go.Scatter(
@@ -44,7 +44,7 @@ def pareto(
                 marker=dict(
                     color=report.method_colour(method),
                     size=[14 if f else 9 for _, f in points],
-                    symbol="star" if method == "baseline" else "circle",
+                    symbol="star" if method == methods.REFERENCE else "circle",
                     line=dict(width=[2 if f else 0 for _, f in points], color="#000"),
                 ),
             )

@@ -323,7 +323,7 @@ def _number(text: str, option: str) -> float:
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
-        default="baseline",
+        default=methods.REFERENCE,
         type=_method_name,
         help=f"one of {', '.join(methods.REGISTRY)}, or a pipeline such as svd+quantize",
     )

@@ -37,6 +37,7 @@ from lowrank_core import (
     impact as impact_module,
     measure,
     measurement,
+    methods,
     model,
     onnx_export,
     paths,
@@ -185,7 +186,7 @@ class Engine:
     def impact(self, record: dict, reference: dict | None = None) -> dict:
         """What ``record``'s variant changes against ``reference`` (default: the
         baseline) on every test image (:func:`impact.compare`)."""
-        reference = reference or self.evaluate("baseline", with_latency=False)
+        reference = reference or self.evaluate(methods.REFERENCE, with_latency=False)
         return impact_module.compare(
             self.data.y_test, self.predictions(reference), self.predictions(record), self.data.class_names
         )

@@ -153,7 +153,7 @@ def best_within(results: Iterable[dict], baseline: dict, max_drop: float = 0.01)
         r
         for r in results
         if r.get("n_test") == baseline["n_test"]
-        and r["method"] != "baseline"
+        and r["method"] != methods.REFERENCE
         and r["accuracy"] >= baseline["accuracy"] - max_drop - 1e-12
     ]
     out = {}
@@ -209,5 +209,5 @@ def headline_variant(results: Sequence[dict], baseline: dict) -> dict | None:
     cards = headline_cards(results, baseline)
     if cards:
         return cards[0]["record"]
-    others = [r for r in results if r["method"] != "baseline"]
+    others = [r for r in results if r["method"] != methods.REFERENCE]
     return max(others, key=lambda r: r["accuracy"]) if others else None

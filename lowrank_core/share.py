@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from lowrank_core import charts, measure, report
+from lowrank_core import charts, measure, methods, report
 
 CHANGED_IMAGES = 12
 
@@ -51,13 +51,13 @@ def chosen_variants(results: list[dict], baseline: dict, limit: int = 8) -> list
 
 def build(engine, results: list[dict] | None = None) -> str:
     """The report's HTML for ``engine``'s checkpoint and its measured results."""
-    baseline = engine.evaluate("baseline", with_latency=False)
+    baseline = engine.evaluate(methods.REFERENCE, with_latency=False)
     results = [
         r
         for r in (results if results is not None else engine.cached_results())
         if r.get("n_test") == baseline["n_test"]
     ]
-    if not any(r["method"] == "baseline" for r in results):
+    if not any(r["method"] == methods.REFERENCE for r in results):
         results.append(baseline)
     best = report.best_within(results, baseline)
     parts = [

@@ -374,10 +374,7 @@ def metrics_then_latency(compute, measure_latency: bool):
     def timed() -> dict:
         return (curves.timed_record(eng, variant) if measure_latency else None) or result
 
-    # The interval depends on the page's settings only, never on whether this point is timed yet:
-    # a fragment whose run_every changes between runs can leave a stale timer that fires into the
-    # next run's layout (Streamlit's "Bad delta path index", seen in the 8-session soak).
-    @st.fragment(run_every=POLL_S if measure_latency else None)
+    @st.fragment(run_every=POLL_S if pending else None)  # polls only while the latency is being timed
     def metrics() -> None:
         shown, base = timed(), curves.timed_record(eng, baseline)
         metric_row(shown, base if base is not None and "latency_ms" in shown else baseline_accuracy(session()))

@@ -181,9 +181,9 @@ if eng is not None:
             for fm in ("factorized", "reconstructed")
             for f in CURVE_GRID
         ]
-        curves.fill(eng, curve_variants, with_latency=measure_latency)
+        filling = curves.fill(eng, curve_variants, with_latency=measure_latency).is_alive()
 
-        @st.fragment(run_every=POLL_S)  # constant: see metrics_then_latency
+        @st.fragment(run_every=POLL_S if filling else None)  # polls only while the curves fill in
         def curves_section():
             """The curves, redrawn every few seconds from the cache while the background fills them in."""
             groups = global_fraction_points(cached_results(session()))

@@ -282,6 +282,21 @@ async def _cached_slider(browser, url: str, index: int, report: dict) -> None:
         await context.close()
 
 
+def _browsers() -> list:
+    """This process's Chromium descendants (the soak's clients)."""
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True) if p.name().startswith("chrom")]
+
+
+def _renice_browsers(nice: int) -> None:
+    for process in _browsers():
+        try:
+            process.nice(nice)
+        except Exception:
+            pass  # one that ended meanwhile
+
+
 async def soak(
     url: str,
     sessions: int,
@@ -290,6 +305,7 @@ async def soak(
     retrain: bool = False,
     pages: tuple[str, ...] = PAGES,
     stay: bool = False,
+    client_nice: int = 0,
 ) -> dict:
     from playwright.async_api import async_playwright
 
@@ -311,6 +327,8 @@ async def soak(
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
         )
+        if client_nice:
+            _renice_browsers(client_nice)  # renderers started later inherit it from the browser's zygote
         if retrain:
             sliders = [_cached_slider(browser, url, i, report) for i in range(sessions)]
 
@@ -352,13 +370,16 @@ def run(
     pages: tuple[str, ...] = PAGES,
     stay: bool = False,
     server_pid: int | None = None,
+    client_nice: int = 0,
 ) -> dict:
     """Runs a soak (starting a server if ``url`` is None; ``server_pid`` names a
     given server's process, for its memory) and returns the summary:
     ``actions`` (slider moves and page switches to a page seen before) with their
     p50/p95, first visits of each page apart (they compute what the page needs),
-    errors, the server's peak memory; with ``retrain`` the slider moves made
-    while another session retrains."""
+    errors, the server's peak memory, the CPU seconds the server and the browsers
+    used (they share this machine's cores: remote users' browsers would not);
+    with ``retrain`` the slider moves made while another session retrains;
+    ``client_nice`` runs the browsers at that OS priority."""
     import psutil
 
     proc = None
@@ -366,20 +387,30 @@ def run(
         proc, url = start_server()
         server_pid = proc.pid
     peak = [0]
+    cpu: dict[str, dict[int, float]] = {"server": {}, "browsers": {}}  # pid → CPU seconds last seen
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set() and server_pid is not None:
             try:
-                peak[0] = max(peak[0], psutil.Process(server_pid).memory_info().rss)
+                server = psutil.Process(server_pid)
+                peak[0] = max(peak[0], server.memory_info().rss)
+                cpu["server"][server_pid] = sum(server.cpu_times()[:2])
             except psutil.Error:
                 return
+            for browser in _browsers():
+                try:
+                    cpu["browsers"][browser.pid] = sum(browser.cpu_times()[:2])
+                except psutil.Error:
+                    pass
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        report = asyncio.run(soak(url, sessions, seconds, retrain=retrain, pages=pages, stay=stay))
+        report = asyncio.run(
+            soak(url, sessions, seconds, retrain=retrain, pages=pages, stay=stay, client_nice=client_nice)
+        )
     finally:
         done.set()
         if proc is not None:
@@ -406,6 +437,8 @@ def run(
         "warm_after_s": max(report["warm_after_s"], default=None),
         "slider_moves_by_page": {name: _percentiles(v) for name, v in report["by_page"].items()},
         "server_peak_rss_gib": peak[0] / 2**30 if server_pid is not None else None,
+        "cpu_s": {who: round(sum(seen.values()), 1) for who, seen in cpu.items()},
+        "client_nice": client_nice,
     }
     if retrain:
         summary["retrain_s"] = report.get("retrain_ended", np.nan) - report.get("retrain_started", np.nan)
@@ -426,6 +459,12 @@ def main() -> int:
         action="store_true",
         help="one more session retrains (Layer removal, 300 steps) while the others move cached sliders",
     )
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="run the browsers at this OS priority (19: as if remote, they take only CPU the server leaves)",
+    )
     args = parser.parse_args()
     parser_pages = [p.strip() for p in args.pages.split(",")] if args.pages else list(PAGES)
     unknown = [p for p in parser_pages if p not in PAGES]
@@ -437,7 +476,15 @@ def main() -> int:
     if args.sessions < 1 or args.seconds <= 0:
         print("error: --sessions must be ≥ 1 and --seconds > 0", file=sys.stderr)
         return 2
-    summary = run(args.sessions, args.seconds, args.url, args.retrain, tuple(parser_pages), args.stay)
+    summary = run(
+        args.sessions,
+        args.seconds,
+        args.url,
+        args.retrain,
+        tuple(parser_pages),
+        args.stay,
+        client_nice=args.client_nice,
+    )
     print(json.dumps(summary))
     return 0 if summary["errors"] == 0 else 1
 

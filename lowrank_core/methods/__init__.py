@@ -26,7 +26,17 @@ from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods.base import BuildContext, Method, config_dict
 
-__all__ = ["REGISTRY", "Method", "BuildContext", "Variant", "build_variant", "get", "config_dict", "result_key"]
+__all__ = [
+    "REGISTRY",
+    "REFERENCE",
+    "Method",
+    "BuildContext",
+    "Variant",
+    "build_variant",
+    "get",
+    "config_dict",
+    "result_key",
+]
 
 
 def _discover() -> dict[str, Method]:
@@ -42,6 +52,8 @@ def _discover() -> dict[str, Method]:
 
 
 REGISTRY: dict[str, Method] = _discover()
+# The method every other is measured against (its kind is "reference": the checkpoint as it is).
+REFERENCE: str = next(name for name, method in REGISTRY.items() if method.kind == "reference")
 
 
 def get(name: str) -> Method:
