@@ -22,7 +22,7 @@ import pandas  # noqa: F401
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import checkpoint, curves, data, engine, fairness, methods, paths, runtimes
+from lowrank_core import checkpoint, curves, data, engine, fairness, methods, model, paths, report, runtimes
 from lowrank_core.charts import style  # noqa: F401  (re-exported for the pages)
 from lowrank_core.errors import ConfigError, DataMissing, LowrankError
 from lowrank_core.finetune import FinetuneConfig
@@ -224,8 +224,6 @@ def measured_runtimes(with_latency: bool) -> tuple[str, ...]:
 @st.cache_data(show_spinner=False, max_entries=4)
 def parameter_breakdown(checkpoint_path: str, digest: str) -> list[dict]:
     """Parameters per layer from the checkpoint alone: drawn before the data has loaded."""
-    from lowrank_core import model, report
-
     return report.parameter_breakdown(model.spec_of(checkpoint.param_shapes(checkpoint_path)))
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import report
+from lowrank_core import report, share
 from pages.common import cached_results, export_buttons, get_engine, run_with_errors, session, style
 
 st.title("Compare and export")
@@ -56,8 +56,6 @@ if eng is not None:
         key="export_json",
     )
     if st.button("Prepare a shareable report (HTML, opens offline)", key="export_report_prepare"):
-        from lowrank_core import share
-
         with st.spinner("Writing the report (charts, per-class impact, changed images)…"):
             text = run_with_errors(share.build, eng, results)
         if text is not None:

@@ -286,7 +286,14 @@ def _browsers() -> list:
     """This process's Chromium descendants (the soak's clients)."""
     import psutil
 
-    return [p for p in psutil.Process().children(recursive=True) if p.name().startswith("chrom")]
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.name().startswith("chrom"):
+                found.append(process)
+        except psutil.Error:
+            pass  # ended meanwhile (a closed tab's renderer)
+    return found
 
 
 def _renice_browsers(nice: int) -> None:
