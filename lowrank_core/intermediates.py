@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from lowrank_core import compress, configs, measure, model, paths, refit, train
+from lowrank_core import compress, configs, measure, model, paths, priority, refit, train
 from lowrank_core.data import Cifar10
 from lowrank_core.fileio import atomic_write_bytes
 from lowrank_core.methods import BuildContext
@@ -31,15 +31,16 @@ CALIBRATION_SEED = 0
 
 
 class KeyedLocks:
-    """One lock per key, created on first use."""
+    """One lock per key, created on first use; a page waiting for one that background work
+    holds does not make that work pause for it (:class:`priority.YieldingLock`)."""
 
     def __init__(self):
         self._guard = threading.Lock()
-        self._locks: dict[object, threading.Lock] = {}
+        self._locks: dict[object, priority.YieldingLock] = {}
 
-    def __call__(self, key) -> threading.Lock:
+    def __call__(self, key) -> priority.YieldingLock:
         with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+            return self._locks.setdefault(key, priority.YieldingLock())
 
 
 def matrix_digest(matrix: np.ndarray) -> str:

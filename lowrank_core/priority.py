@@ -82,6 +82,40 @@ def idle() -> Iterator[None]:
             _paused.discard(me)
 
 
+@contextlib.contextmanager
+def waiting() -> Iterator[None]:
+    """Marks the calling foreground thread as only waiting (for a lock another thread holds)
+    for the ``with`` block: it is no interactive request for background work to pause for —
+    were the holder background work, pausing for its own waiter would stall them both, one
+    step per ``MAX_PAUSE_S``. No grace period follows (its run goes on afterwards)."""
+    me = threading.get_ident()
+    with _cond:
+        depth = _foreground.pop(me, 0)
+        _cond.notify_all()
+    try:
+        yield
+    finally:
+        if depth:
+            with _cond:
+                _foreground[me] = _foreground.get(me, 0) + depth
+
+
+class YieldingLock:
+    """A lock whose waiters wait as :func:`waiting` (the intermediates' and variants' locks)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "YieldingLock":
+        if not self._lock.acquire(blocking=False):
+            with waiting():
+                self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+
 def wait_until_quiet(quiet_s: float = 1.0) -> None:
     """Blocks until no foreground work has run for ``quiet_s`` seconds (for timing in the background)."""
     with idle():

@@ -138,3 +138,27 @@ def test_background_work_runs_below_interactive_work_with_xla_threads_too(monkey
     thread.start()
     thread.join()
     assert xla and raised == {t: priority.BACKGROUND_NICE for t in (xla - {above}) | {seen["self"]}}
+
+
+def test_a_page_waiting_for_a_lock_that_background_work_holds_does_not_make_it_pause():
+    lock, steps, stop = priority.YieldingLock(), [], threading.Event()
+    holding = threading.Event()
+
+    def holder():
+        with priority.background(), lock:
+            holding.set()
+            for _ in range(20):  # 20 steps of 5 ms, each followed by a pause point
+                time.sleep(0.005)
+                steps.append(time.perf_counter())
+                priority.pause_point()
+
+    worker = threading.Thread(target=holder)
+    worker.start()
+    assert holding.wait(5)
+    started = time.perf_counter()
+    with priority.foreground(), lock:  # the page's run, waiting for what the background computes
+        waited = time.perf_counter() - started
+        assert priority._foreground  # it counts as interactive again once it holds the lock
+    worker.join()
+    # Without the yielding lock each step would pause up to MAX_PAUSE_S (1 s here) for its own waiter.
+    assert len(steps) == 20 and waited < 0.6 * priority.MAX_PAUSE_S, waited
