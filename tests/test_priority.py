@@ -141,7 +141,7 @@ def test_background_work_runs_below_interactive_work_with_xla_threads_too(monkey
 
 
 def test_a_page_waiting_for_a_lock_that_background_work_holds_does_not_make_it_pause():
-    lock, steps, stop = priority.YieldingLock(), [], threading.Event()
+    lock, steps = priority.YieldingLock(), []
     holding = threading.Event()
 
     def holder():
