@@ -69,8 +69,7 @@ def as_listed(record: dict, environment: dict) -> dict:
     """``record`` as a chart lists it: latency measured on another machine (the product path's
     and each runtime's) moved under ``latency_elsewhere``, never shown as this machine's."""
     if record.get("latency") and not measured_here(record, environment):
-        moved = {k: record[k] for k in TIMING_KEYS if k in record}
-        record = {k: v for k, v in record.items() if k not in moved} | {"latency_elsewhere": moved}
+        record = records.moved_apart(record, TIMING_KEYS)
     if record.get("runtimes"):
         record = {**record, "runtimes": records.listed_apart(record["runtimes"])}
     return record

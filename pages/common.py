@@ -355,6 +355,31 @@ def metric_row(result: dict, base: dict) -> None:
 POLL_S = 3  # how often a page redraws what the background measures (latency, curve points)
 
 
+def variant_metrics(method: str, config, measure_latency: bool, training: str | None = None, finetune_steps: int = 0):
+    """:func:`metrics_then_latency` for one variant: through the page cache, or — when building it
+    trains (``training`` names it for the progress bar) — straight from the engine with progress."""
+    if training is None:
+        return metrics_then_latency(
+            lambda timed: evaluate(session(), method, config, finetune_steps=finetune_steps, with_latency=timed),
+            measure_latency,
+        )
+    on_progress, bar = progress_callback(training)
+    finetune = FinetuneConfig(steps=finetune_steps) if finetune_steps else None
+    measured = metrics_then_latency(
+        lambda timed: _engine(session()).evaluate(
+            method,
+            config,
+            finetune=finetune,
+            with_latency=timed,
+            runtimes=measured_runtimes(timed),
+            on_progress=on_progress,
+        ),
+        measure_latency,
+    )
+    bar.empty()
+    return measured
+
+
 def metrics_then_latency(compute, measure_latency: bool):
     """The metric row with accuracy as soon as it is measured (``compute(False)``); with
     ``measure_latency`` its latency in every runtime is timed in the background once the CPU

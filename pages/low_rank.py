@@ -6,7 +6,6 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import compress, curves, model
-from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods import Variant
 from lowrank_core.methods.svd import BASES as SVD_BASES, SvdConfig, global_fraction_points
 from pages.common import (
@@ -20,13 +19,11 @@ from pages.common import (
     get_engine,
     latency_stats,
     long_jobs_note,
-    measured_runtimes,
-    metrics_then_latency,
-    progress_callback,
     reference_line,
     session,
     shared_mode,
     style,
+    variant_metrics,
 )
 
 CURVE_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0)
@@ -126,25 +123,9 @@ if eng is not None:
                 basis=basis,
             )
         )
-        if finetune_steps:
-            on_progress, bar = progress_callback("Fine-tuning")
-            finetune = FinetuneConfig(steps=finetune_steps)
-            result, add_latency = metrics_then_latency(
-                lambda timed: eng.evaluate(
-                    "svd",
-                    config,
-                    finetune=finetune,
-                    with_latency=timed,
-                    runtimes=measured_runtimes(timed),
-                    on_progress=on_progress,
-                ),
-                measure_latency,
-            )
-            bar.empty()
-        else:
-            result, add_latency = metrics_then_latency(
-                lambda timed: evaluate(session(), "svd", config, with_latency=timed), measure_latency
-            )
+        result, add_latency = variant_metrics(
+            "svd", config, measure_latency, "Fine-tuning" if finetune_steps else None, finetune_steps
+        )
         if compare_basis:
             for other in (b for b in SVD_BASES if b != basis):
                 with st.spinner(f"Measuring the {other} basis at the same rule…"):

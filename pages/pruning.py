@@ -8,15 +8,11 @@ from lowrank_core.methods.prune import PruneConfig
 from pages.common import (
     METHOD_COLORS,
     config_or_stop,
-    evaluate,
     get_engine,
     long_jobs_note,
-    measured_runtimes,
-    metrics_then_latency,
-    progress_callback,
-    session,
     shared_mode,
     style,
+    variant_metrics,
 )
 
 st.title("Magnitude pruning")
@@ -73,19 +69,8 @@ if eng is not None:
             only=() if structured else dense_only,
         )
     )
-    if config.schedule == "gradual":
-        on_progress, bar = progress_callback("Gradual pruning while fine-tuning")
-        result, add_latency = metrics_then_latency(
-            lambda timed: eng.evaluate(
-                "prune", config, with_latency=timed, runtimes=measured_runtimes(timed), on_progress=on_progress
-            ),
-            measure_latency,
-        )
-        bar.empty()
-    else:
-        result, add_latency = metrics_then_latency(
-            lambda timed: evaluate(session(), "prune", config, with_latency=timed), measure_latency
-        )
+    training = "Gradual pruning while fine-tuning" if config.schedule == "gradual" else None
+    result, add_latency = variant_metrics("prune", config, measure_latency, training)
     if structured:
         st.info(
             "Structured pruning makes the matrices physically smaller, so parameters, MACs and latency drop. "

@@ -45,12 +45,17 @@ def missing(record: dict, names: tuple[str, ...], with_latency: bool) -> tuple[s
     return tuple(n for n in names if n not in have or (with_latency and not measured_here(have[n], n)))
 
 
+def moved_apart(entry: dict, keys: tuple[str, ...] = TIMING_KEYS) -> dict:
+    """``entry`` with its timing fields (``keys``) moved under ``latency_elsewhere``."""
+    moved = {k: entry[k] for k in keys if k in entry}
+    return {k: v for k, v in entry.items() if k not in moved} | {"latency_elsewhere": moved}
+
+
 def listed_apart(entries: dict) -> dict:
     """The entries with latency measured on another machine moved under ``latency_elsewhere``."""
-    out = {}
-    for name, entry in entries.items():
-        if name in REGISTRY and entry.get("latency") and not measured_here(entry, name):
-            moved = {k: entry[k] for k in TIMING_KEYS if k in entry}
-            entry = {k: v for k, v in entry.items() if k not in moved} | {"latency_elsewhere": moved}
-        out[name] = entry
-    return out
+    return {
+        name: moved_apart(entry)
+        if name in REGISTRY and entry.get("latency") and not measured_here(entry, name)
+        else entry
+        for name, entry in entries.items()
+    }
