@@ -174,6 +174,11 @@ class Engine:
             runtimes_module.require(name)
         return measurement.once(self, variant, with_latency, with_layer_latency, extra, use_cache, on_progress)
 
+    def retime(self, method, config=None, *, finetune: FinetuneConfig | None = None, runtimes=()) -> dict:
+        """A measured variant's latency timed again (:func:`measurement.retimed`), its accuracy kept."""
+        extra = tuple(name for name in runtimes if name != runtimes_module.PRODUCT)
+        return measurement.retimed(self, as_variant(method, config, finetune), extra)
+
     def predictions(self, record: dict) -> np.ndarray:
         """The test-set predictions of a measured variant (cached beside the results; rebuilt from
         its record if the file is gone). Their accuracy is the record's."""

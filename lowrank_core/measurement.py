@@ -46,6 +46,18 @@ def once(
             return record
 
 
+def retimed(engine, variant: Variant, extra: tuple[str, ...]) -> dict:
+    """``variant``'s record with its latency timed again here, on the product path and in the
+    runtimes ``extra``, its accuracy kept (it never goes stale): for a timing a page disturbed."""
+    record = engine.evaluate(variant, with_latency=False)
+    key = result_key(engine.checkpoint_hash, variant)
+    with engine.locks(key), engine.schedule.busy():
+        params, _ = engine.build(variant)
+        record = with_runtimes(engine, {**record, **latency(engine, params, False)}, extra, True)
+        engine.store.put(key, record)
+    return record
+
+
 def measure_variant(engine, variant: Variant, with_latency: bool, with_layer_latency: bool, on_progress) -> dict:
     """``variant``'s record: built, its predictions kept beside the result (What changes and the
     report read them instead of predicting again), its stored size, and latency if asked."""

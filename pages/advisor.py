@@ -8,14 +8,13 @@ import streamlit as st
 from lowrank_core import advisor
 from lowrank_core.methods.svd import BASES as SVD_BASES
 from pages.common import (
-    baseline_result,
     clear_in_memory_results,
     config_or_stop,
     export_buttons,
     fmt_mib,
     get_engine,
     long_jobs_note,
-    metric_row,
+    metrics_then_latency,
     run_with_errors,
     session,
     shared_mode,
@@ -118,7 +117,6 @@ if eng is not None:
     if stored and stored[0] == request:
         answer = stored[1]
         search = answer["advisor"]
-        base = baseline_result(session())
         if not search["found"]:
             st.warning(f"No measured candidate meets it ({search['question']}); the baseline is the answer.")
         else:
@@ -139,7 +137,7 @@ if eng is not None:
                 if others
                 else f"Won: {' → '.join(winner['steps'])}"
             )
-        metric_row(answer, base)
+        metrics_then_latency(lambda timed: answer, measure_latency=True)
         export_buttons(eng, answer, answer["label"], "advisor_export")
         if search.get("with_int8"):
             q = search["with_int8"]

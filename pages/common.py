@@ -233,9 +233,14 @@ def baseline_accuracy(on: Session) -> dict:
     return _engine(on).evaluate("baseline", with_latency=False)
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def baseline_result(on: Session) -> dict:
-    return _engine(on).evaluate("baseline", with_latency=True, runtimes=measured_runtimes(True))
+def baseline_timed() -> dict | None:
+    """The baseline's record with its latency in every installed runtime, or None while it is
+    being timed: timing runs in the background once the CPU is quiet (:func:`curves.time_later`),
+    never inside a page's run, where it would hold every other session's measurements up."""
+    eng, baseline = _engine(session()), methods.Variant.of("baseline")
+    if (record := curves.timed_record(eng, baseline)) is None:
+        curves.time_later(eng, baseline)
+    return record
 
 
 @st.cache_data(show_spinner="Computing singular values of every dense layer…", max_entries=4)
@@ -262,7 +267,7 @@ def cached_results(on: Session) -> list[dict]:
 
 def clear_in_memory_results() -> None:
     """Forgets every result this process keeps for the pages (the disk cache is the engine's)."""
-    for fn in (evaluate, baseline_accuracy, baseline_result, cached_results):
+    for fn in (evaluate, baseline_accuracy, cached_results):
         fn.clear()
 
 

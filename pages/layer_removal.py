@@ -8,15 +8,13 @@ from lowrank_core.methods.remove import RemoveConfig
 from pages.common import (
     METHOD_COLORS,
     baseline_accuracy,
-    baseline_result,
     config_or_stop,
     get_engine,
     long_jobs_note,
-    metric_row,
-    progress_callback,
     session,
     shared_mode,
     style,
+    variant_metrics,
 )
 
 st.title("Removing hidden layers")
@@ -28,29 +26,32 @@ if eng is not None:
     steps = st.slider(
         "Retraining steps (dense head over frozen convolutions, batch 256)", 0, 2000, 300, 50, key="remove_steps"
     )
-    measure_latency = st.toggle("Measure latency (adds a few seconds)", False, key="remove_latency")
+    measure_latency = st.toggle(
+        "Measure latency",
+        True,
+        key="remove_latency",
+        help="in every installed runtime, in the background once no page is running (it never slows a move)",
+    )
     st.caption(
         "Every layer after a cut sees new inputs, so the whole dense head is retrained on the cached "
         "outputs of the convolutions (the second seed's option A)."
     )
     config = config_or_stop(lambda: RemoveConfig(layers=tuple(layers), retrain_steps=int(steps)))
-    # The baseline's latency only when latencies are asked for: timing it costs seconds.
-    base = baseline_result(session()) if measure_latency else baseline_accuracy(session())
-    result = eng.cached_result("remove", config, with_latency=measure_latency)
-    if result is None:
+    base = baseline_accuracy(session())
+    result = None
+    if eng.cached_result("remove", config) is not None:
+        result, _ = variant_metrics("remove", config, measure_latency)
+    else:
         if shared_mode():
             st.info(f"Retraining is {long_jobs_note()}; variants measured before are shown.")
         if st.button("Remove and retrain", type="primary", key="remove_run", disabled=shared_mode()):
-            on_progress, bar = progress_callback("Retraining")
-            result = eng.evaluate("remove", config, with_latency=measure_latency, on_progress=on_progress)
-            bar.empty()
+            result, _ = variant_metrics("remove", config, measure_latency, training="Retraining")
         else:
             st.info(
                 "Not measured yet: press 'Remove and retrain' (features of the training set are computed once, "
                 "then each step takes a fraction of a second)."
             )
     if result is not None:
-        metric_row(result, base)
         fig = go.Figure()
         names = ["accuracy (%)", "parameters (M)", "MACs (M)"]
         for label, r, colour in (

@@ -7,13 +7,11 @@ from lowrank_core import methods
 from lowrank_core.methods.svd import SvdConfig
 from pages.common import (
     baseline_accuracy,
-    baseline_result,
     config_or_stop,
-    evaluate,
     fmt_mib,
     get_engine,
-    metric_row,
     session,
+    variant_metrics,
 )
 
 STARTS = ("the checkpoint as it is", "dead units dropped (lossless)", "SVD factorized, hidden layers at fraction f")
@@ -34,7 +32,12 @@ if eng is not None:
         fraction = st.slider(
             "Rank fraction f of the hidden layers (output layer kept)", 0.01, 1.0, 0.05, 0.01, key="storage_fraction"
         )
-    measure_latency = st.toggle("Measure latency (adds a few seconds)", False, key="storage_latency")
+    measure_latency = st.toggle(
+        "Measure latency",
+        True,
+        key="storage_latency",
+        help="in every installed runtime, in the background once no page is running (it never slows a move)",
+    )
     steps = []
     if start == STARTS[1]:
         steps.append(("dead_units", methods.REGISTRY["dead_units"].config_type()))
@@ -46,19 +49,16 @@ if eng is not None:
         st.info("The checkpoint as it is: pick a start or switch on int8 storage.")
         st.stop()
     variant = config_or_stop(lambda: methods.Variant(tuple(steps)))
-    # The baseline's latency only when latencies are asked for: timing it costs seconds.
-    base = baseline_result(session()) if measure_latency else baseline_accuracy(session())
-    with st.spinner(f"Computing on all {eng.data.y_test.shape[0]:,} test images…"):
-        result = evaluate(session(), variant, None, with_latency=measure_latency)
-    st.caption(f"Variant: {result['label']}")
-    metric_row(result, base)
+    base = baseline_accuracy(session())
+    st.caption(f"Variant: {variant.describe()}")
+    result, _ = variant_metrics(variant, None, measure_latency)
     st.caption(
         f"Stored size is the .npz this variant exports: {fmt_mib(result['bytes'])} vs "
         f"{fmt_mib(base['bytes'])} for the checkpoint ({base['bytes'] / result['bytes']:.1f}× smaller). "
         "Int8 halves a float16 checkpoint's dense matrices (quarters a float32 one). How fast it runs depends on "
         "the runtime: the product path (JAX/XLA) dequantizes it to float32 once, when loaded, so it runs no "
         "faster there; ONNX Runtime runs it on integer kernels (activations quantized per batch, so its accuracy "
-        "is its own figure) — switch on 'Measure latency' to see each runtime's measurement below. Dead-unit "
+        "is its own figure): each runtime's measurement is listed under the metrics above. Dead-unit "
         "removal drops hidden units that can never change the output, so accuracy is unchanged by construction."
     )
     if result["facts"].get("widths"):
