@@ -36,9 +36,7 @@ def once(
         with engine.locks(key):
             if use_cache and (hit := lookup(engine, key, with_latency, with_layer_latency, extra)) is not None:
                 return hit
-            # Interactive measurements take turns in arrival order; training yields instead.
-            queued = not (variant.trains or priority.in_background())
-            with engine.schedule.busy(), fairness.MEASUREMENTS.turn() if queued else contextlib.nullcontext():
+            with engine.schedule.busy(), turn():
                 record = measure_variant(engine, variant, with_latency, with_layer_latency, on_progress)
                 if extra:
                     record = with_runtimes(engine, record, extra, with_latency)
@@ -56,6 +54,13 @@ def retimed(engine, variant: Variant, extra: tuple[str, ...]) -> dict:
         record = with_runtimes(engine, {**record, **latency(engine, params, False)}, extra, True)
         engine.store.put(key, record)
     return record
+
+
+def turn():
+    """An interactive measurement's turn, in arrival order across sessions. Background work
+    (training included) takes none: it yields to interactive work instead, and holding a turn
+    while it yields would make every session queued behind it wait for the work it yields to."""
+    return contextlib.nullcontext() if priority.in_background() else fairness.MEASUREMENTS.turn()
 
 
 def measure_variant(engine, variant: Variant, with_latency: bool, with_layer_latency: bool, on_progress) -> dict:
@@ -110,14 +115,14 @@ def lookup(engine, key: str, with_latency: bool, with_layer_latency: bool, extra
 def refreshed(engine, key: str, record: dict, with_latency: bool, with_layer_latency: bool, extra: tuple) -> dict:
     """``record`` with what is asked for: latency measured on another machine (or missing) is
     measured here, the accuracy kept; runtimes of ``extra`` not measured yet are measured.
-    Each re-measurement takes its turn (:data:`fairness.MEASUREMENTS`) and is stored."""
+    Each re-measurement takes its :func:`turn` and is stored."""
     if stale(record, engine.environment, with_latency, with_layer_latency):
-        with fairness.MEASUREMENTS.turn():
+        with turn():
             params, _ = engine.build(Variant.from_dict(record))
             record = {**record, **latency(engine, params, with_layer_latency)}
         engine.store.put(key, record)
     if missing := records.missing(record, extra, with_latency):
-        with fairness.MEASUREMENTS.turn():
+        with turn():
             record = with_runtimes(engine, record, missing, with_latency)
         engine.store.put(key, record)
     return record

@@ -83,3 +83,23 @@ def test_a_turn_is_reentrant_and_an_abandoned_ticket_does_not_block_the_queue():
     waiter.start()
     waiter.join(2)
     assert done == [1]  # served although the ticket before it was abandoned
+
+
+def test_background_work_takes_no_turn_so_it_never_holds_one_while_it_yields():
+    from lowrank_core import fairness, measurement, priority
+
+    inside = threading.Event()
+
+    def background():
+        with priority.background(), measurement.turn():
+            inside.set()
+
+    with fairness.MEASUREMENTS.turn():  # a page's measurement holds the turn
+        ahead = fairness.MEASUREMENTS.ahead()
+        worker = threading.Thread(target=background)
+        worker.start()
+        assert inside.wait(5)  # not queued behind the page: it yields to pages instead
+        assert fairness.MEASUREMENTS.ahead() == ahead
+    worker.join(5)
+    with measurement.turn():  # a page's own measurement does take one
+        assert fairness.MEASUREMENTS.ahead() == 1
