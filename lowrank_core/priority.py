@@ -101,19 +101,57 @@ def waiting() -> Iterator[None]:
 
 
 class YieldingLock:
-    """A lock whose waiters wait as :func:`waiting` (the intermediates' and variants' locks)."""
+    """A lock whose waiters wait as :func:`waiting` (the intermediates' and variants' locks), and
+    which lends their priority to its holder: background work holding it while an interactive
+    request waits for it (directly, or through a chain of such locks) does not pause for other
+    pages, since the request waits for it either way — were it to pause, a second session
+    waiting behind that request (on Streamlit's cache lock, say) would stall all three."""
 
     def __init__(self):
         self._lock = threading.Lock()
+        self._wanted = 0  # interactive requests waiting for it
 
     def __enter__(self) -> "YieldingLock":
+        me = threading.get_ident()
         if not self._lock.acquire(blocking=False):
-            with waiting():
+            interactive = me not in _background or _lent_to(me)
+            with waiting(), self._wanted_by(interactive):
                 self._lock.acquire()
+        with _cond:
+            _held.setdefault(me, []).append(self)
         return self
 
     def __exit__(self, *exc) -> None:
+        me = threading.get_ident()
+        with _cond:
+            _held[me].remove(self)
+            if not _held[me]:
+                del _held[me]
         self._lock.release()
+
+    @contextlib.contextmanager
+    def _wanted_by(self, interactive: bool) -> Iterator[None]:
+        global _foreground_runs
+        if not interactive:
+            yield
+            return
+        with _cond:
+            self._wanted += 1
+            _foreground_runs += 1  # work that runs for a page now: a latency timed meanwhile is timed again
+            _cond.notify_all()
+        try:
+            yield
+        finally:
+            with _cond:
+                self._wanted -= 1
+
+
+_held: dict[int, list[YieldingLock]] = {}  # thread → the yielding locks it holds
+
+
+def _lent_to(me: int) -> bool:
+    """Whether an interactive request waits for a yielding lock thread ``me`` holds."""
+    return any(lock._wanted for lock in _held.get(me, ()))
 
 
 def wait_until_quiet(quiet_s: float = 1.0) -> None:
@@ -208,7 +246,7 @@ def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float | N
     max_pause_s = MAX_PAUSE_S if max_pause_s is None else max_pause_s
     me = threading.get_ident()
     quiet = len(_foreground) <= (me in _foreground) and time.monotonic() - _last_foreground_end >= GRACE_S
-    if me not in _background or (quiet and not _exclusive):
+    if me not in _background or (quiet and not _exclusive) or (me in _held and _lent_to(me)):
         return 0.0  # read without the lock (single dict operations): the common case costs nothing
     started = time.perf_counter()
     with _cond:
@@ -221,7 +259,7 @@ def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float | N
         _paused.add(me)
         _cond.notify_all()
         try:
-            while _exclusive or (_others_interactive(me) and time.perf_counter() < deadline):
+            while not _lent_to(me) and (_exclusive or (_others_interactive(me) and time.perf_counter() < deadline)):
                 # A timed wait even when nothing will notify: the grace period ends by itself.
                 _cond.wait(timeout=None if _exclusive else min(0.05, max(0.0, deadline - time.perf_counter())))
         finally:
@@ -239,7 +277,7 @@ def exclusive(settle_s: float = EXCLUSIVE_SETTLE_S) -> Iterator[None]:
     with _cond:
         _exclusive += 1
         _cond.notify_all()
-        _cond.wait_for(lambda: all(t in _paused or t == me for t in _background), timeout=settle_s)
+        _cond.wait_for(lambda: all(t in _paused or t == me or _lent_to(t) for t in _background), timeout=settle_s)
     try:
         yield
     finally:

@@ -162,3 +162,39 @@ def test_a_page_waiting_for_a_lock_that_background_work_holds_does_not_make_it_p
     worker.join()
     # Without the yielding lock each step would pause up to MAX_PAUSE_S (1 s here) for its own waiter.
     assert len(steps) == 20 and waited < 0.6 * priority.MAX_PAUSE_S, waited
+
+
+def test_background_work_a_page_waits_for_does_not_pause_for_other_pages():
+    # Session A's run waits for a variant that background work is measuring (its lock); session B's
+    # run waits for A (Streamlit's cache lock) and so counts as interactive all along. The holder
+    # must not pause for B: A waits for it, and B for A.
+    lock, steps = priority.YieldingLock(), []
+    holding, b_running, done = threading.Event(), threading.Event(), threading.Event()
+
+    def holder():
+        with priority.background(), lock:
+            holding.set()
+            b_running.wait(5)
+            for _ in range(20):
+                time.sleep(0.005)
+                steps.append(time.perf_counter())
+                priority.pause_point()
+
+    def session_b():
+        with priority.foreground():
+            b_running.set()
+            done.wait(60)
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=session_b)]
+    for t in threads:
+        t.start()
+    assert holding.wait(5) and b_running.wait(5)
+    started = time.perf_counter()
+    with priority.foreground(), lock:
+        waited = time.perf_counter() - started
+    done.set()
+    for t in threads:
+        t.join()
+    # Without the lent priority each of the 20 steps pauses MAX_PAUSE_S (1 s here) for session B.
+    assert len(steps) == 20 and waited < 0.6 * priority.MAX_PAUSE_S, waited
+    assert not priority._held  # every lock given back
