@@ -4,9 +4,9 @@
 each variant's accuracy on every test image — coarse grid points first, the
 rest after — and then the latency of a coarse subset in every installed runtime. It runs as
 background work (:mod:`priority`): it pauses while any page runs, and a
-latency is timed only after a quiet second, and timed again if a page ran
-while it was being timed, so a curve point is never timed beside a slider
-move and never slows one. Every point is an ordinary cached record, so the
+latency is timed only after a quiet second; a page starting meanwhile
+interrupts the timing (within one timed call) and it starts again once quiet,
+so a curve point is never timed beside a slider move and never slows one. Every point is an ordinary cached record, so the
 page redraws from the cache as they arrive.
 """
 
@@ -84,21 +84,29 @@ def _engine_alive(work):
     return run
 
 
+TIMING_ATTEMPTS = 20  # a timing a page interrupts starts again once the CPU is quiet; so many times at most
+
+
 @_engine_alive
 def _time_quietly(engine, variant) -> None:
-    with priority.background():
-        for attempt in range(3):  # timed again if a page ran meanwhile
+    with priority.background(), priority.interruptible():
+        disturbed = False
+        for _ in range(TIMING_ATTEMPTS):
             priority.wait_until_quiet()
             with priority.idle():
                 _timing_lock.acquire()
             try:
                 runs = priority.foreground_runs()
-                # The first time only what is missing is measured; after that the timing again (accuracy kept).
-                record = _try(functools.partial(_timing, engine, variant, again=attempt > 0))
+                # Only what is missing is measured; a finished timing a page ran beside is timed again
+                # (accuracy kept). A page starting meanwhile interrupts it: the CPU is the page's.
+                record = _try(functools.partial(_timing, engine, variant, again=disturbed))
+            except priority.Interrupted:
+                continue
             finally:
                 _timing_lock.release()
             if record is None or priority.foreground_runs() == runs:
                 return
+            disturbed = True
 
 
 def _timing(engine, variant, again: bool) -> dict:
@@ -125,5 +133,7 @@ def _work(engine, variants: list, with_latency: bool) -> None:
 def _try(measure):
     try:
         return measure()
+    except priority.Interrupted:
+        raise
     except Exception:  # the page that shows the point reports its error when it measures it itself
         return None

@@ -267,6 +267,36 @@ def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float | N
     return time.perf_counter() - started
 
 
+class Interrupted(Exception):
+    """Raised at an :func:`interrupt_point` of interruptible work when a page wants the CPU."""
+
+
+_interruptible: set[int] = set()
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Background work that gives up (:class:`Interrupted`) rather than pause when a page runs:
+    a latency timed in the background, which a page running beside it would disturb anyway."""
+    me = threading.get_ident()
+    _interruptible.add(me)
+    try:
+        yield
+    finally:
+        _interruptible.discard(me)
+
+
+def interrupt_point() -> None:
+    """Between two timed calls: in :func:`interruptible` work, raises :class:`Interrupted` if
+    another thread runs foreground work (or did within ``GRACE_S``), so the page gets the CPU
+    within one call. A no-op elsewhere (a foreground timing, the CLI's)."""
+    me = threading.get_ident()
+    if me in _interruptible and not _lent_to(me):
+        with _cond:
+            if _others_interactive(me):
+                raise Interrupted
+
+
 @contextlib.contextmanager
 def exclusive(settle_s: float = EXCLUSIVE_SETTLE_S) -> Iterator[None]:
     """Work that must not share the CPU (timing a latency): background work

@@ -1,7 +1,7 @@
 import gc
 import threading
 
-from lowrank_core import curves
+from lowrank_core import curves, priority
 
 
 def test_coarse_first_puts_every_other_point_first():
@@ -35,3 +35,27 @@ def test_a_filling_thread_ends_quietly_when_its_engine_is_dropped(monkeypatch):
     release.set()
     thread.join(5)
     assert not thread.is_alive() and errors == []
+
+
+def test_a_timing_a_page_interrupts_starts_again_once_quiet():
+    calls = []
+
+    class Engine:
+        def cached_result(self, variant, with_latency=False):
+            return None
+
+        def evaluate(self, variant, with_latency, runtimes):
+            calls.append("evaluate")
+            if len(calls) == 1:
+                raise priority.Interrupted  # a page started while it was being timed
+            return {"latency_ms": 1.0}
+
+        def retime(self, variant, runtimes):
+            calls.append("retime")
+            return {"latency_ms": 1.0}
+
+    engine = Engine()
+    thread = curves.time_later(engine, "variant")
+    thread.join(30)
+    # Interrupted: measured again from where it was (what is missing), not re-timed as disturbed.
+    assert not thread.is_alive() and calls == ["evaluate", "evaluate"]

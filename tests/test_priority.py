@@ -198,3 +198,24 @@ def test_background_work_a_page_waits_for_does_not_pause_for_other_pages():
     # Without the lent priority each of the 20 steps pauses MAX_PAUSE_S (1 s here) for session B.
     assert len(steps) == 20 and waited < 0.6 * priority.MAX_PAUSE_S, waited
     assert not priority._held  # every lock given back
+
+
+def test_an_interruptible_background_timing_gives_the_cpu_to_a_page_at_once():
+    page_running, page_done = threading.Event(), threading.Event()
+
+    def page():
+        with priority.foreground():
+            page_running.set()
+            page_done.wait(10)
+
+    with priority.background(), priority.interruptible():
+        priority.interrupt_point()  # nothing else runs: it goes on
+        worker = threading.Thread(target=page)
+        worker.start()
+        assert page_running.wait(5)
+        with pytest.raises(priority.Interrupted):
+            priority.interrupt_point()
+    with priority.background():
+        priority.interrupt_point()  # ordinary background work pauses instead (pause_point); never raises here
+    page_done.set()
+    worker.join()
