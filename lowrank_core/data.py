@@ -212,28 +212,63 @@ def _read_limited(handle, where: str) -> bytes:
     return blob
 
 
-def _read_archive(path: pathlib.Path) -> dict[str, bytes]:
+MAX_ARCHIVE_BYTES = 1 << 30  # the official archive is 163 MiB: anything past this is refused unread
+
+
+class _Hashing(io.RawIOBase):
+    """A file read front to back once, hashed as it is read (its digest without a second read)."""
+
+    def __init__(self, raw):
+        self.raw, self.digest = raw, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.raw.readinto(buffer)
+        if n:
+            self.digest.update(memoryview(buffer)[:n])
+        return n
+
+    def finish(self) -> str:
+        """The digest of the whole file (what the reader left unread is read now)."""
+        while self.raw.read(1 << 20):
+            pass
+        return self.digest.hexdigest()
+
+
+def _read_archive(path: pathlib.Path) -> tuple[dict[str, bytes], str]:
+    """The needed members of the archive, read into memory, and the archive's sha256 (one pass)."""
+    size = path.stat().st_size
+    if size > MAX_ARCHIVE_BYTES:
+        raise DataError(
+            f"{path} is {size / 2**20:,.0f} MiB; the CIFAR-10 archive is about 163 MiB, so it is refused "
+            f"unread (limit {MAX_ARCHIVE_BYTES // 2**20} MiB): use a genuine CIFAR-10 copy"
+        )
     files: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, mode="r:*") as archive:
-            # Members are read into memory, never extracted, so names like
-            # "../../x" in a hostile archive cannot write anywhere.
-            for member in archive:
-                parts = pathlib.PurePosixPath(member.name).parts
-                if member.isfile() and len(parts) >= 2 and parts[-2] == BATCH_DIR and parts[-1] in _NEEDED:
-                    if member.size > MAX_MEMBER_BYTES:
+        with open(path, "rb") as raw:
+            hashing = _Hashing(raw)
+            with tarfile.open(fileobj=io.BufferedReader(hashing, 1 << 20), mode="r|*") as archive:
+                # Members are read into memory, never extracted, so names like
+                # "../../x" in a hostile archive cannot write anywhere.
+                for member in archive:
+                    parts = pathlib.PurePosixPath(member.name).parts
+                    if member.isfile() and len(parts) >= 2 and parts[-2] == BATCH_DIR and parts[-1] in _NEEDED:
+                        if member.size > MAX_MEMBER_BYTES:
+                            raise _too_large(f"{path}:{member.name}", member.size)
+                        handle = archive.extractfile(member)
+                        files[parts[-1]] = _read_limited(handle, f"{path}:{member.name}") if handle else b""
+                    elif member.size > MAX_MEMBER_BYTES:
+                        # Skipping it would still decompress all of it: stop here.
                         raise _too_large(f"{path}:{member.name}", member.size)
-                    handle = archive.extractfile(member)
-                    files[parts[-1]] = _read_limited(handle, f"{path}:{member.name}") if handle else b""
-                elif member.size > MAX_MEMBER_BYTES:
-                    # Skipping it would still decompress all of it: stop here.
-                    raise _too_large(f"{path}:{member.name}", member.size)
+            digest = hashing.finish()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DataError(
             f"{path} is not a readable CIFAR-10 archive (truncated or corrupt: {exc}); "
             "download it again or point LOWRANK_CIFAR10 at a good copy"
         ) from None
-    return files
+    return files, digest
 
 
 def _batch_folder(path: pathlib.Path) -> pathlib.Path:
@@ -257,10 +292,11 @@ def _read_folder(path: pathlib.Path) -> dict[str, bytes]:
 def read_source(path: pathlib.Path) -> Cifar10:
     """Reads and validates CIFAR-10 from an archive or an extracted folder."""
     path = pathlib.Path(path)
+    digest = None
     if path.is_dir():
         files = _read_folder(path)
     elif path.is_file():
-        files = _read_archive(path)
+        files, digest = _read_archive(path)
     else:
         raise DataError(f"{path} does not exist; expected {ARCHIVE_NAME} or a {BATCH_DIR}/ folder")
     missing = [name for name in _NEEDED if name not in files]
@@ -269,9 +305,7 @@ def read_source(path: pathlib.Path) -> Cifar10:
     train = [decode_batch(files[name], where=f"{path}:{name}") for name in TRAIN_BATCHES]
     x_test, y_test = decode_batch(files[TEST_BATCH], where=f"{path}:{TEST_BATCH}")
     class_names = decode_meta(files[META_FILE], where=f"{path}:{META_FILE}")
-    if path.is_file():
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    else:
+    if digest is None:
         digest_builder = hashlib.sha256()
         for name in _NEEDED:
             digest_builder.update(files[name])

@@ -112,6 +112,21 @@ def test_truncated_archive_is_a_clear_error(tmp_path, synthetic_archive):
         data_lib.read_source(not_gzip)
 
 
+def test_an_archive_past_the_size_limit_is_refused_unread(monkeypatch, synthetic_archive):
+    reads = []
+    monkeypatch.setattr(data_lib, "MAX_ARCHIVE_BYTES", synthetic_archive.stat().st_size - 1)
+    monkeypatch.setattr(data_lib, "_Hashing", lambda raw: reads.append(raw))
+    with pytest.raises(DataError, match="refused unread"):
+        data_lib.read_source(synthetic_archive)
+    assert not reads
+
+
+def test_the_archive_is_hashed_in_the_same_pass_that_reads_it(synthetic_archive):
+    files, digest = data_lib._read_archive(synthetic_archive)
+    assert digest == hashlib.sha256(synthetic_archive.read_bytes()).hexdigest()
+    assert set(files) == set(data_lib._NEEDED)
+
+
 def test_archive_member_paths_cannot_escape(tmp_path):
     folder = write_folder(tmp_path / "src")
     path = tmp_path / "evil.tar.gz"
