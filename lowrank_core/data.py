@@ -19,6 +19,7 @@ modification time, so a second load reads ~180 MB of arrays and nothing else.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import io
@@ -28,6 +29,7 @@ import os
 import pathlib
 import pickle
 import tarfile
+import threading
 import urllib.error
 import urllib.request
 import zlib
@@ -249,7 +251,7 @@ def _read_archive(path: pathlib.Path) -> tuple[dict[str, bytes], str]:
     try:
         with open(path, "rb") as raw:
             hashing = _Hashing(raw)
-            with tarfile.open(fileobj=io.BufferedReader(hashing, 1 << 20), mode="r|*") as archive:
+            with tarfile.open(fileobj=io.BufferedReader(hashing, 1 << 20), mode="r|*", bufsize=1 << 20) as archive:
                 # Members are read into memory, never extracted, so names like
                 # "../../x" in a hostile archive cannot write anywhere.
                 for member in archive:
@@ -557,25 +559,79 @@ def load_cifar10(
         source = resolve_source(path, download=download, progress=progress)
         cache_file = paths.data_dir() / "decoded" / f"{_cache_key(source.path)}.npz"
         if use_cache:
-            cached = _load_decoded(cache_file)
-            if cached is not None:
-                return cached
+            return _once(str(cache_file), lambda: _load_decoded(cache_file) or _decoded(source.path, cache_file))
         data = read_source(source.path)
     if use_cache:
-        info = json.dumps({"class_names": list(data.class_names), "source": data.source, "sha256": data.sha256})
-        try:
-            with atomic_open(cache_file, "wb") as out:
-                np.savez(
-                    out,
-                    x_train=data.x_train,
-                    y_train=data.y_train,
-                    x_test=data.x_test,
-                    y_test=data.y_test,
-                    info=np.asarray(info),
-                )
-        except OSError:
-            pass  # a read-only or full disk only costs the next load its speed
+        _write_decoded(cache_file, data)
     return data
+
+
+def _decoded(source: pathlib.Path, cache_file: pathlib.Path) -> Cifar10:
+    """The source decoded, and written to the decoded cache for the next load."""
+    data = read_source(source)
+    _write_decoded(cache_file, data)
+    return data
+
+
+def _write_decoded(cache_file: pathlib.Path, data: Cifar10) -> None:
+    info = json.dumps({"class_names": list(data.class_names), "source": data.source, "sha256": data.sha256})
+    try:
+        with atomic_open(cache_file, "wb") as out:
+            np.savez(
+                out,
+                x_train=data.x_train,
+                y_train=data.y_train,
+                x_test=data.x_test,
+                y_test=data.y_test,
+                info=np.asarray(info),
+            )
+    except OSError:
+        pass  # a read-only or full disk only costs the next load its speed
+
+
+_in_flight: dict[str, concurrent.futures.Future] = {}  # decoded-cache path → the load running for it
+_in_flight_lock = threading.Lock()
+
+
+def _once(key: str, load: Callable[[], Cifar10]) -> Cifar10:
+    """``load()`` run once for however many threads ask for ``key`` at a time (two sessions
+    starting together, or the app's :func:`prefetch` and its engine): the others wait for it."""
+    with _in_flight_lock:
+        future, owner = _in_flight.get(key), False
+        if future is None:
+            future, owner = concurrent.futures.Future(), True
+            _in_flight[key] = future
+    if not owner:
+        return future.result()
+    try:
+        future.set_result(load())
+    except BaseException as exc:
+        future.set_exception(exc)
+    finally:
+        with _in_flight_lock:
+            del _in_flight[key]  # nothing kept: a later load reads the decoded cache
+    return future.result()
+
+
+_prefetch_started = threading.Event()
+
+
+def prefetch() -> None:
+    """Starts loading CIFAR-10 from its default source (the environment variable or the data
+    cache; never a download) in a daemon thread, once per process: the app's first run imports
+    JAX meanwhile, and its engine's load then waits for this one instead of decoding again.
+    Any problem is left for that load to report."""
+    if _prefetch_started.is_set() or is_tfds(os.environ.get(ENV_VAR)):
+        return
+    _prefetch_started.set()
+
+    def load() -> None:
+        try:
+            load_cifar10(str(resolve_source(None, download=False).path), download=False)
+        except Exception:
+            pass  # the page's own load says what is wrong
+
+    threading.Thread(target=load, name="lowrank-data-prefetch", daemon=True).start()
 
 
 def describe_source(path: str | os.PathLike | None = None) -> str:

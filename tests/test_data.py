@@ -46,6 +46,42 @@ def test_second_load_comes_from_cache(synthetic_archive, monkeypatch):
     assert second.sha256 == hashlib.sha256(synthetic_archive.read_bytes()).hexdigest()
 
 
+def test_loads_asked_for_at_once_decode_once_and_share_the_result(synthetic_archive, monkeypatch):
+    decoding, calls = threading.Event(), []
+    real = data_lib.read_source
+
+    def slow_read(path):
+        calls.append(path)
+        decoding.set()
+        time.sleep(0.5)  # still decoding when the second load asks
+        return real(path)
+
+    monkeypatch.setattr(data_lib, "read_source", slow_read)
+    results = []
+    first = threading.Thread(target=lambda: results.append(data_lib.load_cifar10(synthetic_archive)))
+    first.start()
+    assert decoding.wait(5)
+    results.append(data_lib.load_cifar10(synthetic_archive))
+    first.join()
+    assert len(calls) == 1 and results[0] is results[1]
+    assert not data_lib._in_flight  # nothing kept once done: later loads read the decoded cache
+
+
+def test_the_apps_prefetch_decodes_the_default_source_once_in_the_background(synthetic_archive, monkeypatch):
+    monkeypatch.setenv(data_lib.ENV_VAR, str(synthetic_archive))
+    monkeypatch.setattr(data_lib, "_prefetch_started", threading.Event())
+    calls = []
+    real = data_lib.read_source
+    monkeypatch.setattr(data_lib, "read_source", lambda p: calls.append(p) or real(p))
+    data_lib.prefetch()
+    data_lib.prefetch()  # every script run calls it: only the first starts anything
+    for thread in threading.enumerate():
+        if thread.name == "lowrank-data-prefetch":
+            thread.join(30)
+    loaded = data_lib.load_cifar10(str(synthetic_archive), download=False)
+    assert len(calls) == 1 and loaded.x_test.shape[0] > 0  # the engine's load read the prefetched cache
+
+
 def test_replaced_source_invalidates_cache(tmp_path, synthetic_archive):
     data_lib.load_cifar10(synthetic_archive)
     folder = write_folder(tmp_path / "other", n_per_batch=8)
