@@ -2,10 +2,8 @@
 
 import streamlit as st
 
-from lowrank_core import data, priority
-
-data.prefetch()  # once per process: CIFAR-10 decodes while this first run imports JAX below
-from pages.common import sidebar  # noqa: E402
+from lowrank_core import priority
+from pages.common import sidebar
 
 st.set_page_config(page_title="Low-rank compression explorer", layout="wide")
 sidebar()

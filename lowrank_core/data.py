@@ -595,7 +595,7 @@ _in_flight_lock = threading.Lock()
 
 def _once(key: str, load: Callable[[], Cifar10]) -> Cifar10:
     """``load()`` run once for however many threads ask for ``key`` at a time (two sessions
-    starting together, or the app's :func:`prefetch` and its engine): the others wait for it."""
+    starting together): the others wait for it and share its result."""
     with _in_flight_lock:
         future, owner = _in_flight.get(key), False
         if future is None:
@@ -611,27 +611,6 @@ def _once(key: str, load: Callable[[], Cifar10]) -> Cifar10:
         with _in_flight_lock:
             del _in_flight[key]  # nothing kept: a later load reads the decoded cache
     return future.result()
-
-
-_prefetch_started = threading.Event()
-
-
-def prefetch() -> None:
-    """Starts loading CIFAR-10 from its default source (the environment variable or the data
-    cache; never a download) in a daemon thread, once per process: the app's first run imports
-    JAX meanwhile, and its engine's load then waits for this one instead of decoding again.
-    Any problem is left for that load to report."""
-    if _prefetch_started.is_set() or is_tfds(os.environ.get(ENV_VAR)):
-        return
-    _prefetch_started.set()
-
-    def load() -> None:
-        try:
-            load_cifar10(str(resolve_source(None, download=False).path), download=False)
-        except Exception:
-            pass  # the page's own load says what is wrong
-
-    threading.Thread(target=load, name="lowrank-data-prefetch", daemon=True).start()
 
 
 def describe_source(path: str | os.PathLike | None = None) -> str:

@@ -67,21 +67,6 @@ def test_loads_asked_for_at_once_decode_once_and_share_the_result(synthetic_arch
     assert not data_lib._in_flight  # nothing kept once done: later loads read the decoded cache
 
 
-def test_the_apps_prefetch_decodes_the_default_source_once_in_the_background(synthetic_archive, monkeypatch):
-    monkeypatch.setenv(data_lib.ENV_VAR, str(synthetic_archive))
-    monkeypatch.setattr(data_lib, "_prefetch_started", threading.Event())
-    calls = []
-    real = data_lib.read_source
-    monkeypatch.setattr(data_lib, "read_source", lambda p: calls.append(p) or real(p))
-    data_lib.prefetch()
-    data_lib.prefetch()  # every script run calls it: only the first starts anything
-    for thread in threading.enumerate():
-        if thread.name == "lowrank-data-prefetch":
-            thread.join(30)
-    loaded = data_lib.load_cifar10(str(synthetic_archive), download=False)
-    assert len(calls) == 1 and loaded.x_test.shape[0] > 0  # the engine's load read the prefetched cache
-
-
 def test_replaced_source_invalidates_cache(tmp_path, synthetic_archive):
     data_lib.load_cifar10(synthetic_archive)
     folder = write_folder(tmp_path / "other", n_per_batch=8)
