@@ -131,12 +131,13 @@ class YieldingLock:
 
     @contextlib.contextmanager
     def _wanted_by(self, interactive: bool) -> Iterator[None]:
-        global _foreground_runs
+        global _foreground_runs, _wanting
         if not interactive:
             yield
             return
         with _cond:
             self._wanted += 1
+            _wanting += 1
             _foreground_runs += 1  # work that runs for a page now: a latency timed meanwhile is timed again
             _cond.notify_all()
         try:
@@ -144,9 +145,12 @@ class YieldingLock:
         finally:
             with _cond:
                 self._wanted -= 1
+                _wanting -= 1
+                _cond.notify_all()
 
 
 _held: dict[int, list[YieldingLock]] = {}  # thread → the yielding locks it holds
+_wanting = 0  # interactive requests waiting for a yielding lock: other background work pauses for them too
 
 
 def _lent_to(me: int) -> bool:
@@ -159,7 +163,7 @@ def wait_until_quiet(quiet_s: float = 1.0) -> None:
     with idle():
         while True:
             with _cond:
-                busy = bool(_foreground)
+                busy = bool(_foreground) or _wanting > 0
                 since = time.monotonic() - _last_foreground_end
             if not busy and since >= quiet_s:
                 return
@@ -233,7 +237,7 @@ def background() -> Iterator[None]:
 
 def _others_interactive(me: int) -> bool:
     recent = time.monotonic() - _last_foreground_end < GRACE_S
-    return recent or any(t != me and t not in _background for t in _foreground)
+    return recent or _wanting > 0 or any(t != me and t not in _background for t in _foreground)
 
 
 def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float | None = None) -> float:
@@ -245,7 +249,9 @@ def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float | N
     work. A no-op outside :func:`background`. Returns the seconds paused."""
     max_pause_s = MAX_PAUSE_S if max_pause_s is None else max_pause_s
     me = threading.get_ident()
-    quiet = len(_foreground) <= (me in _foreground) and time.monotonic() - _last_foreground_end >= GRACE_S
+    quiet = (
+        len(_foreground) <= (me in _foreground) and not _wanting and time.monotonic() - _last_foreground_end >= GRACE_S
+    )
     if me not in _background or (quiet and not _exclusive) or (me in _held and _lent_to(me)):
         return 0.0  # read without the lock (single dict operations): the common case costs nothing
     started = time.perf_counter()

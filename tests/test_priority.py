@@ -219,3 +219,32 @@ def test_an_interruptible_background_timing_gives_the_cpu_to_a_page_at_once():
         priority.interrupt_point()  # ordinary background work pauses instead (pause_point); never raises here
     page_done.set()
     worker.join()
+
+
+def test_other_background_work_pauses_while_a_page_waits_for_background_work():
+    # A page waits for what the warm-up computes (its lock): the curve filler must not take the
+    # CPU from that computation meanwhile (a waiting page is no foreground run of its own).
+    lock, holding = priority.YieldingLock(), threading.Event()
+    steps, stop = [], threading.Event()
+
+    def holder():
+        with priority.background(), lock:
+            holding.set()
+            time.sleep(0.5)  # the computation the page waits for
+
+    worker = threading.Thread(target=holder)
+    worker.start()
+    assert holding.wait(5)
+    filler = threading.Thread(target=_run_steps, args=(steps, stop))
+    filler.start()
+    time.sleep(0.05)
+    with priority.foreground():
+        waited_from = time.perf_counter()
+        with lock:  # waits until the holder lets go
+            waited_to = time.perf_counter()
+    stop.set()
+    filler.join()
+    worker.join()
+    assert waited_to - waited_from > 0.3  # it did wait for the holder
+    during = [t for t in steps if waited_from + 0.05 < t < waited_to - 0.05]
+    assert len(during) <= 2, len(during)  # paused while the page waited (≈ 60 steps of 5 ms otherwise)
