@@ -235,9 +235,11 @@ class Engine:
         """``params`` in the stored format (the bytes a record's ``bytes`` counts)."""
         return checkpoint.params_to_npz_bytes(params, self.storage_dtype, tuple(facts["float32_layers"]))
 
-    def svd_sensitivity(self, fractions=None, layers=None, on_progress=None, compute=True, basis="weights"):
+    def svd_sensitivity(
+        self, fractions=None, layers=None, on_progress=None, compute=True, basis="weights", on_row=None
+    ):
         """The per-layer SVD sensitivity table, cached (:func:`lowrank_core.tables.svd_table`)."""
-        return tables.svd_table(self, fractions, layers, on_progress, compute, basis)
+        return tables.svd_table(self, fractions, layers, on_progress, compute, basis, on_row)
 
     def sensitivity(self, method: str, grid, layers=None, on_progress=None) -> list[dict]:
         """One layer compressed at a time over ``grid`` (:func:`lowrank_core.tables.one_layer_at_a_time`)."""

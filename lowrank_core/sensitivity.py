@@ -78,11 +78,13 @@ def svd_sensitivity(
     storage_dtype="float32",
     on_progress: Callable[[int, int], None] | None = None,
     input_factor: Callable[[str], np.ndarray] | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Rows ``{layer, fraction, rank, accuracy, layer_params}``: each of ``layers``
     (default: every dense layer) truncated alone to rank ⌊f·min(m, n)⌋ (at least 1)
     for each fraction f, measured on all of ``features`` (the convolutions'
-    test-set output). ``layer_params`` counts that layer factorized (k(m+n)+n)."""
+    test-set output). ``layer_params`` counts that layer factorized (k(m+n)+n).
+    ``on_row(row)`` gets each row as soon as it is measured, layer by layer."""
     names = model.dense_layer_names(params)
     layers = tuple(layers or names)
     unknown = [n for n in layers if n not in names]
@@ -92,6 +94,8 @@ def svd_sensitivity(
 
     def progress(row: dict) -> None:
         rows.append(row)
+        if on_row:
+            on_row(row)
         if on_progress:
             on_progress(len(rows), total)
 

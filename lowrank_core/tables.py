@@ -14,11 +14,13 @@ def _svd_method():
     return REGISTRY["svd"]  # the registry's SVD method: the fast table is its one-layer truncation
 
 
-def svd_table(engine, fractions=None, layers=None, on_progress=None, compute: bool = True, basis: str = "weights"):
+def svd_table(
+    engine, fractions=None, layers=None, on_progress=None, compute: bool = True, basis: str = "weights", on_row=None
+):
     """Each dense layer truncated alone at each rank fraction, all test images
-    (:func:`sensitivity.svd_sensitivity`), in the table basis that predicts ``basis``; cached on
-    disk by checkpoint, grid, layers, basis and method version. ``compute=False``: the cached
-    table or None."""
+    (:func:`sensitivity.svd_sensitivity`; ``on_row`` gets each row as it is measured), in the
+    table basis that predicts ``basis``; cached on disk by checkpoint, grid, layers, basis and
+    method version. ``compute=False``: the cached table or None."""
     config_type = _svd_method().config_type
     basis = config_type(basis=basis).table_basis  # validates it
     fractions = tuple(float(f) for f in (fractions or sensitivity.DEFAULT_FRACTIONS))
@@ -51,6 +53,7 @@ def svd_table(engine, fractions=None, layers=None, on_progress=None, compute: bo
             engine.storage_dtype,
             on_progress,
             factor,
+            on_row,
         )
         engine.sensitivity_store.put(key, {"rows": rows, "n_test": int(engine.data.y_test.shape[0])})
         return rows

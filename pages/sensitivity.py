@@ -9,11 +9,49 @@ from lowrank_core import report, sensitivity
 from lowrank_core.methods.svd import SvdConfig
 from pages.common import baseline_accuracy, evaluate, get_engine, progress_callback, session, style
 
+
+def heatmap(rows: list[dict], base: dict, shown: list[str], fractions: list[float], names: dict) -> go.Figure:
+    """Drop in points per (layer, fraction); cells not measured yet stay empty (the table fills in)."""
+    grid = {(r["layer"], r["fraction"]): r for r in rows}
+    drop = [
+        [100 * (base["accuracy"] - grid[(n, f)]["accuracy"]) if (n, f) in grid else None for f in fractions]
+        for n in shown
+    ]
+    measured = [v for row in drop for v in row if v is not None]
+    # Cells placed on a log rank-fraction axis: the hidden layers' differences sit between 0.005 and 0.1.
+    fig = go.Figure(
+        go.Heatmap(
+            z=drop,
+            x=sensitivity.log_cell_edges(fractions),
+            y=[names[n] for n in shown],
+            colorscale="Reds",
+            zmin=0,
+            zmax=max([0.5, *measured]),
+            colorbar=dict(title="drop (points)"),
+            text=[
+                [
+                    f"f={f:g}, k={grid[(n, f)]['rank']}: accuracy {grid[(n, f)]['accuracy']:.2%}"
+                    if (n, f) in grid
+                    else "not measured yet"
+                    for f in fractions
+                ]
+                for n in shown
+            ],
+            texttemplate="%{z:.1f}",
+            hovertemplate="%{y}<br>%{text}<br>drop %{z:.2f} points<extra></extra>",
+        )
+    )
+    fig.update_xaxes(type="log", tickvals=[f for f in fractions if f in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)])
+    fig.update_yaxes(autorange="reversed")
+    return style(fig, "Accuracy drop with one layer truncated (the rest intact)", "rank fraction f (log)", "layer", 380)
+
+
 st.title("Per-layer sensitivity (truncated SVD)")
 eng = get_engine()
 if eng is not None:
     base = baseline_accuracy(session())
     n_test = base["n_test"]
+    names = {n: f"{n} ({'×'.join(map(str, eng.params[n]['w'].shape))})" for n in eng.spec.dense_layers}
     rows = eng.svd_sensitivity(compute=False)
     if rows is None:
         st.info(
@@ -23,8 +61,19 @@ if eng is not None:
         )
         if st.button("Measure the table", type="primary", key="sensitivity_run"):
             on_progress, bar = progress_callback("Measuring")
-            rows = eng.svd_sensitivity(on_progress=on_progress)
+            slot, partial = st.empty(), []
+
+            def on_row(row: dict) -> None:
+                """Redraws the table each time a layer's row is complete."""
+                partial.append(row)
+                if len(partial) % len(sensitivity.DEFAULT_FRACTIONS) == 0:
+                    hidden = list(names)[:-1]
+                    figure = heatmap(partial, base, hidden, list(sensitivity.DEFAULT_FRACTIONS), names)
+                    slot.plotly_chart(figure, key=f"sensitivity_partial_{len(partial)}")
+
+            rows = eng.svd_sensitivity(on_progress=on_progress, on_row=on_row)
             bar.empty()
+            slot.empty()
         else:
             st.stop()
     layers = list(dict.fromkeys(r["layer"] for r in rows))
@@ -34,32 +83,7 @@ if eng is not None:
         "Include the output layer (its drops dwarf the hidden layers')", False, key="sensitivity_show_output"
     )
     shown = layers if show_output else layers[:-1]
-    drop = [[100 * (base["accuracy"] - grid[(n, f)]["accuracy"]) for f in fractions] for n in shown]
-    # Cells placed on a log rank-fraction axis: the hidden layers' differences sit between 0.005 and 0.1.
-    edges = sensitivity.log_cell_edges(fractions)
-    fig = go.Figure(
-        go.Heatmap(
-            z=drop,
-            x=edges,
-            y=[f"{n} ({'×'.join(map(str, eng.params[n]['w'].shape))})" for n in shown],
-            colorscale="Reds",
-            zmin=0,
-            zmax=max(0.5, max(max(row) for row in drop)),
-            colorbar=dict(title="drop (points)"),
-            text=[
-                [f"f={f:g}, k={grid[(n, f)]['rank']}: accuracy {grid[(n, f)]['accuracy']:.2%}" for f in fractions]
-                for n in shown
-            ],
-            texttemplate="%{z:.1f}",
-            hovertemplate="%{y}<br>%{text}<br>drop %{z:.2f} points<extra></extra>",
-        )
-    )
-    fig.update_xaxes(type="log", tickvals=[f for f in fractions if f in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)])
-    fig.update_yaxes(autorange="reversed")
-    st.plotly_chart(
-        style(fig, "Accuracy drop with one layer truncated (the rest intact)", "rank fraction f (log)", "layer", 380),
-        key="sensitivity_heatmap",
-    )
+    st.plotly_chart(heatmap(rows, base, shown, fractions, names), key="sensitivity_heatmap")
     output = layers[-1]
     worst = max(fractions, key=lambda f: base["accuracy"] - grid[(output, f)]["accuracy"])
     st.caption(

@@ -450,3 +450,11 @@ def test_retraining_yields_to_interactive_runs_and_never_runs_beside_a_latency(t
     finally:
         stop.set()
         worker.join(timeout=60)
+
+
+def test_the_sensitivity_table_hands_out_each_row_as_it_is_measured(tiny_engine):
+    fractions, seen = (0.3, 0.7), []
+    rows = tiny_engine.svd_sensitivity(fractions, on_row=seen.append)
+    assert sorted(map(str, seen)) == sorted(map(str, rows))  # every cell, each handed out once
+    layers = [row["layer"] for row in seen]
+    assert layers == sorted(layers, key=list(model.dense_layer_names(tiny_engine.params)).index)  # layer by layer
