@@ -5,8 +5,9 @@ convolutions' test-set output and the baseline's accuracy at once, then — only
 while no measurement runs (:meth:`WarmUp.busy` marks one), piece by piece — the
 hidden-layer outputs, the SVDs and the spectra at initialization, each under
 its own lock elsewhere, so a page asking meanwhile waits for that piece only.
-A latency is never timed beside it (:meth:`WarmUp.timing` lets it finish
-first) nor beside another session's retraining (:func:`priority.exclusive`).
+A latency is never timed beside it (:meth:`WarmUp.timing` lets the step in
+flight end and holds the next) nor beside another session's retraining
+(:func:`priority.exclusive`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class WarmUp:
         self._lock = threading.Lock()
         self._active = 0  # measurements in progress: the optional steps wait while any runs
         self._active_lock = threading.Condition()
-        self._hurry = threading.Event()  # someone needs the warm-up finished: stop waiting for quiet
+        self._in_step = False  # a step is running now
+        self._timings = 0  # latencies being timed: no step starts meanwhile
 
     def start(self, steps: list[tuple[str, Callable[[], object]]], groups: dict[str, list[str]]) -> threading.Thread:
         """Starts (once) the thread running ``steps`` in order; a group's name is marked warmed
@@ -50,12 +52,15 @@ class WarmUp:
 
     def _work(self, steps, groups) -> None:
         for step, task in steps:
-            if step not in URGENT:
-                self._wait_for_quiet()
+            self._wait_for_quiet(urgent=step in URGENT)
             try:
                 task()
             except Exception:  # the page that needs it reports the error itself
                 pass
+            finally:
+                with self._active_lock:
+                    self._in_step = False
+                    self._active_lock.notify_all()
             self.warmed.add(step)
         for group, members in groups.items():
             if all(m in self.warmed for m in members):
@@ -67,9 +72,12 @@ class WarmUp:
             return []
         return [label for step, label in LABELS.items() if step not in self.warmed]
 
-    def _wait_for_quiet(self) -> None:
+    def _wait_for_quiet(self, urgent: bool) -> None:
+        """Until no latency is being timed and, for an optional step, no measurement runs; then
+        marks a step as running."""
         with self._active_lock:
-            self._active_lock.wait_for(lambda: self._active == 0 or self._hurry.is_set())
+            self._active_lock.wait_for(lambda: self._timings == 0 and (urgent or self._active == 0))
+            self._in_step = True
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
@@ -84,16 +92,20 @@ class WarmUp:
                 self._active_lock.notify_all()
 
     @contextlib.contextmanager
-    def timing(self) -> Iterator[None]:
-        """Quiet for a latency: the warm-up finished first, other background work paused."""
-        warming = self.thread
-        if warming is not None and warming is not threading.current_thread():
-            self._hurry.set()  # it would otherwise wait for this measurement to end
+    def timing(self, settle_s: float = priority.EXCLUSIVE_SETTLE_S) -> Iterator[None]:
+        """Quiet for a latency: the warm-up's step in flight ends first (waited for at most
+        ``settle_s``) and no other starts until the block ends; other background work paused."""
+        with self._active_lock:
+            self._timings += 1
+            if self.thread is not threading.current_thread():
+                self._active_lock.wait_for(lambda: not self._in_step, timeout=settle_s)
+        try:
+            with priority.exclusive():
+                yield
+        finally:
             with self._active_lock:
+                self._timings -= 1
                 self._active_lock.notify_all()
-            warming.join()
-        with priority.exclusive():
-            yield
 
 
 def warm_up_steps(engine) -> tuple[list[tuple[str, Callable[[], object]]], dict[str, list[str]]]:

@@ -99,7 +99,9 @@ def _time_quietly(engine, variant) -> None:
                 runs = priority.foreground_runs()
                 # Only what is missing is measured; a finished timing a page ran beside is timed again
                 # (accuracy kept). A page starting meanwhile interrupts it: the CPU is the page's.
-                record = _try(functools.partial(_timing, engine, variant, again=disturbed))
+                # Curve points and the warm-up wait meanwhile: a page is waiting for this latency.
+                with priority.exclusive(settle_s=0):
+                    record = _try(functools.partial(_timing, engine, variant, again=disturbed))
             except priority.Interrupted:
                 continue
             finally:

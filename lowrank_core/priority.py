@@ -40,6 +40,7 @@ _foreground: dict[int, int] = {}  # thread → nesting depth
 _background: dict[int, int] = {}
 _paused: set[int] = set()
 _exclusive = 0
+_exclusive_by: dict[int, int] = {}  # thread → how many exclusive blocks it is in (its own never pause it)
 _last_foreground_end = float("-inf")  # time.monotonic() when foreground work last ended
 
 
@@ -240,6 +241,11 @@ def _others_interactive(me: int) -> bool:
     return recent or _wanting > 0 or any(t != me and t not in _background for t in _foreground)
 
 
+def _exclusive_others(me: int) -> bool:
+    """Whether exclusive work of another thread runs (a thread's own never pauses it)."""
+    return _exclusive > _exclusive_by.get(me, 0)
+
+
 def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float | None = None) -> float:
     """Between two steps of background work: if other threads run foreground
     work (or did within ``GRACE_S``, or exclusive work runs), calls ``sync``
@@ -252,11 +258,11 @@ def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float | N
     quiet = (
         len(_foreground) <= (me in _foreground) and not _wanting and time.monotonic() - _last_foreground_end >= GRACE_S
     )
-    if me not in _background or (quiet and not _exclusive) or (me in _held and _lent_to(me)):
+    if me not in _background or (quiet and not _exclusive_others(me)) or (me in _held and _lent_to(me)):
         return 0.0  # read without the lock (single dict operations): the common case costs nothing
     started = time.perf_counter()
     with _cond:
-        if not (_exclusive or _others_interactive(me)):
+        if not (_exclusive_others(me) or _others_interactive(me)):
             return 0.0
     if sync is not None:
         sync()
@@ -265,9 +271,13 @@ def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float | N
         _paused.add(me)
         _cond.notify_all()
         try:
-            while not _lent_to(me) and (_exclusive or (_others_interactive(me) and time.perf_counter() < deadline)):
+            while not _lent_to(me) and (
+                _exclusive_others(me) or (_others_interactive(me) and time.perf_counter() < deadline)
+            ):
                 # A timed wait even when nothing will notify: the grace period ends by itself.
-                _cond.wait(timeout=None if _exclusive else min(0.05, max(0.0, deadline - time.perf_counter())))
+                _cond.wait(
+                    timeout=None if _exclusive_others(me) else min(0.05, max(0.0, deadline - time.perf_counter()))
+                )
         finally:
             _paused.discard(me)
     return time.perf_counter() - started
@@ -312,6 +322,7 @@ def exclusive(settle_s: float = EXCLUSIVE_SETTLE_S) -> Iterator[None]:
     me = threading.get_ident()
     with _cond:
         _exclusive += 1
+        _exclusive_by[me] = _exclusive_by.get(me, 0) + 1
         _cond.notify_all()
         _cond.wait_for(lambda: all(t in _paused or t == me or _lent_to(t) for t in _background), timeout=settle_s)
     try:
@@ -319,4 +330,7 @@ def exclusive(settle_s: float = EXCLUSIVE_SETTLE_S) -> Iterator[None]:
     finally:
         with _cond:
             _exclusive -= 1
+            _exclusive_by[me] -= 1
+            if not _exclusive_by[me]:
+                del _exclusive_by[me]
             _cond.notify_all()

@@ -369,19 +369,26 @@ def test_predictions_are_kept_from_the_measurement(tiny_engine):
     assert len(calls) == 1
 
 
-def test_latency_is_never_timed_beside_the_warm_up(tiny_engine, monkeypatch):
+def test_a_latency_waits_for_the_warm_ups_step_in_flight_and_holds_the_next():
     import threading
     import time
 
-    finished = threading.Event()
-    warming = threading.Thread(target=lambda: (time.sleep(0.5), finished.set()))
-    tiny_engine.schedule.thread = warming
-    warming.start()
-    seen = []
-    real = measure.latency
-    monkeypatch.setattr(measure, "latency", lambda *a, **k: (seen.append(finished.is_set()), real(*a, **k))[1])
-    tiny_engine.evaluate("baseline", with_latency=True)
-    assert seen == [True]
+    from lowrank_core import background
+
+    schedule, in_first, first_done, order = background.WarmUp(), threading.Event(), threading.Event(), []
+
+    def first():
+        in_first.set()
+        time.sleep(0.5)
+        first_done.set()
+
+    schedule.start([("features", first), ("baseline", lambda: order.append("next step"))], {})
+    assert in_first.wait(5)
+    with schedule.timing():  # the first step is still running: timing waits for it, not for the whole warm-up
+        order.append(("timed after the step in flight", first_done.is_set()))
+        time.sleep(0.3)
+    schedule.thread.join(5)
+    assert order == [("timed after the step in flight", True), "next step"]
 
 
 def test_warm_up_waits_while_a_measurement_runs(tiny_engine):

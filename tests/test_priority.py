@@ -248,3 +248,16 @@ def test_other_background_work_pauses_while_a_page_waits_for_background_work():
     assert waited_to - waited_from > 0.3  # it did wait for the holder
     during = [t for t in steps if waited_from + 0.05 < t < waited_to - 0.05]
     assert len(during) <= 2, len(during)  # paused while the page waited (≈ 60 steps of 5 ms otherwise)
+
+
+def test_exclusive_work_never_pauses_for_its_own_exclusivity():
+    paused = []
+
+    def timing_thread():  # a background timing: its own accuracy pass has pause points
+        with priority.background(), priority.exclusive(settle_s=0):
+            paused.append(priority.pause_point())
+
+    worker = threading.Thread(target=timing_thread, daemon=True)
+    worker.start()
+    worker.join(5)
+    assert paused == [0.0]  # it would wait for itself forever
