@@ -51,7 +51,7 @@ def retimed(engine, variant: Variant, extra: tuple[str, ...]) -> dict:
     key = result_key(engine.checkpoint_hash, variant)
     with engine.locks(key), engine.schedule.busy():
         params, _ = engine.build(variant)
-        record = with_runtimes(engine, {**record, **latency(engine, params, False)}, extra, True)
+        record = with_runtimes(engine, {**record, **latency(engine, params, False)}, extra, True, keep_accuracy=True)
         engine.store.put(key, record)
     return record
 
@@ -91,10 +91,12 @@ def latency(engine, params: dict, with_layer_latency: bool) -> dict:
         return results.latency(params, engine.data.x_test, engine.environment, with_layer_latency)
 
 
-def with_runtimes(engine, record: dict, names: tuple[str, ...], with_latency: bool) -> dict:
-    """``record`` with each runtime's own measurement of its variant (accuracy, and latency if asked)."""
+def with_runtimes(engine, record: dict, names: tuple[str, ...], with_latency: bool, keep_accuracy=False) -> dict:
+    """``record`` with each runtime's own measurement of its variant (accuracy, and latency if asked;
+    ``keep_accuracy``: an accuracy measured before is kept, only the latency timed again)."""
     timing = engine.schedule.timing if with_latency else contextlib.nullcontext
-    return records.with_runtimes(record, engine.stored_variant(record), engine.data, names, with_latency, timing)
+    stored = engine.stored_variant(record)
+    return records.with_runtimes(record, stored, engine.data, names, with_latency, timing, keep_accuracy)
 
 
 def stale(record: dict, environment: dict, with_latency: bool, with_layer_latency: bool = False) -> bool:

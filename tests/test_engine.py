@@ -465,3 +465,20 @@ def test_the_sensitivity_table_hands_out_each_row_as_it_is_measured(tiny_engine)
     assert sorted(map(str, seen)) == sorted(map(str, rows))  # every cell, each handed out once
     layers = [row["layer"] for row in seen]
     assert layers == sorted(layers, key=list(model.dense_layer_names(tiny_engine.params)).index)  # layer by layer
+
+
+def test_retiming_keeps_every_accuracy_and_times_again(tiny_engine, monkeypatch):
+    from lowrank_core import runtimes
+    from lowrank_core.runtimes import base as runtime_base
+
+    names = runtimes.available()
+    first = tiny_engine.evaluate("baseline", with_latency=True, runtimes=names)
+    passes, real = [], runtime_base.accuracy_fields
+    monkeypatch.setattr(runtime_base, "accuracy_fields", lambda *a: passes.append(a) or real(*a))
+    again = tiny_engine.retime("baseline", runtimes=names)
+    assert not passes  # no runtime measured its accuracy again: only the timing was redone
+    assert again["accuracy"] == first["accuracy"] and again["latency"] != first["latency"]
+    for name in names[1:]:
+        assert again["runtimes"][name]["accuracy"] == first["runtimes"][name]["accuracy"]
+        assert again["runtimes"][name]["latency"] != first["runtimes"][name]["latency"]
+    assert tiny_engine.cached_result("baseline", with_latency=True) == again  # stored

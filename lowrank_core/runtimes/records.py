@@ -9,6 +9,7 @@ from lowrank_core import measure
 from lowrank_core.runtimes import REGISTRY, base, get as get_runtime
 
 TIMING_KEYS = ("latency", "latency_ms", "latency_batch1_ms", "batch_size", "measured_on")
+ACCURACY_KEYS = ("accuracy", "n_test", "runtime")  # what base.accuracy_fields measured (threads: of now)
 
 
 def with_runtimes(
@@ -18,13 +19,19 @@ def with_runtimes(
     names: tuple[str, ...],
     with_latency: bool,
     timing: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    keep_accuracy: bool = False,
 ) -> dict:
     """``record`` with each of ``names`` measuring its stored variant on every test image of
-    ``data`` (and timing it inside ``timing()`` if ``with_latency``)."""
+    ``data`` (and timing it inside ``timing()`` if ``with_latency``); with ``keep_accuracy``, a
+    runtime that measured its accuracy before is only timed again (its accuracy does not change)."""
     measured = dict(record.get("runtimes") or {})
     for name in names:
         loaded = base.load(get_runtime(name), stored)  # one session for its accuracy and its timing
-        entry, _ = base.accuracy_fields(loaded, data.x_test, data.y_test)
+        previous = measured.get(name) or {}
+        if keep_accuracy and "accuracy" in previous:
+            entry = {k: previous[k] for k in ACCURACY_KEYS if k in previous} | {"threads": loaded.runtime.threads()}
+        else:
+            entry, _ = base.accuracy_fields(loaded, data.x_test, data.y_test)
         if with_latency:
             with timing():  # only the timing needs the CPU to itself
                 timed = base.latency(loaded, data.x_test, measure.timed_batch_sizes(data.x_test.shape[0]))
