@@ -234,8 +234,8 @@ class _Hashing(io.RawIOBase):
 
     def finish(self) -> str:
         """The digest of the whole file (what the reader left unread is read now)."""
-        while self.raw.read(1 << 20):
-            pass
+        while chunk := self.raw.read(1 << 20):
+            self.digest.update(chunk)
         return self.digest.hexdigest()
 
 

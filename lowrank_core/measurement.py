@@ -50,8 +50,9 @@ def retimed(engine, variant: Variant, extra: tuple[str, ...]) -> dict:
     record = engine.evaluate(variant, with_latency=False)
     key = result_key(engine.checkpoint_hash, variant)
     with engine.locks(key), engine.schedule.busy():
-        params, _ = engine.build(variant)
-        record = with_runtimes(engine, {**record, **latency(engine, params, False)}, extra, True, keep_accuracy=True)
+        stored = engine.stored_variant(record)  # built once, for every runtime (a fine-tuned one trains)
+        timed = {**record, **latency(engine, stored.params, False)}
+        record = records.with_runtimes(timed, stored, engine.data, extra, True, engine.schedule.timing, True)
         engine.store.put(key, record)
     return record
 
@@ -91,12 +92,10 @@ def latency(engine, params: dict, with_layer_latency: bool) -> dict:
         return results.latency(params, engine.data.x_test, engine.environment, with_layer_latency)
 
 
-def with_runtimes(engine, record: dict, names: tuple[str, ...], with_latency: bool, keep_accuracy=False) -> dict:
-    """``record`` with each runtime's own measurement of its variant (accuracy, and latency if asked;
-    ``keep_accuracy``: an accuracy measured before is kept, only the latency timed again)."""
+def with_runtimes(engine, record: dict, names: tuple[str, ...], with_latency: bool) -> dict:
+    """``record`` with each runtime's own measurement of its variant (accuracy, and latency if asked)."""
     timing = engine.schedule.timing if with_latency else contextlib.nullcontext
-    stored = engine.stored_variant(record)
-    return records.with_runtimes(record, stored, engine.data, names, with_latency, timing, keep_accuracy)
+    return records.with_runtimes(record, engine.stored_variant(record), engine.data, names, with_latency, timing)
 
 
 def stale(record: dict, environment: dict, with_latency: bool, with_layer_latency: bool = False) -> bool:
@@ -117,14 +116,19 @@ def lookup(engine, key: str, with_latency: bool, with_layer_latency: bool, extra
 def refreshed(engine, key: str, record: dict, with_latency: bool, with_layer_latency: bool, extra: tuple) -> dict:
     """``record`` with what is asked for: latency measured on another machine (or missing) is
     measured here, the accuracy kept; runtimes of ``extra`` not measured yet are measured.
-    Each re-measurement takes its :func:`turn` and is stored."""
-    if stale(record, engine.environment, with_latency, with_layer_latency):
-        with turn():
-            params, _ = engine.build(Variant.from_dict(record))
-            record = {**record, **latency(engine, params, with_layer_latency)}
-        engine.store.put(key, record)
-    if missing := records.missing(record, extra, with_latency):
-        with turn():
-            record = with_runtimes(engine, record, missing, with_latency)
-        engine.store.put(key, record)
+    The variant is built once for both (a fine-tuned one trains); it takes its :func:`turn`,
+    and each part is stored as soon as it is measured."""
+    is_stale = stale(record, engine.environment, with_latency, with_layer_latency)
+    missing = records.missing(record, extra, with_latency)
+    if not (is_stale or missing):
+        return record
+    with turn():
+        stored = engine.stored_variant(record)
+        if is_stale:
+            record = {**record, **latency(engine, stored.params, with_layer_latency)}
+            engine.store.put(key, record)
+        if missing:
+            timing = engine.schedule.timing if with_latency else contextlib.nullcontext
+            record = records.with_runtimes(record, stored, engine.data, missing, with_latency, timing)
+            engine.store.put(key, record)
     return record

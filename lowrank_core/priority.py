@@ -39,7 +39,6 @@ _cond = threading.Condition()
 _foreground: dict[int, int] = {}  # thread → nesting depth
 _background: dict[int, int] = {}
 _paused: set[int] = set()
-_exclusive = 0
 _exclusive_by: dict[int, int] = {}  # thread → how many exclusive blocks it is in (its own never pause it)
 _last_foreground_end = float("-inf")  # time.monotonic() when foreground work last ended
 
@@ -243,7 +242,7 @@ def _others_interactive(me: int) -> bool:
 
 def _exclusive_others(me: int) -> bool:
     """Whether exclusive work of another thread runs (a thread's own never pauses it)."""
-    return _exclusive > _exclusive_by.get(me, 0)
+    return len(_exclusive_by) > (me in _exclusive_by)  # entries leave at zero: single dict operations, no lock
 
 
 def pause_point(sync: Callable[[], object] | None = None, max_pause_s: float | None = None) -> float:
@@ -318,10 +317,8 @@ def exclusive(settle_s: float = EXCLUSIVE_SETTLE_S) -> Iterator[None]:
     """Work that must not share the CPU (timing a latency): background work
     pauses at its next pause point until the block ends; entering waits (at
     most ``settle_s``) until every background thread has reached one."""
-    global _exclusive
     me = threading.get_ident()
     with _cond:
-        _exclusive += 1
         _exclusive_by[me] = _exclusive_by.get(me, 0) + 1
         _cond.notify_all()
         _cond.wait_for(lambda: all(t in _paused or t == me or _lent_to(t) for t in _background), timeout=settle_s)
@@ -329,7 +326,6 @@ def exclusive(settle_s: float = EXCLUSIVE_SETTLE_S) -> Iterator[None]:
         yield
     finally:
         with _cond:
-            _exclusive -= 1
             _exclusive_by[me] -= 1
             if not _exclusive_by[me]:
                 del _exclusive_by[me]

@@ -392,11 +392,9 @@ def metrics_then_latency(compute, measure_latency: bool):
     it lands. Returns (the record, a function giving the timed record once there is one)."""
     with st.spinner("Computing on every test image…" + queue_note()):
         result = compute(False)
-    eng = _engine(session())
-    variant, baseline = methods.Variant.from_dict(result), methods.Variant.of("baseline")
-    pending = measure_latency and not (curves.timed_record(eng, variant) and curves.timed_record(eng, baseline))
+    eng, variant = _engine(session()), methods.Variant.from_dict(result)
+    pending = measure_latency and not (baseline_timed() and curves.timed_record(eng, variant))
     if pending:
-        curves.time_later(eng, baseline)
         curves.time_later(eng, variant)
 
     def timed() -> dict:
@@ -404,7 +402,7 @@ def metrics_then_latency(compute, measure_latency: bool):
 
     @st.fragment(run_every=POLL_S if pending else None)  # polls only while the latency is being timed
     def metrics() -> None:
-        shown, base = timed(), curves.timed_record(eng, baseline)
+        shown, base = timed(), baseline_timed() if measure_latency else None
         metric_row(shown, base if base is not None and "latency_ms" in shown else baseline_accuracy(session()))
         note = st.empty()  # always there: a fragment's element count must not change between reruns
         if measure_latency and "latency_ms" not in shown:

@@ -142,10 +142,14 @@ def test_an_archive_past_the_size_limit_is_refused_unread(monkeypatch, synthetic
     assert not reads
 
 
-def test_the_archive_is_hashed_in_the_same_pass_that_reads_it(synthetic_archive):
+def test_the_archive_is_hashed_in_the_same_pass_that_reads_it(tmp_path, synthetic_archive):
     files, digest = data_lib._read_archive(synthetic_archive)
     assert digest == hashlib.sha256(synthetic_archive.read_bytes()).hexdigest()
     assert set(files) == set(data_lib._NEEDED)
+    # Bytes after the archive's end (which the tar reader never reads) are part of the file's digest too.
+    padded = tmp_path / "padded.tar.gz"
+    padded.write_bytes(synthetic_archive.read_bytes() + b"\0" * 3_000_000)
+    assert data_lib._read_archive(padded)[1] == hashlib.sha256(padded.read_bytes()).hexdigest()
 
 
 def test_archive_member_paths_cannot_escape(tmp_path):
