@@ -201,9 +201,10 @@ async def _session(
     report: dict,
     pages: tuple[str, ...],
     stay: bool = False,
+    warm_first: bool = True,
 ) -> None:
     """Opens its first page, waits until the server's background warm-up is done
-    (not timed), then visits every page (in its own order) and moves each page's
+    (not timed; unless not ``warm_first``), then visits every page (in its own order) and moves each page's
     slider until ``seconds`` are over and every page was seen at least once; with
     ``stay`` the session keeps to its first page and only moves its slider."""
     context = await browser.new_context(viewport={"width": 1200, "height": 900})
@@ -222,7 +223,8 @@ async def _session(
         await _open(page, url, name)
         report["first_visits"].append(time.perf_counter() - started)
         seen.add(name)
-        await _wait_until_warm(page, url, name)
+        if warm_first:
+            await _wait_until_warm(page, url, name)
         report["warm_after_s"].append(time.perf_counter() - started)
         stop_at = time.time() + seconds
         turn = 0 if stay else 1  # the first page is open already
@@ -324,6 +326,7 @@ async def soak(
     pages: tuple[str, ...] = PAGES,
     stay: bool = False,
     client_nice: int = 0,
+    warm_first: bool = True,
 ) -> dict:
     from playwright.async_api import async_playwright
 
@@ -360,7 +363,7 @@ async def soak(
         else:
             await asyncio.gather(
                 *(
-                    _session(browser, url, i, seconds, random.Random(seed + i), report, pages, stay)
+                    _session(browser, url, i, seconds, random.Random(seed + i), report, pages, stay, warm_first)
                     for i in range(sessions)
                 )
             )
@@ -389,6 +392,7 @@ def run(
     stay: bool = False,
     server_pid: int | None = None,
     client_nice: int = 0,
+    warm_first: bool = True,
 ) -> dict:
     """Runs a soak (starting a server if ``url`` is None; ``server_pid`` names a
     given server's process, for its memory) and returns the summary:
@@ -397,7 +401,8 @@ def run(
     errors, the server's peak memory, the CPU seconds the server and the browsers
     used (they share this machine's cores: remote users' browsers would not);
     with ``retrain`` the slider moves made while another session retrains;
-    ``client_nice`` runs the browsers at that OS priority."""
+    ``client_nice`` runs the browsers at that OS priority; ``warm_first=False`` starts moving
+    at once instead of after the server's warm-up."""
     import psutil
 
     proc = None
@@ -427,7 +432,16 @@ def run(
     sampler.start()
     try:
         report = asyncio.run(
-            soak(url, sessions, seconds, retrain=retrain, pages=pages, stay=stay, client_nice=client_nice)
+            soak(
+                url,
+                sessions,
+                seconds,
+                retrain=retrain,
+                pages=pages,
+                stay=stay,
+                client_nice=client_nice,
+                warm_first=warm_first,
+            )
         )
     finally:
         done.set()
