@@ -12,9 +12,11 @@ page redraws from the cache as they arrive.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import weakref
+from typing import Iterator
 
 from lowrank_core import priority, runtimes
 
@@ -31,6 +33,13 @@ def coarse_first(items: list) -> list:
 def timed_record(engine, variant) -> dict | None:
     """``variant``'s cached record if it holds latency in every installed runtime, else None."""
     return engine.cached_result(variant, with_latency=True) if _timed(engine, variant) else None
+
+
+def first_timed_record(engine, variant) -> dict | None:
+    """``variant``'s cached record once its latency is timed on the product path (the other
+    runtimes may still be timing: :func:`time_later` times the product path of every variant
+    asked for first), else None."""
+    return engine.cached_result(variant, with_latency=True)
 
 
 def fill(engine, variants: list, with_latency: bool = True) -> threading.Thread:
@@ -55,7 +64,9 @@ _timing_requests: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDic
 
 def time_later(engine, variant) -> threading.Thread:
     """Times ``variant`` in every installed runtime in the background, once the CPU is quiet
-    (re-timed if a page ran meanwhile); returns its thread (one per engine and variant)."""
+    (re-timed if a page ran meanwhile): the product path first, then — once every variant asked
+    for has its product-path latency, so a page can show one at all — the other runtimes
+    (their own accuracy pass, then the timing). Returns its thread (one per engine and variant)."""
     with _lock:
         threads = _timing_requests.setdefault(engine, {})
         if variant not in threads or not threads[variant].is_alive() and not _timed(engine, variant):
@@ -87,32 +98,69 @@ def _engine_alive(work):
 TIMING_ATTEMPTS = 20  # a timing a page interrupts starts again once the CPU is quiet; so many times at most
 
 
+class _FirstStages:
+    """How many timings still lack their product-path stage: every other runtime's stage waits
+    for none to be left (a baseline timed in ONNX Runtime kept a page's own latency from showing)."""
+
+    def __init__(self):
+        self._left = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def pending(self) -> Iterator[None]:
+        with self._cond:
+            self._left += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._left -= 1
+                self._cond.notify_all()
+
+    def wait_for_none(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._left == 0)
+
+
+_first_stages = _FirstStages()
+
+
 @_engine_alive
 def _time_quietly(engine, variant) -> None:
-    with priority.background(), priority.interruptible():
-        disturbed = False
-        for _ in range(TIMING_ATTEMPTS):
-            priority.wait_until_quiet()
-            with priority.idle():
-                _timing_lock.acquire()
-            try:
-                runs = priority.foreground_runs()
-                # Only what is missing is measured; a finished timing a page ran beside is timed again
-                # (accuracy kept). A page starting meanwhile interrupts it: the CPU is the page's.
-                # Curve points and the warm-up wait meanwhile: a page is waiting for this latency.
-                with priority.exclusive(settle_s=0):
-                    record = _try(functools.partial(_timing, engine, variant, again=disturbed))
-            except priority.Interrupted:
-                continue
-            finally:
-                _timing_lock.release()
-            if record is None or priority.foreground_runs() == runs:
-                return
-            disturbed = True
-
-
-def _timing(engine, variant, again: bool) -> dict:
     names = runtimes.available()
+    with priority.background(), priority.interruptible():
+        with _first_stages.pending():
+            _time_in(engine, variant, names[:1])
+        if len(names) > 1:
+            with priority.idle():
+                _first_stages.wait_for_none()
+            _time_in(engine, variant, names)
+
+
+def _time_in(engine, variant, names: tuple[str, ...]) -> None:
+    """Times ``variant`` in ``names`` (what is missing), again if a page ran meanwhile."""
+    disturbed = False
+    for _ in range(TIMING_ATTEMPTS):
+        priority.wait_until_quiet()
+        with priority.idle():
+            _timing_lock.acquire()
+        try:
+            runs = priority.foreground_runs()
+            # Only what is missing is measured; a finished timing a page ran beside is timed again
+            # (accuracy kept). A page starting meanwhile interrupts it: the CPU is the page's.
+            # Curve points and the warm-up wait meanwhile: a page is waiting for this latency.
+            with priority.exclusive(settle_s=0):
+                record = _try(functools.partial(_timing, engine, variant, names, again=disturbed))
+        except priority.Interrupted:
+            continue
+        finally:
+            _timing_lock.release()
+        if record is None or priority.foreground_runs() == runs:
+            return
+        disturbed = True
+
+
+def _timing(engine, variant, names: tuple[str, ...], again: bool) -> dict:
     if again:
         return engine.retime(variant, runtimes=names)
     return engine.evaluate(variant, with_latency=True, runtimes=names)

@@ -37,7 +37,8 @@ def test_a_filling_thread_ends_quietly_when_its_engine_is_dropped(monkeypatch):
     assert not thread.is_alive() and errors == []
 
 
-def test_a_timing_a_page_interrupts_starts_again_once_quiet():
+def test_a_timing_a_page_interrupts_starts_again_once_quiet(monkeypatch):
+    monkeypatch.setattr(curves.runtimes, "available", lambda: ("product",))  # one stage
     calls = []
 
     class Engine:
@@ -59,3 +60,36 @@ def test_a_timing_a_page_interrupts_starts_again_once_quiet():
     thread.join(30)
     # Interrupted: measured again from where it was (what is missing), not re-timed as disturbed.
     assert not thread.is_alive() and calls == ["evaluate", "evaluate"]
+
+
+def test_every_variant_asked_for_is_timed_on_the_product_path_before_any_other_runtime(monkeypatch):
+    # A page shows a latency once its variant and the baseline are timed on one runtime: the
+    # baseline's ONNX Runtime stage (its own accuracy pass, then the timing) must not come first.
+    import time
+
+    monkeypatch.setattr(curves.runtimes, "available", lambda: ("product", "other"))
+    calls, release = [], threading.Event()
+
+    class Engine:
+        def cached_result(self, variant, with_latency=False):
+            return None
+
+        def evaluate(self, variant, with_latency, runtimes):
+            if not calls:
+                release.wait(10)  # the baseline's first stage runs while the page's variant is asked for
+            calls.append((variant, runtimes))
+            return {"latency_ms": 1.0}
+
+    engine = Engine()
+    first = curves.time_later(engine, "baseline")
+    deadline = time.time() + 10
+    while not release.is_set() and time.time() < deadline:
+        if curves._first_stages._left == 1:  # the baseline's thread is in its first stage
+            second = curves.time_later(engine, "variant")
+            while curves._first_stages._left < 2 and time.time() < deadline:
+                time.sleep(0.01)
+            release.set()
+        time.sleep(0.01)
+    first.join(30), second.join(30)
+    assert [c[1] for c in calls[:2]] == [("product",), ("product",)]
+    assert sorted(calls[2:]) == [("baseline", ("product", "other")), ("variant", ("product", "other"))]
