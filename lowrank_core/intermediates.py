@@ -207,7 +207,9 @@ class Intermediates:
 
     def data_singular_values(self) -> dict[str, np.ndarray]:
         """σ(LᵀW) of each dense layer: the layer as its inputs on the calibration
-        images see it (L Lᵀ = XᵀX/N + λI), cached on disk."""
+        images see it (L Lᵀ = XᵀX/N + λI), cached on disk. They are the singular values of
+        the activation basis's SVDs (:meth:`svd_of` of the same LᵀW the sensitivity table and
+        the SVD method truncate), so computing either computes both."""
         with self._locks("data_spectra"):
             path = self.cache_dir / "calibration" / "data_singular_values.npz"
             names = model.dense_layer_names(self.params)
@@ -217,7 +219,9 @@ class Intermediates:
             except Exception:
                 pass
             values = {
-                n: compress.singular_values(self.input_factor(n).T.astype(np.float64) @ self.params[n]["w"])
+                n: np.asarray(
+                    self.svd_of(self.input_factor(n).T @ np.asarray(self.params[n]["w"], np.float32)).s, np.float64
+                )
                 for n in names
             }
             self._save(path, values)

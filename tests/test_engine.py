@@ -11,6 +11,7 @@ import pytest
 
 from lowrank_core import (
     checkpoint,
+    compress,
     configs,
     data as data_lib,
     engine,
@@ -322,11 +323,20 @@ def test_warm_up_runs_once_in_the_background(tiny_engine, monkeypatch):
     assert tiny_engine.init_singular_values()  # both served from the warm-up's results
 
 
-def test_data_spectrum_is_that_of_the_whitened_weights(tiny_engine):
+def test_data_spectrum_is_that_of_the_whitened_weights(tiny_engine, monkeypatch):
     seen = tiny_engine.data_spectra()
     factor = tiny_engine.intermediates.input_factor("linear_2")
-    expected = np.linalg.svd(factor.T.astype(np.float64) @ tiny_engine.params["linear_2"]["w"], compute_uv=False)
+    whitened = factor.T @ np.asarray(
+        tiny_engine.params["linear_2"]["w"], np.float32
+    )  # what the activation basis truncates
+    expected = np.linalg.svd(whitened.astype(np.float64), compute_uv=False)  # LAPACK, independently of the Gram route
     np.testing.assert_allclose(seen["linear_2"]["curves"]["singular_values"], expected, rtol=1e-6)
+    # They come from the very SVD the activation basis truncates: that one needs computing no more.
+    computed = []
+    real_svd = compress.layer_svd
+    monkeypatch.setattr(compress, "layer_svd", lambda matrix: computed.append(1) or real_svd(matrix))
+    tiny_engine.intermediates.svd_of(whitened)
+    assert computed == []
     # L Lᵀ is the inputs' Gram matrix on the calibration images (training images, never test images).
     assert tiny_engine.intermediates.calibration_indices().max() < tiny_engine.data.x_train.shape[0]
 
