@@ -341,6 +341,25 @@ def test_data_spectrum_is_that_of_the_whitened_weights(tiny_engine, monkeypatch)
     assert tiny_engine.intermediates.calibration_indices().max() < tiny_engine.data.x_train.shape[0]
 
 
+def test_a_data_basis_build_forms_each_layers_whitened_matrix_once(tiny_engine, monkeypatch):
+    # An activation-basis build looked its SVDs up by the bytes of LᵀW, so it formed LᵀW again
+    # every time (the first layer's product was most of a cached calibrated build's time).
+    for basis in ("activations", "calibrated"):
+        tiny_engine.build("svd", SvdConfig(0.3, basis=basis))
+    looked_up = []
+    real_svd_of = tiny_engine.intermediates.svd_of
+    monkeypatch.setattr(tiny_engine.intermediates, "svd_of", lambda m: looked_up.append(m.shape) or real_svd_of(m))
+    tiny_engine.build("svd", SvdConfig(0.3, basis="activations"))
+    tiny_engine.build("svd", SvdConfig(0.2, basis="calibrated"))
+    assert looked_up == []  # no LᵀW formed (nor hashed) again
+    monkeypatch.undo()
+    for name in model.dense_layer_names(tiny_engine.params):  # and what it serves is the SVD of LᵀW
+        w = tiny_engine.params[name]["w"]
+        direct = compress.layer_svd(tiny_engine.intermediates.input_factor(name).T @ w)
+        served = tiny_engine.intermediates.whitened_svd(name, w)
+        np.testing.assert_allclose(served.s, direct.s, rtol=1e-6)
+
+
 def test_input_factors_come_from_one_pass_and_factor_each_layers_input_gram(tiny_engine, monkeypatch):
     calls = []
     real_features = measure.conv_features

@@ -36,6 +36,8 @@ class BuildContext:
     seed: int = 0
     # L with L Lᵀ = XᵀX over a dense layer's inputs on calibration images (training images only).
     input_factor: Callable[[str], np.ndarray] | None = None
+    # The SVD of LᵀW for a layer's name and kernel (cached, LᵀW formed once per kernel).
+    whitened_svd: Callable[[str, np.ndarray], compress.LayerSvd] | None = None
     # The checkpoint's dense stack on those calibration images, for the calibrated refit.
     calibration_path: Callable[[], refit.CalibrationPath] | None = None
 

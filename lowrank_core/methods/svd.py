@@ -176,10 +176,7 @@ def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Par
     _check_names(config, params)
     layers = config.layers_of(params)
     factors = {name: _input_factor(config, params, name, context) for name in layers}
-    svds = {
-        name: context.svd(params[name]["w"] if factors[name] is None else factors[name].T @ params[name]["w"])
-        for name in layers
-    }
+    svds = {name: _svd(params[name]["w"], factors[name], name, context) for name in layers}
     ranks = choose_ranks(config, svds, layers)
     if config.basis == "calibrated":
         out = refit.sequential_refit(params, ranks, context.calibration_path())
@@ -206,6 +203,15 @@ def _facts(config: SvdConfig, params: Params, ranks: dict[str, int]) -> dict:
         # Rounding W_k to float16 would make it full-rank again: it is stored as float32.
         facts["float32_layers"] = list(ranks)
     return facts
+
+
+def _svd(w: np.ndarray, factor: np.ndarray | None, name: str, context: BuildContext) -> compress.LayerSvd:
+    """The SVD the basis truncates: of W, or of LᵀW (through the context's cache when it has one)."""
+    if factor is None:
+        return context.svd(w)
+    if context.whitened_svd is not None:
+        return context.whitened_svd(name, w)
+    return context.svd(factor.T @ w)
 
 
 def _input_factor(config: SvdConfig, params: Params, name: str, context: BuildContext) -> np.ndarray | None:
