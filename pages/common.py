@@ -238,7 +238,7 @@ def baseline_timed() -> dict | None:
     fill in after), or None while it is being timed: timing runs in the background once the CPU
     is quiet (:func:`curves.time_later`), never inside a page's run, where it would hold every
     other session's measurements up."""
-    eng, baseline = _engine(session()), methods.Variant.of("baseline")
+    eng, baseline = _engine(session()), methods.Variant.of(methods.REFERENCE)
     if curves.timed_record(eng, baseline) is None:
         curves.time_later(eng, baseline)
     return curves.first_timed_record(eng, baseline)
@@ -394,7 +394,7 @@ def metrics_then_latency(compute, measure_latency: bool):
     with st.spinner("Computing on every test image…" + queue_note()):
         result = compute(False)
     eng, variant = _engine(session()), methods.Variant.from_dict(result)
-    baseline = methods.Variant.of("baseline")
+    baseline = methods.Variant.of(methods.REFERENCE)
     pending = measure_latency and not (curves.timed_record(eng, baseline) and curves.timed_record(eng, variant))
     if pending:
         baseline_timed()  # asks for the baseline's timing too

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from lowrank_core import compress, curves, model
-from lowrank_core.methods import Variant
+from lowrank_core.methods import REFERENCE, Variant
 from lowrank_core.methods.svd import BASES as SVD_BASES, SvdConfig, global_fraction_points
 from pages.common import (
     FORM_DASH,
@@ -152,7 +152,7 @@ if eng is not None:
 
         result = add_latency()  # the timed record once the background has timed it, else the accuracy's
         base = (
-            curves.first_timed_record(eng, Variant.of("baseline")) if measure_latency else None
+            curves.first_timed_record(eng, Variant.of(REFERENCE)) if measure_latency else None
         ) or baseline_accuracy(session())
 
     with curves_area:
