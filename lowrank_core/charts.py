@@ -6,7 +6,7 @@ from typing import Callable
 
 import plotly.graph_objects as go
 
-from lowrank_core import methods, report
+from lowrank_core import methods, report, sensitivity
 
 
 def style(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:
@@ -77,3 +77,41 @@ def per_class(found: dict, reference_label: str, variant_method: str) -> go.Figu
         ],
         layout=dict(barmode="group"),
     )
+
+
+def sensitivity_heatmap(
+    rows: list[dict], base: dict, shown: list[str], fractions: list[float], names: dict
+) -> go.Figure:
+    """Drop in points per (layer, fraction); cells not measured yet stay empty (the table fills in)."""
+    grid = {(r["layer"], r["fraction"]): r for r in rows}
+    drop = [
+        [100 * (base["accuracy"] - grid[(n, f)]["accuracy"]) if (n, f) in grid else None for f in fractions]
+        for n in shown
+    ]
+    measured = [v for row in drop for v in row if v is not None]
+    # Cells placed on a log rank-fraction axis: the hidden layers' differences sit between 0.005 and 0.1.
+    fig = go.Figure(
+        go.Heatmap(
+            z=drop,
+            x=sensitivity.log_cell_edges(fractions),
+            y=[names[n] for n in shown],
+            colorscale="Reds",
+            zmin=0,
+            zmax=max([0.5, *measured]),
+            colorbar=dict(title="drop (points)"),
+            text=[
+                [
+                    f"f={f:g}, k={grid[(n, f)]['rank']}: accuracy {grid[(n, f)]['accuracy']:.2%}"
+                    if (n, f) in grid
+                    else "not measured yet"
+                    for f in fractions
+                ]
+                for n in shown
+            ],
+            texttemplate="%{z:.1f}",
+            hovertemplate="%{y}<br>%{text}<br>drop %{z:.2f} points<extra></extra>",
+        )
+    )
+    fig.update_xaxes(type="log", tickvals=[f for f in fractions if f in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)])
+    fig.update_yaxes(autorange="reversed")
+    return style(fig, "Accuracy drop with one layer truncated (the rest intact)", "rank fraction f (log)", "layer", 380)

@@ -221,8 +221,8 @@ class Intermediates:
     def data_singular_values(self) -> dict[str, np.ndarray]:
         """σ(LᵀW) of each dense layer: the layer as its inputs on the calibration
         images see it (L Lᵀ = XᵀX/N + λI), cached on disk. They are the singular values of
-        the activation basis's SVDs (:meth:`svd_of` of the same LᵀW the sensitivity table and
-        the SVD method truncate), so computing either computes both."""
+        the activation basis's SVDs (:meth:`whitened_svd`, which the sensitivity table and the
+        SVD method truncate), so computing either computes both."""
         with self._locks("data_spectra"):
             path = self.cache_dir / "calibration" / "data_singular_values.npz"
             names = model.dense_layer_names(self.params)

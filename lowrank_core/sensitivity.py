@@ -79,12 +79,14 @@ def svd_sensitivity(
     on_progress: Callable[[int, int], None] | None = None,
     input_factor: Callable[[str], np.ndarray] | None = None,
     on_row: Callable[[dict], None] | None = None,
+    whitened_svd: Callable[[str, np.ndarray], compress.LayerSvd] | None = None,
 ) -> list[dict]:
     """Rows ``{layer, fraction, rank, accuracy, layer_params}``: each of ``layers``
     (default: every dense layer) truncated alone to rank ⌊f·min(m, n)⌋ (at least 1)
     for each fraction f, measured on all of ``features`` (the convolutions'
     test-set output). ``layer_params`` counts that layer factorized (k(m+n)+n).
-    ``on_row(row)`` gets each row as soon as it is measured, layer by layer."""
+    ``on_row(row)`` gets each row as soon as it is measured, layer by layer. With
+    ``input_factor`` (the activation basis), ``whitened_svd(name, w)`` gives the SVD of LᵀW."""
     names = model.dense_layer_names(params)
     layers = tuple(layers or names)
     unknown = [n for n in layers if n not in names]
@@ -107,7 +109,7 @@ def svd_sensitivity(
         live_out = np.arange(w.shape[1]) if last else _live_units(w, b, np.asarray(params[names[i + 1]]["w"]))
         if name in layers:
             factor = None if input_factor is None else input_factor(name)
-            svd = svd_of(w if factor is None else factor.T @ w)
+            svd = svd_of(w) if factor is None else whitened_svd(name, w)
             tail = None if last else _tail(params, names[i + 1 :], live_out)
             truncated = _Truncated(name, svd, factor, b, live_in, live_out, w.shape)
             _layer_rows(truncated, x, tail, labels, fractions, storage_dtype, progress)

@@ -54,6 +54,7 @@ def svd_table(
             on_progress,
             factor,
             on_row,
+            engine.intermediates.whitened_svd,
         )
         engine.sensitivity_store.put(key, {"rows": rows, "n_test": int(engine.data.y_test.shape[0])})
         return rows

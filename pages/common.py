@@ -395,7 +395,11 @@ def metrics_then_latency(compute, measure_latency: bool):
         result = compute(False)
     eng, variant = _engine(session()), methods.Variant.from_dict(result)
     baseline = methods.Variant.of(methods.REFERENCE)
-    pending = measure_latency and not (curves.timed_record(eng, baseline) and curves.timed_record(eng, variant))
+
+    def every_runtime_timed() -> bool:
+        return bool(curves.timed_record(eng, baseline) and curves.timed_record(eng, variant))
+
+    pending = measure_latency and not every_runtime_timed()
     if pending:
         baseline_timed()  # asks for the baseline's timing too
         curves.time_later(eng, variant)
@@ -413,7 +417,7 @@ def metrics_then_latency(compute, measure_latency: bool):
                 "Latency: timing it in every runtime in the background, when no page is running (it never "
                 "slows a move); it appears here when done." + queue_note()
             )
-        elif pending and not (curves.timed_record(eng, baseline) and curves.timed_record(eng, variant)):
+        elif pending and not every_runtime_timed():
             others = ", ".join(runtime_label(n) for n in runtimes.available()[1:])
             note.caption(
                 f"Latency so far in {runtime_label(runtimes.PRODUCT)}; {others}: being timed in the background."

@@ -2,49 +2,11 @@
 how well single-layer drops add up when every layer is truncated together."""
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-from lowrank_core import report, sensitivity
+from lowrank_core import charts, report, sensitivity
 from lowrank_core.methods.svd import SvdConfig
-from pages.common import baseline_accuracy, evaluate, get_engine, progress_callback, session, style
-
-
-def heatmap(rows: list[dict], base: dict, shown: list[str], fractions: list[float], names: dict) -> go.Figure:
-    """Drop in points per (layer, fraction); cells not measured yet stay empty (the table fills in)."""
-    grid = {(r["layer"], r["fraction"]): r for r in rows}
-    drop = [
-        [100 * (base["accuracy"] - grid[(n, f)]["accuracy"]) if (n, f) in grid else None for f in fractions]
-        for n in shown
-    ]
-    measured = [v for row in drop for v in row if v is not None]
-    # Cells placed on a log rank-fraction axis: the hidden layers' differences sit between 0.005 and 0.1.
-    fig = go.Figure(
-        go.Heatmap(
-            z=drop,
-            x=sensitivity.log_cell_edges(fractions),
-            y=[names[n] for n in shown],
-            colorscale="Reds",
-            zmin=0,
-            zmax=max([0.5, *measured]),
-            colorbar=dict(title="drop (points)"),
-            text=[
-                [
-                    f"f={f:g}, k={grid[(n, f)]['rank']}: accuracy {grid[(n, f)]['accuracy']:.2%}"
-                    if (n, f) in grid
-                    else "not measured yet"
-                    for f in fractions
-                ]
-                for n in shown
-            ],
-            texttemplate="%{z:.1f}",
-            hovertemplate="%{y}<br>%{text}<br>drop %{z:.2f} points<extra></extra>",
-        )
-    )
-    fig.update_xaxes(type="log", tickvals=[f for f in fractions if f in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)])
-    fig.update_yaxes(autorange="reversed")
-    return style(fig, "Accuracy drop with one layer truncated (the rest intact)", "rank fraction f (log)", "layer", 380)
-
+from pages.common import baseline_accuracy, evaluate, get_engine, progress_callback, session
 
 st.title("Per-layer sensitivity (truncated SVD)")
 eng = get_engine()
@@ -68,7 +30,9 @@ if eng is not None:
                 partial.append(row)
                 if len(partial) % len(sensitivity.DEFAULT_FRACTIONS) == 0:
                     hidden = list(names)[:-1]
-                    figure = heatmap(partial, base, hidden, list(sensitivity.DEFAULT_FRACTIONS), names)
+                    figure = charts.sensitivity_heatmap(
+                        partial, base, hidden, list(sensitivity.DEFAULT_FRACTIONS), names
+                    )
                     slot.plotly_chart(figure, key=f"sensitivity_partial_{len(partial)}")
 
             rows = eng.svd_sensitivity(on_progress=on_progress, on_row=on_row)
@@ -83,7 +47,7 @@ if eng is not None:
         "Include the output layer (its drops dwarf the hidden layers')", False, key="sensitivity_show_output"
     )
     shown = layers if show_output else layers[:-1]
-    st.plotly_chart(heatmap(rows, base, shown, fractions, names), key="sensitivity_heatmap")
+    st.plotly_chart(charts.sensitivity_heatmap(rows, base, shown, fractions, names), key="sensitivity_heatmap")
     output = layers[-1]
     worst = max(fractions, key=lambda f: base["accuracy"] - grid[(output, f)]["accuracy"])
     st.caption(
