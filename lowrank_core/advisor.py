@@ -14,8 +14,8 @@ storage on top, every reported candidate measured on the full test set.
    that meets the target. Predictions only choose what to measure; they are
    never reported as results.
 4. With "prune": structured pruning (the lossless dead-unit removal, or the
-   weakest 30…70 % of hidden units), then the answer's ranks on the smaller
-   matrices, each measured; the sparsity is bisected (more pruning only drops
+   weakest 30…70 % of hidden units), then each basis's answer's ranks in that basis on
+   the smaller matrices, each measured; the sparsity is bisected (more pruning only drops
    more), and the smallest measured pipeline within the target wins. With
    "quantize": int8 on top of the answer, measured.
 """
@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from lowrank_core import compress, methods, runtimes, sensitivity
+from lowrank_core import compress, methods, model, runtimes, sensitivity
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods import svd as svd_method
@@ -37,7 +37,7 @@ MINIMIZE = ("params", "bytes", "latency")
 SEARCHABLE = ("svd", "prune", "quantize")
 # Structured pruning before SVD: drop the weakest hidden units (dead ones first: zero norm), then
 # truncate what is left at the chosen ranks. 0 stands for the lossless dead-unit removal.
-PIPELINE_SPARSITIES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7)
+PIPELINE_SPARSITIES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,31 +118,43 @@ def _front_step(sparsity: float) -> tuple[str, object]:
 
 
 def pipeline_variant(
-    params, plan: Plan, sparsity: float, finetune_steps: int = 0, int8: bool = False
+    params,
+    plan: Plan,
+    sparsity: float,
+    finetune_steps: int = 0,
+    int8: bool = False,
+    basis: str = "weights",
+    shapes: dict[str, tuple[int, int]] | None = None,
 ) -> methods.Variant | None:
     """Structured pruning at ``sparsity`` (0: dead units only, lossless), then
-    ``plan``'s SVD ranks on the smaller matrices (a rank that no longer saves
+    ``plan``'s SVD ranks in ``basis`` on the smaller matrices (a rank that no longer saves
     weights leaves its layer dense), then int8 if asked. None when nothing is
-    left to factorize."""
-    name, config = _front_step(sparsity)
-    if name == "dead_units":
-        pruned = compress.drop_dead_units(params)
-    else:
-        pruned = compress.prune_structured(params, config.layers_of(params), config.sparsity)
+    left to factorize. ``shapes``: :func:`pruned_shapes` when already known."""
+    shapes = shapes or pruned_shapes(params, sparsity)
     chosen = []
     for layer, rank in plan.ranks:
-        m, n = pruned[layer]["w"].shape
+        m, n = shapes[layer]
         if rank is not None and rank * (m + n) < m * n:
             chosen.append((layer, rank))
     if not chosen:
         return None
     steps = [
-        (name, config),
-        ("svd", SvdConfig(form="factorized", layer_ranks=tuple(chosen), only=tuple(n for n, _ in chosen))),
+        _front_step(sparsity),
+        ("svd", SvdConfig(form="factorized", layer_ranks=tuple(chosen), only=tuple(n for n, _ in chosen), basis=basis)),
     ]
     if int8:
         steps.append(("quantize", methods.REGISTRY["quantize"].config_type()))
     return methods.Variant(tuple(steps), FinetuneConfig(steps=finetune_steps) if finetune_steps else None)
+
+
+def pruned_shapes(params, sparsity: float) -> dict[str, tuple[int, int]]:
+    """Each dense kernel's shape after :func:`_front_step`'s pruning at ``sparsity``."""
+    name, config = _front_step(sparsity)
+    if name == "dead_units":
+        pruned = compress.drop_dead_units(params)
+    else:
+        pruned = compress.prune_structured(params, config.layers_of(params), config.sparsity)
+    return {n: tuple(pruned[n]["w"].shape) for n in model.dense_layer_names(pruned)}
 
 
 def plans(rows: list[dict], shapes: dict[str, tuple[int, int]], base_accuracy: float) -> list[Plan]:
@@ -191,11 +203,22 @@ def _summary(record: dict, base: dict, plan: Plan | None) -> dict:
 
 @dataclasses.dataclass
 class _Search:
-    """One basis's search: its Pareto front and every plan measured (in order)."""
+    """One basis's search: its Pareto front and every plan measured (in order); with
+    ``sparsity``, each plan after that much structured pruning (:func:`pipeline_variant`)."""
 
     basis: str
     front: list[Plan]
     measured: dict[Plan, dict] = dataclasses.field(default_factory=dict)
+    sparsity: float | None = None
+    shapes: dict[str, tuple[int, int]] | None = None  # the pruned kernels' shapes
+
+    def variant(self, engine, plan: Plan, config: "AdvisorConfig") -> methods.Variant | None:
+        if self.sparsity is None:
+            return plan.variant(config.finetune_steps, basis=self.basis)
+        self.shapes = self.shapes or pruned_shapes(engine.params, self.sparsity)
+        return pipeline_variant(
+            engine.params, plan, self.sparsity, config.finetune_steps, basis=self.basis, shapes=self.shapes
+        )
 
 
 # The data bases' one-layer drops are measured at these fractions only; the rest of the grid is
@@ -214,7 +237,9 @@ def predicted_errors(spectrum: np.ndarray, ranks) -> np.ndarray:
 def anchored_rows(anchors: list[dict], data_spectra: dict, shapes: dict, fractions, base_accuracy: float) -> list[dict]:
     """Rows like the sensitivity table's over ``fractions``: at each rank, the one-layer drop
     interpolated (in log predicted error) between the drops measured at ``anchors``' ranks, the
-    smallest drop scaled down in proportion to the error below them, the largest held above."""
+    smallest drop scaled down in proportion to the error below them. Ranks whose error lies
+    beyond the largest measured one get no row: a drop there is not known (holding the last
+    anchor's drop planned a rank-5 layer that lost 28 points)."""
     rows = []
     for name, spectrum in data_spectra.items():
         measured = sorted({r["rank"]: r for r in anchors if r["layer"] == name}.values(), key=lambda r: r["rank"])
@@ -224,6 +249,8 @@ def anchored_rows(anchors: list[dict], data_spectra: dict, shapes: dict, fractio
         log_e, drops = np.log(np.maximum(errors[order], 1e-12)), np.maximum.accumulate(drops[order])
         ranks = [compress.rank_for_fraction(f, *shapes[name]) for f in fractions]
         for rank, error in zip(ranks, predicted_errors(spectrum, ranks)):
+            if error > np.exp(log_e[-1]) * (1 + 1e-9):
+                continue
             if error < np.exp(log_e[0]):
                 drop = drops[0] * error / max(np.exp(log_e[0]), 1e-12)
             else:
@@ -256,32 +283,37 @@ def _within(base: dict, record: dict, config: AdvisorConfig) -> bool:
     return base["accuracy"] - record["accuracy"] <= config.max_drop / 100 + 1e-12
 
 
-def _bisect(engine, config: AdvisorConfig, search: _Search, base: dict, start: float, report) -> None:
-    """Measures plans of ``search.front``: bisection on the predicted budget against measured
-    drops (the budget may grow past the target: fine-tuning or a refit recovers part of the
-    predicted drop), then plans cheaper than the best answer, least predicted drop first."""
+def _bisect(engine, config: AdvisorConfig, search: _Search, base: dict, start: float, report, limit=None) -> None:
+    """Measures at most ``limit`` (default ``config.max_measurements``) plans of ``search.front``:
+    bisection on the predicted budget against measured drops (the budget may grow past the
+    target: fine-tuning, a refit or the pruning's slack recovers part of the predicted drop),
+    then plans cheaper than the best answer, least predicted drop first."""
+    limit = limit or config.max_measurements
+    front = [p for p in search.front if search.variant(engine, p, config) is not None]
+    what = search.basis if search.sparsity is None else f"{search.basis}, pruned {search.sparsity:.0%}"
 
     def measure(plan: Plan) -> bool:
         if plan not in search.measured:
-            report(f"{search.basis} basis: candidate {len(search.measured) + 1}", 0.3)
-            variant = plan.variant(config.finetune_steps, basis=search.basis)
-            search.measured[plan] = _evaluate(engine, variant, config)
+            report(f"{what} basis: candidate {len(search.measured) + 1}", 0.3)
+            search.measured[plan] = _evaluate(engine, search.variant(engine, plan, config), config)
         return _within(base, search.measured[plan], config)
 
     def pick(budget: float) -> Plan:
-        return min((p for p in search.front if p.predicted_drop <= budget), key=lambda p: p.cost)
+        return min((p for p in front if p.predicted_drop <= budget), key=lambda p: p.cost)
 
-    low, high, budget = 0.0, None, start
-    ceiling = max(p.predicted_drop for p in search.front)
-    for _ in range(max(1, config.max_measurements // 2)):
+    if not front:
+        return
+    low, high, budget = 0.0, None, max(start, front[0].predicted_drop)
+    ceiling = max(p.predicted_drop for p in front)
+    for _ in range(max(1, limit // 2)):
         if measure(pick(budget)):
             low = budget
             budget = min(ceiling, budget * 2 if high is None else (budget + high) / 2)
         else:
             high, budget = budget, (low + budget) / 2
-    while len(search.measured) < config.max_measurements:
+    while len(search.measured) < limit:
         best = min((p.cost for p, r in search.measured.items() if _within(base, r, config)), default=None)
-        cheaper = [p for p in search.front if p not in search.measured and (best is None or p.cost < best)]
+        cheaper = [p for p in front if p not in search.measured and (best is None or p.cost < best)]
         if not cheaper:
             break
         measure(min(cheaper, key=lambda p: p.predicted_drop))
@@ -294,24 +326,50 @@ def _best(searches: list[_Search], base: dict, config: AdvisorConfig) -> tuple[_
     return min(meeting, key=lambda spr: _cost(spr[2], config.minimize, config.runtime))
 
 
-def _pipelines(engine, config: AdvisorConfig, plan: Plan, base: dict, report) -> list[tuple[float, dict]]:
-    """Structured pruning first, then ``plan``'s ranks on the smaller matrices (weights basis:
-    the data bases calibrate the checkpoint's own layer shapes). A bisection over the sparsities
+def _pipelines(engine, config: AdvisorConfig, plan: Plan, base: dict, report, basis: str) -> list[tuple[float, dict]]:
+    """Structured pruning first, then ``plan``'s ranks in ``basis`` on the smaller matrices (the
+    data bases calibrate each kept kernel on the inputs it kept; the calibrated refit fits the
+    kept units to the original ones, correcting the pruning too). A bisection over the sparsities
     (more pruning only drops more) finds the largest within the drop in ⌈log2(n + 1)⌉ measurements."""
     out = []
     below, above = -1, len(PIPELINE_SPARSITIES)  # within the drop at ``below``, outside it at ``above``
     while above - below > 1:
         middle = (below + above) // 2
         sparsity = PIPELINE_SPARSITIES[middle]
-        variant = pipeline_variant(engine.params, plan, sparsity, config.finetune_steps)
+        variant = pipeline_variant(engine.params, plan, sparsity, config.finetune_steps, basis=basis)
         if variant is None:  # the ranks no longer save weights on matrices this small
             above = middle
             continue
-        report(f"pipeline {len(out) + 1}: structured pruning {sparsity:.0%}, then SVD", 0.9)
+        report(f"{basis} basis, pipeline {len(out) + 1}: structured pruning {sparsity:.0%}, then SVD", 0.9)
         record = _evaluate(engine, variant, config)
         out.append((sparsity, record))
         below, above = (middle, above) if _within(base, record, config) else (below, middle)
     return out
+
+
+def _every_pipeline(engine, config: AdvisorConfig, searches: list[_Search], base: dict, report) -> list[tuple]:
+    """(basis, sparsity, plan, record) of the pipelines measured on each basis's best plan."""
+    out = []
+    for search in searches:
+        if best := _best([search], base, config):
+            out += [
+                (search.basis, sp, best[1], r)
+                for sp, r in _pipelines(engine, config, best[1], base, report, search.basis)
+            ]
+    return out
+
+
+def _pruned_search(engine, config: AdvisorConfig, searches, pipelines, base: dict, report) -> list[_Search]:
+    """The best pipeline's basis searched again with its pruning in front: its ranks were chosen
+    without pruning, and the pruning may leave room for cheaper ones (half the measurements)."""
+    within = [(b, sp, p, r) for b, sp, p, r in pipelines if _within(base, r, config)]
+    if not within:
+        return []
+    basis, sparsity, plan, record = min(within, key=lambda c: _cost(c[3], config.minimize, config.runtime))
+    front = next(s.front for s in searches if s.basis == basis)
+    search = _Search(basis, front, {plan: record}, sparsity=sparsity)
+    _bisect(engine, config, search, base, plan.predicted_drop, report, limit=max(2, config.max_measurements // 2))
+    return [search]
 
 
 def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, float], None] | None = None) -> dict:
@@ -328,16 +386,16 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
         _bisect(engine, config, search, base, config.max_drop / 100, report)
         searches.append(search)
         report(f"{basis} basis searched", 0.3 + 0.6 * (i + 1) / len(config.bases))
-    best = _best(searches, base, config)
-    answer, plan, pipelines = (base, None, []) if best is None else (best[2], best[1], [])
-    weights = next((s for s in searches if s.basis == "weights"), None)
-    if "prune" in config.methods and weights is not None and (weights_best := _best([weights], base, config)):
-        pipelines = _pipelines(engine, config, weights_best[1], base, report)
-        for _sparsity, record in pipelines:
-            if _within(base, record, config) and _cost(record, config.minimize, config.runtime) < _cost(
-                answer, config.minimize, config.runtime
-            ):
-                answer, plan = record, weights_best[1]
+    pipelines = _every_pipeline(engine, config, searches, base, report) if "prune" in config.methods else []
+    pruned = _pruned_search(engine, config, searches, pipelines, base, report)
+    best = _best(searches + pruned, base, config)
+    answer, plan = (base, None) if best is None else (best[2], best[1])
+    for _basis, _sparsity, pipeline_plan, record in pipelines:
+        if _within(base, record, config) and _cost(record, config.minimize, config.runtime) < _cost(
+            answer, config.minimize, config.runtime
+        ):
+            answer, plan = record, pipeline_plan
+    pipelines += [(s.basis, s.sparsity, p, r) for s in pruned for p, r in s.measured.items()]
     int8 = None
     if "quantize" in config.methods and plan is not None:
         report("int8 on top", 0.98)
@@ -368,7 +426,7 @@ def _smallest_summary(config, base, searches, pipelines, int8, found, answer) ->
         "config": dataclasses.asdict(config),
         "baseline": _summary(base, base, None),
         "candidates": [dict(_summary(r, base, p), basis=s.basis) for s in searches for p, r in s.measured.items()],
-        "pipelines": [dict(_summary(r, base, None), basis="weights", sparsity=sp) for sp, r in pipelines],
+        "pipelines": [dict(_summary(r, base, None), basis=b, sparsity=sp) for b, sp, _, r in pipelines],
         "best_by_basis": by_basis,
         "winner": _winner(answer, by_basis, config),
         "with_int8": None if int8 is None else _summary(int8, base, None),

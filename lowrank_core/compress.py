@@ -305,6 +305,46 @@ def prune_structured(params: Mapping, layers: tuple[str, ...], sparsity: float) 
     return out
 
 
+def kept_units(original: Mapping, params: Mapping) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For a network made from ``original`` by dropping hidden units (structured pruning,
+    dead-unit removal) and nothing else before its dense kernels are changed: for each dense
+    layer, which of ``original``'s inputs (rows) and units (columns) its kernel ``w`` kept.
+    A layer of the original's shape is taken as itself. A column is found by its weights on
+    the kept rows and its bias, exactly (pruning slices, it never rounds). ConfigError when the
+    layers differ otherwise."""
+    names = model.dense_layer_names(original)
+    if model.dense_layer_names(params) != names:
+        raise ConfigError("the network's dense layers are not the checkpoint's (a layer was removed or added)")
+    out, rows = {}, np.arange(np.asarray(original[names[0]]["w"]).shape[0])
+    for name in names:
+        w0, b0 = np.asarray(original[name]["w"], np.float32), np.asarray(original[name]["b"], np.float32)
+        if "w" not in params[name]:
+            raise ConfigError(f"{name} is already factorized or quantized; put SVD before int8 storage")
+        w, b = np.asarray(params[name]["w"], np.float32), np.asarray(params[name]["b"], np.float32)
+        if w.shape[0] != rows.size:
+            raise ConfigError(f"{name}'s inputs are not a subset of the checkpoint's")
+        cols = np.arange(w0.shape[1]) if w.shape == w0.shape else _matching_columns(w0[rows], b0, w, b, name)
+        out[name], rows = (rows, cols), cols
+    return out
+
+
+def _matching_columns(w0: np.ndarray, b0: np.ndarray, w: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
+    """The original column (and bias) each column of ``w`` is, each original used once."""
+    index: dict[bytes, list[int]] = {}
+    for j in range(w0.shape[1]):
+        index.setdefault(w0[:, j].tobytes() + b0[j : j + 1].tobytes(), []).append(j)
+    cols = []
+    for j in range(w.shape[1]):
+        found = index.get(np.ascontiguousarray(w[:, j]).tobytes() + b[j : j + 1].tobytes())
+        if not found:
+            raise ConfigError(
+                f"{name} was changed before SVD other than by dropping units; the data bases calibrate "
+                "the checkpoint's own units (put SVD first, or use the weight basis)"
+            )
+        cols.append(found.pop(0))
+    return np.asarray(cols)
+
+
 def sparsity_of(params: Mapping) -> dict[str, float]:
     """Fraction of exactly-zero kernel weights per layer."""
     return {n: float(np.mean(np.asarray(params[n]["w"]) == 0)) for n in prunable_layers(params) if "w" in params[n]}

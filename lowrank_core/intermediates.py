@@ -69,8 +69,8 @@ class Intermediates:
         self._calibration_path: refit.CalibrationPath | None = None
         self._hidden: measure.HiddenActivations | None = None
         self._init_s: dict[str, np.ndarray] | None = None
-        self._factors: dict[str, np.ndarray] = {}
-        self._whitened: dict[tuple[str, str], compress.LayerSvd] = {}  # (layer, kernel digest) → SVD of LᵀW
+        self._factors: dict[object, np.ndarray] = {}  # layer name, or (name, rows) of a pruned kernel
+        self._whitened: dict[tuple, compress.LayerSvd] = {}  # (layer, kernel digest, rows) → SVD of LᵀW
 
     def _save(self, path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
         buffer = io.BytesIO()
@@ -102,6 +102,7 @@ class Intermediates:
             input_factor=self.input_factor,
             whitened_svd=self.whitened_svd,
             calibration_path=self.calibration_path,
+            kept_units=self.kept_units,
         )
 
     def svd_of(self, matrix: np.ndarray) -> compress.LayerSvd:
@@ -120,16 +121,23 @@ class Intermediates:
             self._svds[digest] = svd
             return svd
 
-    def whitened_svd(self, name: str, w: np.ndarray) -> compress.LayerSvd:
+    def whitened_svd(self, name: str, w: np.ndarray, rows: np.ndarray | None = None) -> compress.LayerSvd:
         """The SVD of LᵀW, what the activation basis truncates, for dense layer ``name`` (L its
-        :meth:`input_factor`) and kernel ``w`` (float32). LᵀW is formed once per kernel: forming it
-        again only to look its SVD up by its bytes was most of a cached build's time."""
+        :meth:`input_factor`, on the inputs ``rows`` a pruned kernel kept) and kernel ``w``
+        (float32). LᵀW is formed once per kernel: forming it again only to look its SVD up by its
+        bytes was most of a cached build's time."""
         w = np.asarray(w, np.float32)
-        key = (name, self._digest(w))
+        rows = _subset(rows, self.params[name]["w"].shape[0])
+        key = (name, self._digest(w), None if rows is None else matrix_digest(rows))
         with self._locks(("whitened", key)):
             if key not in self._whitened:
-                self._whitened[key] = self.svd_of(self.input_factor(name).T @ w)
+                self._whitened[key] = self.svd_of(self.input_factor(name, rows).T @ w)
             return self._whitened[key]
+
+    def kept_units(self, params) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Which of the checkpoint's inputs and units each dense layer of ``params`` kept
+        (:func:`compress.kept_units`)."""
+        return compress.kept_units(self.params, params)
 
     def layer_svds(self) -> dict[str, compress.LayerSvd]:
         """The checkpoint's dense layers' SVDs, in network order."""
@@ -192,12 +200,25 @@ class Intermediates:
                 self._calibration_path = refit.CalibrationPath(self.params, self.calibration_features())
             return self._calibration_path
 
-    def input_factor(self, name: str) -> np.ndarray:
+    def input_factor(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
         """L with L Lᵀ = XᵀX/N + λI over the inputs X of the checkpoint's dense
         layer ``name`` on the calibration set (λ = 1e-6 of the mean diagonal, so
-        inputs that are always zero — dead units — keep it invertible). Every
+        inputs that are always zero — dead units — keep it invertible); with ``rows``
+        (the inputs a pruned kernel kept), the factor of that block of XᵀX/N + λI. Every
         layer's factor is computed in one pass over the calibration images (the
         convolutions run once), and cached on disk."""
+        full = self._input_factor(name)
+        rows = _subset(rows, full.shape[0])
+        if rows is None:
+            return full
+        key = (name, matrix_digest(rows))
+        with self._locks(("input_factor", key)):
+            if key not in self._factors:
+                block = np.asarray(full[rows], np.float64)  # (L Lᵀ)[rows, rows] = L[rows] L[rows]ᵀ
+                self._factors[key] = np.linalg.cholesky(block @ block.T).astype(np.float32)
+            return self._factors[key]
+
+    def _input_factor(self, name: str) -> np.ndarray:
         with self._locks("input_factors"):
             if name not in self._factors:
                 names = model.dense_layer_names(self.params)
@@ -259,6 +280,13 @@ class Intermediates:
             self._init_s = {n: compress.singular_values(init[n]["w"]) for n in names}
             self._save(path, self._init_s)
             return self._init_s
+
+
+def _subset(rows: np.ndarray | None, inputs: int) -> np.ndarray | None:
+    """``rows`` as int64 indices, or None when they are all ``inputs`` of the layer."""
+    if rows is None or (len(rows) == inputs and np.array_equal(rows, np.arange(inputs))):
+        return None
+    return np.asarray(rows, np.int64)
 
 
 def _cholesky_of_inputs(x: np.ndarray) -> np.ndarray:

@@ -20,6 +20,11 @@ weights from 5,000 images from overfitting them: λ → 0 is the plain refit,
 by accuracy on 5,000 *training* images outside the calibration set (never on
 test images). With X = X₀ at full rank the fit is exactly W, for any λ.
 A layer left uncompressed keeps its weights and passes the compressed inputs on.
+
+After structured pruning (or dead-unit removal) the kept units are fit to their
+originals' pre-activations (:func:`lowrank_core.compress.kept_units` says which
+they are) from the inputs the pruned, compressed layers before them give, so
+the refit corrects the pruning's error as well as the truncation's.
 """
 
 from __future__ import annotations
@@ -131,21 +136,33 @@ def _refit_layer(fit: _Fit, w: np.ndarray, b: np.ndarray, live_out: np.ndarray, 
     return {"u": u.astype(np.float32), "v": v.astype(np.float32), "b": bias.astype(np.float32)}
 
 
-def sequential_refit(params: Mapping, ranks: Mapping[str, int], path: CalibrationPath) -> dict:
+def _layer_fit(path: CalibrationPath, i: int, inputs: np.ndarray | None, rows, cols) -> tuple[_Fit, np.ndarray]:
+    """Layer ``i``'s fit of the original units ``cols`` that are live, from ``inputs`` (None: the
+    checkpoint's own, whose fit is cached and sliced), and where those units are among ``cols``."""
+    live_out = path.live_out[path.names[i]]
+    local = np.flatnonzero(np.isin(cols, live_out))
+    if inputs is None:
+        fit, pos = path.original_fit(i), np.searchsorted(live_out, cols[local])
+        return fit._replace(mean_t=fit.mean_t[pos], z=fit.z[:, pos]), local
+    prior = path.original_weights(i)[np.ix_(rows, cols[local])]
+    return _fit(inputs, path.targets[i][:, cols[local]], prior), local
+
+
+def sequential_refit(params: Mapping, ranks: Mapping[str, int], path: CalibrationPath, units=None) -> dict:
     """``params`` with each layer in ``ranks`` replaced by refit factors ``u``, ``v`` and
     bias ``b`` (float32), fitted in network order to ``path``'s targets (the checkpoint's
-    pre-activations on the calibration images). Other layers keep their weights."""
+    pre-activations on the calibration images). Other layers keep their weights. ``units``
+    (:func:`lowrank_core.compress.kept_units`; default: all of them) says which of the checkpoint's
+    inputs and units each layer of a pruned ``params`` kept: each kept unit is fit to its
+    original's pre-activations from the inputs the pruned, compressed layers before it give."""
     out = {m: dict(ps) for m, ps in params.items()}
     x_comp = None  # the current layer's inputs once they differ from the checkpoint's
     for i, name in enumerate(path.names):
         w, b = np.asarray(params[name]["w"], np.float32), np.asarray(params[name]["b"], np.float32)
+        rows, cols = units[name] if units else (np.arange(w.shape[0]), np.arange(w.shape[1]))
         inputs = path.inputs(i) if x_comp is None else x_comp
         if name in ranks:
-            live_out = path.live_out[name]
-            if x_comp is None:
-                fit = path.original_fit(i)
-            else:
-                fit = _fit(inputs, path.targets[i][:, live_out], path.original_weights(i)[:, live_out])
+            fit, live_out = _layer_fit(path, i, x_comp, rows, cols)
             out[name] = _refit_layer(fit, w, b, live_out, ranks[name])
             y = (inputs @ out[name]["u"]) @ out[name]["v"] + out[name]["b"]
         elif x_comp is None and path.is_original(i, w, b):

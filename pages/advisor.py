@@ -70,8 +70,8 @@ if eng is not None:
         "Also try structured pruning before the SVD",
         True,
         key="advisor_prune",
-        help="pipelines: dead units dropped (lossless), or the weakest 30–70 % of hidden units, then the same "
-        "ranks on the smaller matrices (weights basis)",
+        help="pipelines: dead units dropped (lossless), or the weakest 30–70 % of hidden units, then each "
+        "basis's best ranks on the smaller matrices (the calibrated refit fits the kept units to the original ones)",
     )
     basis = b2.radio(
         "SVD basis",
@@ -92,9 +92,9 @@ if eng is not None:
         )
     )
     st.caption(
-        "Weight basis: per-layer ranks from the measured per-layer sensitivity table, then pipelines "
-        "(structured pruning at a bisected sparsity, then those ranks). Data bases: ranks from each layer's "
-        "output error predicted by its spectrum σ(LᵀW), no table needed. Every candidate is then measured on "
+        "Weight basis: per-layer ranks from the measured per-layer sensitivity table. Data bases: ranks from "
+        "each layer's output error predicted by its spectrum σ(LᵀW) between a few measured anchors. Then, for "
+        "each basis, pipelines (structured pruning at a bisected sparsity, then its ranks). Every candidate is measured on "
         "every test image, and predictions only choose what to measure; int8 on top of the answer, measured. "
         "A cold search of every basis takes one to two minutes on 2 cores; cached afterwards."
     )

@@ -48,6 +48,8 @@ def test_the_answer_is_the_cheapest_measured_candidate_within_the_drop(tiny_engi
     answer = advisor.smallest_within(tiny_engine, config)
     search = answer["advisor"]
     assert search["found"] and search["pipelines"]  # structured pruning before the SVD was tried
+    # … on every basis's best ranks, in that basis (the data bases calibrate the units kept).
+    assert {p["basis"] for p in search["pipelines"]} == {b for b, best in search["best_by_basis"].items() if best}
     base = tiny_engine.evaluate("baseline", with_latency=False)
     measured = search["candidates"] + search["pipelines"]
     within = [c for c in measured if c["drop_points"] <= 30.0 + 1e-9]
@@ -60,3 +62,15 @@ def test_the_answer_is_the_cheapest_measured_candidate_within_the_drop(tiny_engi
     assert float(np.mean(predictions == tiny_engine.data.y_test)) == answer["accuracy"]
     assert search["with_int8"]["label"].endswith("int8")  # measured too (on a network this small, the
     # float32 scales can outweigh what int8 saves: it is reported, not assumed smaller)
+
+
+def test_anchored_rows_interpolate_and_never_extrapolate_past_the_largest_measured_error():
+    spectrum = np.array([4.0, 2.0, 1.0, 0.5, 0.25, 0.1])
+    anchors = [{"layer": "a", "rank": 2, "accuracy": 0.80}, {"layer": "a", "rank": 4, "accuracy": 0.89}]
+    fractions = (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0)  # ranks 1 … 6 of a 6×6 layer
+    rows = advisor.anchored_rows(anchors, {"a": spectrum}, {"a": (6, 6)}, fractions, base_accuracy=0.9)
+    by_rank = {r["rank"]: 0.9 - r["accuracy"] for r in rows}
+    assert 1 not in by_rank  # more error than any anchor measured: no prediction
+    assert by_rank[2] == pytest.approx(0.10) and by_rank[4] == pytest.approx(0.01)  # the anchors themselves
+    assert 0.01 < by_rank[3] < 0.10  # between them
+    assert 0 <= by_rank[6] < by_rank[5] < 0.01  # less error than any anchor: scaled down

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from lowrank_core import data as data_lib, engine, methods, model, refit
+from lowrank_core import compress, data as data_lib, engine, methods, model, refit
+from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods.svd import SvdConfig
 
@@ -126,3 +127,70 @@ def test_the_calibrated_basis_composes_with_fine_tuning_and_int8(tiny_engine):
     assert "calibrated refit" in record["label"]
     plain = tiny_engine.evaluate(methods.Variant.of("svd", svd), with_latency=False)
     assert plain["accuracy"] != record["accuracy"] or plain["bytes"] != record["bytes"]
+
+
+def _pruned(params, sparsity):
+    hidden = tuple(model.dense_layer_names(params)[:-1])
+    return compress.prune_structured(params, hidden, sparsity)
+
+
+def test_after_structured_pruning_each_kept_unit_is_fit_to_its_original(tiny):
+    # AIMET's reconstruction after channel pruning: the pruned network's layers are refit to the
+    # checkpoint's own pre-activations at the units they kept, from the inputs the pruned,
+    # compressed layers before them give (an independent reduced-rank regression on those).
+    params, calibration = tiny
+    pruned = _pruned(params, 0.5)
+    units = compress.kept_units(params, pruned)
+    ranks = {"linear": 12, "linear_1": 6, "linear_2": 5}
+    refitted = refit.sequential_refit(pruned, ranks, refit.CalibrationPath(params, calibration), units)
+    x_orig = x_comp = calibration.astype(np.float64)
+    for name in model.dense_layer_names(params):
+        rows, cols = units[name]
+        w, b = params[name]["w"].astype(np.float64), params[name]["b"].astype(np.float64)
+        target = x_orig @ w + b
+        layer = refitted[name]
+        if name in ranks:
+            prior, kept_target = w[np.ix_(rows, cols)], target[:, cols]
+            b_k, bias = _reference_fit(x_comp, kept_target, prior, ranks[name], refit.RIDGE)
+            got = layer["u"].astype(np.float64) @ layer["v"]
+            assert got.shape == pruned[name]["w"].shape
+            best = _objective(x_comp, kept_target, prior, b_k, bias, refit.RIDGE)
+            assert _objective(x_comp, kept_target, prior, got, layer["b"], refit.RIDGE) <= best * (1 + 1e-4)
+            y = x_comp @ got + layer["b"]
+        else:
+            np.testing.assert_array_equal(layer["w"], pruned[name]["w"])
+            y = x_comp @ pruned[name]["w"].astype(np.float64) + pruned[name]["b"]
+        x_orig, x_comp = np.maximum(target, 0), np.maximum(y, 0)
+
+
+def test_pruning_then_a_data_basis_builds_through_the_engine(tiny_engine):
+    prune = ("prune", methods.get("prune").config_type(sparsity=0.5, structured=True))
+    for basis in ("activations", "calibrated"):
+        svd = SvdConfig(
+            form="factorized", layer_ranks=(("linear", 10), ("linear_1", 6)), only=("linear", "linear_1"), basis=basis
+        )
+        params, _ = tiny_engine.build(methods.Variant((prune, ("svd", svd))))
+        assert params["linear"]["u"].shape == (tiny_engine.params["linear"]["w"].shape[0], 10)
+        assert params["linear"]["v"].shape[1] == tiny_engine.params["linear"]["w"].shape[1] // 2
+    # The activation basis on a pruned kernel whitens by the inputs it kept: L of that block of XᵀX.
+    pruned = _pruned(tiny_engine.params, 0.5)
+    rows, _ = compress.kept_units(tiny_engine.params, pruned)["linear_1"]
+    full = tiny_engine.intermediates.input_factor("linear_1").astype(np.float64)
+    block = tiny_engine.intermediates.input_factor("linear_1", rows).astype(np.float64)
+    np.testing.assert_allclose(block @ block.T, (full @ full.T)[np.ix_(rows, rows)], rtol=1e-4, atol=1e-6)
+    assert not np.triu(block, 1).any()
+
+
+def test_kept_units_are_found_and_a_kernel_changed_otherwise_is_refused(tiny):
+    params, _ = tiny
+    pruned = _pruned(params, 0.5)
+    units = compress.kept_units(params, pruned)
+    for name in model.dense_layer_names(params):
+        rows, cols = units[name]
+        np.testing.assert_array_equal(pruned[name]["w"], params[name]["w"][np.ix_(rows, cols)])
+    assert units["linear_4"][1].size == params["linear_4"]["w"].shape[1]  # the output layer keeps its units
+    changed = dict(pruned, linear_1=dict(pruned["linear_1"], w=pruned["linear_1"]["w"] * 1.5))
+    with pytest.raises(ConfigError, match="other than by dropping units"):
+        compress.kept_units(params, changed)
+    with pytest.raises(ConfigError, match="not the checkpoint's"):
+        compress.kept_units(params, {n: p for n, p in pruned.items() if n != "linear_2"})

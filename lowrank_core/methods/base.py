@@ -35,11 +35,15 @@ class BuildContext:
     on_progress: ProgressFn | None = None
     seed: int = 0
     # L with L Lᵀ = XᵀX over a dense layer's inputs on calibration images (training images only).
-    input_factor: Callable[[str], np.ndarray] | None = None
-    # The SVD of LᵀW for a layer's name and kernel (cached, LᵀW formed once per kernel).
-    whitened_svd: Callable[[str, np.ndarray], compress.LayerSvd] | None = None
+    input_factor: Callable[..., np.ndarray] | None = None
+    # The same for the inputs (rows) a pruned kernel kept: L of that block of XᵀX.
+    # The SVD of LᵀW for a layer's name, kernel and kept rows (cached, LᵀW formed once per kernel).
+    whitened_svd: Callable[..., compress.LayerSvd] | None = None
     # The checkpoint's dense stack on those calibration images, for the calibrated refit.
     calibration_path: Callable[[], refit.CalibrationPath] | None = None
+    # Which of the checkpoint's inputs and units each dense layer of a pruned network kept
+    # (:func:`lowrank_core.compress.kept_units`).
+    kept_units: Callable[[Params], dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,8 @@ FORMS = ("reconstructed", "factorized")
 # rank-k W_k closest in what the layer outputs on data, ‖X(W − W_k)‖ (SVD-LLM's whitening).
 # "calibrated": ranks chosen as for "activations", then every compressed layer refit in order,
 # in closed form, to the original layer's outputs from the inputs the already compressed layers
-# give (:mod:`lowrank_core.refit`): later layers correct the earlier ones' error.
+# give (:mod:`lowrank_core.refit`): later layers correct the earlier ones' error. After structured
+# pruning, both data bases calibrate each kernel on the inputs it kept (L of that block of XᵀX).
 BASES = ("weights", "activations", "calibrated")
 # The basis whose one-layer-at-a-time table predicts each basis: one layer refit alone, from its
 # own original inputs, is the activation-whitened truncation (with its bias refit).
@@ -119,16 +120,16 @@ class SvdConfig:
         return tuple(n for n in layers if n in self.only) if self.only else layers
 
 
-def choose_ranks(config: SvdConfig, svds, layers: tuple[str, ...] | None = None) -> dict[str, int]:
+def choose_ranks(config: SvdConfig, svds, layers: tuple[str, ...] | None = None, shapes=None) -> dict[str, int]:
     """The rank the config gives each layer it compresses: ``layers`` (default: the
-    config's layers of a network whose dense layers are the keys of ``svds``)."""
+    config's layers of a network whose dense layers are the keys of ``svds``). With
+    ``shapes`` (each layer's (m, n)), ``svds`` is read only for rules that need a spectrum."""
     layers = config.layers_of(svds) if layers is None else layers
-    svds = {n: svds[n] for n in layers}
     explicit, fractions = dict(config.layer_ranks), dict(config.layer_fractions)
     budget = compress.ranks_for_budget(svds, layers, config.param_budget) if config.param_budget else {}
     ranks = {}
     for name in layers:
-        m, n = svds[name].u.shape[0], svds[name].vt.shape[1]
+        m, n = shapes[name] if shapes else (svds[name].u.shape[0], svds[name].vt.shape[1])
         if name in explicit:
             if explicit[name] > min(m, n):
                 raise ConfigError(f"rank of {name} must be an integer in 1..{min(m, n)}, got {explicit[name]}")
@@ -175,11 +176,13 @@ def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Par
     """Each chosen layer as its rank-k factors ``u``, ``v`` (see :func:`finalize` for the form)."""
     _check_names(config, params)
     layers = config.layers_of(params)
-    factors = {name: _input_factor(config, params, name, context) for name in layers}
-    svds = {name: _svd(params[name]["w"], factors[name], name, context) for name in layers}
-    ranks = choose_ranks(config, svds, layers)
+    rows = _kept_rows(config, params, context)
+    factors = {name: _input_factor(config, params, name, context, rows) for name in layers}
+    svds = _Svds(lambda name: _svd(params[name]["w"], factors[name], name, context, rows.get(name)))
+    shapes = {name: params[name]["w"].shape for name in layers}
+    ranks = choose_ranks(config, svds, layers, shapes)  # explicit ranks and fractions need no SVD
     if config.basis == "calibrated":
-        out = refit.sequential_refit(params, ranks, context.calibration_path())
+        out = refit.sequential_refit(params, ranks, context.calibration_path(), context.kept_units(params))
         return out, _facts(config, params, ranks)
     out = compress.copy_params(params)
     for name, k in ranks.items():
@@ -205,28 +208,42 @@ def _facts(config: SvdConfig, params: Params, ranks: dict[str, int]) -> dict:
     return facts
 
 
-def _svd(w: np.ndarray, factor: np.ndarray | None, name: str, context: BuildContext) -> compress.LayerSvd:
+class _Svds(dict):
+    """Each layer's SVD, computed the first time it is asked for."""
+
+    def __init__(self, compute):
+        super().__init__()
+        self._compute = compute
+
+    def __missing__(self, name):
+        self[name] = value = self._compute(name)
+        return value
+
+
+def _svd(w, factor: np.ndarray | None, name: str, context: BuildContext, rows=None) -> compress.LayerSvd:
     """The SVD the basis truncates: of W, or of LᵀW (through the context's cache when it has one)."""
     if factor is None:
         return context.svd(w)
     if context.whitened_svd is not None:
-        return context.whitened_svd(name, w)
+        return context.whitened_svd(name, w, rows)
     return context.svd(factor.T @ w)
 
 
-def _input_factor(config: SvdConfig, params: Params, name: str, context: BuildContext) -> np.ndarray | None:
-    """L for the activation basis (None for the weight basis)."""
+def _kept_rows(config: SvdConfig, params: Params, context: BuildContext) -> dict[str, np.ndarray | None]:
+    """For the data bases: which of the checkpoint's inputs each dense layer reads, so a kernel
+    pruned before SVD is calibrated on the inputs it kept."""
+    if config.basis == "weights":
+        return {}
+    if context.input_factor is None or context.kept_units is None or context.calibration_path is None:
+        raise ConfigError(f"the {config.basis} basis needs calibration data (build through the engine)")
+    return {n: rows for n, (rows, _) in context.kept_units(params).items()}
+
+
+def _input_factor(config: SvdConfig, params: Params, name: str, context: BuildContext, rows) -> np.ndarray | None:
+    """L for the activation basis on the inputs the layer kept (None for the weight basis)."""
     if config.basis == "weights":
         return None
-    if context.input_factor is None or (config.basis == "calibrated" and context.calibration_path is None):
-        raise ConfigError(f"the {config.basis} basis needs calibration data (build through the engine)")
-    factor = context.input_factor(name)
-    if factor.shape[0] != params[name]["w"].shape[0]:
-        raise ConfigError(
-            f"the activation basis calibrates the checkpoint's own layers; {name} was changed before "
-            "SVD (put SVD first, or use the weight basis)"
-        )
-    return factor
+    return context.input_factor(name, rows[name])
 
 
 def finalize(params: Params, config: SvdConfig) -> Params:
