@@ -151,9 +151,10 @@ if eng is not None:
         frame["ranks"] = frame["ranks"].map(lambda r: ", ".join(f"{k} {v}" for k, v in r.items()))
         st.dataframe(frame.drop(columns=["method"]), hide_index=True)
         st.caption(
-            "predicted_drop_points: for the weight basis, the one-layer drops of the sensitivity table added up; "
-            "for the data bases, the layers' predicted relative output errors (σ(LᵀW) tail energy) added up, in "
-            "percent — a ranking, not accuracy points. drop_points is measured. All candidates are cached: they "
-            "appear on the Overview's chart and in Compare & export."
+            "predicted_drop_points: the one-layer drops added up — for the weight basis from the measured "
+            "sensitivity table; for the data bases measured at five rank fractions per layer and interpolated "
+            "between them along each layer's predicted output error (σ(LᵀW) tail energy). Pipelines (a sparsity "
+            "column) put structured pruning before the SVD. drop_points is measured. All candidates are cached: "
+            "they appear on the Overview's chart and in Compare & export."
         )
         predicted_vs_measured(frame)
