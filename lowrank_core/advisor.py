@@ -1,22 +1,27 @@
-"""The compression advisor: per-layer SVD ranks chosen from the per-layer
-sensitivity table, then pipelines (structured pruning before the SVD) and int8
-storage on top, every reported candidate measured on the full test set.
+"""The compression advisor: per-layer SVD ranks in every basis, then pipelines
+(structured pruning before the SVD) and int8 storage on top, every reported
+candidate measured on the full test set.
 
-1. :meth:`Engine.svd_sensitivity` measures each dense layer truncated alone.
+1. For each basis, each dense layer truncated alone is measured at a few rank
+   fractions (:data:`ANCHOR_FRACTIONS`); the drops at the other ranks are
+   interpolated along the output error that basis's truncation is predicted
+   to make in closed form (:meth:`Intermediates.output_energies`), never past
+   the largest error measured.
 2. Assuming drops add up across layers (the Low-rank page shows how well they
    do), a Pareto merge over layers gives, for any total predicted drop, the
    per-layer ranks with the fewest parameters (a layer may also stay dense) —
    the selection Qualcomm AIMET's greedy compression-ratio search approximates,
-   here solved exactly over the measured grid.
+   here solved exactly over the grid.
 3. The predicted budget is then searched by bisection against *measured*
    drops: each candidate is built and measured like any variant (cached, on
    the Pareto chart, in Compare & export); the answer is the best measured one
    that meets the target. Predictions only choose what to measure; they are
    never reported as results.
 4. With "prune": structured pruning (the lossless dead-unit removal, or the
-   weakest 30…70 % of hidden units), then each basis's answer's ranks in that basis on
-   the smaller matrices, each measured; the sparsity is bisected (more pruning only drops
-   more), and the smallest measured pipeline within the target wins. With
+   weakest 30…80 % of hidden units), then each basis's best ranks in that basis
+   on the smaller matrices (the data bases calibrate the units each kernel
+   kept), the sparsity bisected (more pruning only drops more); the best
+   pipeline's basis is then searched again with its pruning in front. With
    "quantize": int8 on top of the answer, measured.
 """
 
@@ -226,29 +231,30 @@ class _Search:
 ANCHOR_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.3)
 
 
-def predicted_errors(spectrum: np.ndarray, ranks) -> np.ndarray:
-    """A layer's relative output error on calibration data at each rank: Σ_{i>k} σ_i² / Σ σ_i²
-    of σ(LᵀW), exactly the whitened truncation's ‖X(W − W_k)‖² / ‖XW‖²."""
-    energy = np.square(np.asarray(spectrum, np.float64))
+def predicted_errors(energy: np.ndarray, ranks) -> np.ndarray:
+    """A layer's relative output error on calibration data at each rank, from ``energy``, the
+    output energy of each of its basis's directions in order (:meth:`Intermediates.output_energies`):
+    Σ_{i>k} energy_i / Σ energy_i, exactly ‖X(W − W_k)‖² / ‖XW‖² of that basis's truncation."""
+    energy = np.asarray(energy, np.float64)
     tail = energy.sum() - np.concatenate([[0.0], np.cumsum(energy)])
     return tail[np.minimum(np.asarray(ranks), energy.size)] / max(energy.sum(), 1e-30)
 
 
-def anchored_rows(anchors: list[dict], data_spectra: dict, shapes: dict, fractions, base_accuracy: float) -> list[dict]:
+def anchored_rows(anchors: list[dict], energies: dict, shapes: dict, fractions, base_accuracy: float) -> list[dict]:
     """Rows like the sensitivity table's over ``fractions``: at each rank, the one-layer drop
     interpolated (in log predicted error) between the drops measured at ``anchors``' ranks, the
     smallest drop scaled down in proportion to the error below them. Ranks whose error lies
     beyond the largest measured one get no row: a drop there is not known (holding the last
     anchor's drop planned a rank-5 layer that lost 28 points)."""
     rows = []
-    for name, spectrum in data_spectra.items():
+    for name, energy in energies.items():
         measured = sorted({r["rank"]: r for r in anchors if r["layer"] == name}.values(), key=lambda r: r["rank"])
-        errors = predicted_errors(spectrum, [r["rank"] for r in measured])
+        errors = predicted_errors(energy, [r["rank"] for r in measured])
         drops = np.array([max(0.0, base_accuracy - r["accuracy"]) for r in measured])
         order = np.argsort(errors)
         log_e, drops = np.log(np.maximum(errors[order], 1e-12)), np.maximum.accumulate(drops[order])
         ranks = [compress.rank_for_fraction(f, *shapes[name]) for f in fractions]
-        for rank, error in zip(ranks, predicted_errors(spectrum, ranks)):
+        for rank, error in zip(ranks, predicted_errors(energy, ranks)):
             if error > np.exp(log_e[-1]) * (1 + 1e-9):
                 continue
             if error < np.exp(log_e[0]):
@@ -260,22 +266,18 @@ def anchored_rows(anchors: list[dict], data_spectra: dict, shapes: dict, fractio
 
 
 def _front(engine, config: AdvisorConfig, basis: str, base: dict, report) -> list[Plan]:
-    """Plans for ``basis`` from its one-layer drops: the measured table (weight basis), or for the
-    data bases a few measured anchors per layer interpolated along the output error each layer's
-    data spectrum σ(LᵀW) predicts."""
+    """Plans for ``basis`` from its one-layer drops: a few measured anchors per layer,
+    interpolated along the output error each layer's truncation in that basis is predicted
+    to make (:meth:`Intermediates.output_energies`, in closed form)."""
     shapes = {n: tuple(engine.params[n]["w"].shape) for n in engine.spec.dense_layers}
     table = svd_method.SENSITIVITY_BASIS[basis]
-    if table == "weights":
-        rows = engine.svd_sensitivity(
-            config.fractions, on_progress=lambda d, t: report("per-layer sensitivity (weights basis)", 0.3 * d / t)
-        )
-    else:
-        anchors = engine.svd_sensitivity(
-            ANCHOR_FRACTIONS, basis=table, on_progress=lambda d, t: report(f"{basis} basis: anchors", 0.3 * d / t)
-        )
-        report(f"{basis} basis: data spectra σ(LᵀW)", 0.3)
-        spectra = engine.intermediates.data_singular_values()
-        rows = anchored_rows(anchors, spectra, shapes, config.fractions, base["accuracy"])
+    anchors = engine.svd_sensitivity(
+        ANCHOR_FRACTIONS, basis=table, on_progress=lambda d, t: report(f"{basis} basis: anchors", 0.3 * d / t)
+    )
+    report(f"{basis} basis: predicted output errors", 0.3)
+    rows = anchored_rows(
+        anchors, engine.intermediates.output_energies(table), shapes, config.fractions, base["accuracy"]
+    )
     return plans(rows, shapes, base["accuracy"])
 
 

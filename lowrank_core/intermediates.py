@@ -70,6 +70,7 @@ class Intermediates:
         self._hidden: measure.HiddenActivations | None = None
         self._init_s: dict[str, np.ndarray] | None = None
         self._factors: dict[object, np.ndarray] = {}  # layer name, or (name, rows) of a pruned kernel
+        self._energies: dict[str, dict[str, np.ndarray]] = {}
         self._whitened: dict[tuple, compress.LayerSvd] = {}  # (layer, kernel digest, rows) → SVD of LᵀW
 
     def _save(self, path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
@@ -255,6 +256,22 @@ class Intermediates:
             values = {n: np.asarray(self.whitened_svd(n, self.params[n]["w"]).s, np.float64) for n in names}
             self._save(path, values)
             return values
+
+    def output_energies(self, basis: str) -> dict[str, np.ndarray]:
+        """Each dense layer's output energy on the calibration images per direction of ``basis``'s
+        SVD, in its order: truncating after k directions leaves Σ_{i>k} of them as ‖X(W − W_k)‖².
+        "activations": σ_i(LᵀW)². "weights": σ_i(W)²·‖Lᵀu_i‖² (the discarded σ_i u_i v_iᵀ are
+        orthogonal in v, so their output energies add up)."""
+        if basis != "weights":
+            return {n: np.square(s) for n, s in self.data_singular_values().items()}
+        with self._locks("weight_output_energies"):
+            if "weights" not in self._energies:
+                self._energies["weights"] = {
+                    n: np.square(svd.s.astype(np.float64))
+                    * np.square(np.linalg.norm(self.input_factor(n).T @ svd.u, axis=0), dtype=np.float64)
+                    for n, svd in self.layer_svds().items()
+                }
+            return self._energies["weights"]
 
     # ---- initialization ----
 

@@ -92,11 +92,12 @@ if eng is not None:
         )
     )
     st.caption(
-        "Weight basis: per-layer ranks from the measured per-layer sensitivity table. Data bases: ranks from "
-        "each layer's output error predicted by its spectrum σ(LᵀW) between a few measured anchors. Then, for "
+        "Every basis: per-layer ranks from one-layer drops measured at five rank fractions, interpolated "
+        "along each layer's output error predicted in closed form. Then, for "
         "each basis, pipelines (structured pruning at a bisected sparsity, then its ranks). Every candidate is measured on "
         "every test image, and predictions only choose what to measure; int8 on top of the answer, measured. "
-        "A cold search of every basis takes one to two minutes on 2 cores; cached afterwards."
+        "A cold search of every basis took 2 minutes on the shipped baseline and 5 on a default-preset "
+        "checkpoint, on 2 cores; cached afterwards."
     )
     request = (session(), question, config, budget)
     if st.button("Find it", type="primary", key="advisor_run"):
@@ -151,9 +152,9 @@ if eng is not None:
         frame["ranks"] = frame["ranks"].map(lambda r: ", ".join(f"{k} {v}" for k, v in r.items()))
         st.dataframe(frame.drop(columns=["method"]), hide_index=True)
         st.caption(
-            "predicted_drop_points: the one-layer drops added up — for the weight basis from the measured "
-            "sensitivity table; for the data bases measured at five rank fractions per layer and interpolated "
-            "between them along each layer's predicted output error (σ(LᵀW) tail energy). Pipelines (a sparsity "
+            "predicted_drop_points: the one-layer drops added up, measured at five rank fractions per layer and "
+            "interpolated between them along the output error each layer's truncation is predicted to make "
+            "(the tail energy of its directions on calibration data). Pipelines (a sparsity "
             "column) put structured pruning before the SVD. drop_points is measured. All candidates are cached: "
             "they appear on the Overview's chart and in Compare & export."
         )

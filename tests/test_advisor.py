@@ -68,9 +68,27 @@ def test_anchored_rows_interpolate_and_never_extrapolate_past_the_largest_measur
     spectrum = np.array([4.0, 2.0, 1.0, 0.5, 0.25, 0.1])
     anchors = [{"layer": "a", "rank": 2, "accuracy": 0.80}, {"layer": "a", "rank": 4, "accuracy": 0.89}]
     fractions = (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0)  # ranks 1 … 6 of a 6×6 layer
-    rows = advisor.anchored_rows(anchors, {"a": spectrum}, {"a": (6, 6)}, fractions, base_accuracy=0.9)
+    energy = {"a": np.square(spectrum)}
+    rows = advisor.anchored_rows(anchors, energy, {"a": (6, 6)}, fractions, base_accuracy=0.9)
     by_rank = {r["rank"]: 0.9 - r["accuracy"] for r in rows}
     assert 1 not in by_rank  # more error than any anchor measured: no prediction
     assert by_rank[2] == pytest.approx(0.10) and by_rank[4] == pytest.approx(0.01)  # the anchors themselves
     assert 0.01 < by_rank[3] < 0.10  # between them
     assert 0 <= by_rank[6] < by_rank[5] < 0.01  # less error than any anchor: scaled down
+
+
+@pytest.mark.parametrize("basis", ["weights", "activations"])
+def test_predicted_output_errors_are_each_bases_truncation_error_on_the_calibration_inputs(tiny_engine, basis):
+    inter = tiny_engine.intermediates
+    energies = inter.output_energies(basis)
+    for name in ("linear", "linear_2"):
+        w = np.asarray(tiny_engine.params[name]["w"], np.float64)
+        factor = inter.input_factor(name).astype(np.float64)
+        svd = (
+            inter.layer_svds()[name] if basis == "weights" else inter.whitened_svd(name, tiny_engine.params[name]["w"])
+        )
+        for k in (1, 3, 8):
+            u, s, vt = (np.asarray(a, np.float64) for a in (svd.u[:, :k], svd.s[:k], svd.vt[:k]))
+            w_k = u * s @ vt if basis == "weights" else np.linalg.solve(factor.T, u * s @ vt)
+            want = np.sum((factor.T @ (w - w_k)) ** 2) / np.sum((factor.T @ w) ** 2)  # ‖X(W − W_k)‖² / ‖XW‖²
+            assert advisor.predicted_errors(energies[name], [k])[0] == pytest.approx(want, rel=1e-3, abs=1e-7)
