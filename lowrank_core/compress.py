@@ -314,7 +314,10 @@ def kept_units(original: Mapping, params: Mapping) -> dict[str, tuple[np.ndarray
     layers differ otherwise."""
     names = model.dense_layer_names(original)
     if model.dense_layer_names(params) != names:
-        raise ConfigError("the network's dense layers are not the checkpoint's (a layer was removed or added)")
+        raise ConfigError(
+            "the data bases calibrate the checkpoint's own layers, and a layer was removed before SVD "
+            "(put SVD first, or use the weight basis)"
+        )
     out, rows = {}, np.arange(np.asarray(original[names[0]]["w"]).shape[0])
     for name in names:
         w0, b0 = np.asarray(original[name]["w"], np.float32), np.asarray(original[name]["b"], np.float32)
