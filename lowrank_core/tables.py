@@ -27,21 +27,12 @@ def svd_table(
     layers = tuple(layers or model.dense_layer_names(engine.params))
     for f in fractions:
         config_type(rank_fraction=f)  # validates the grid
-    blob = {
-        "checkpoint": engine.checkpoint_hash,
-        "fractions": fractions,
-        "layers": layers,
-        "basis": basis,
-        "version": _svd_method().version,
-        "kind": "svd_sensitivity",
-    }
-    key = hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:32]
+    key = _table_key(engine, fractions, layers, basis)
     if not compute:
-        hit = engine.sensitivity_store.get(key)
-        return None if hit is None else hit["rows"]
+        return _cached_rows(engine, key, fractions, layers, basis)
     with engine.locks(key):
-        if (hit := engine.sensitivity_store.get(key)) is not None:
-            return hit["rows"]
+        if (rows := _cached_rows(engine, key, fractions, layers, basis)) is not None:
+            return rows
         factor = engine.intermediates.input_factor if basis != "weights" else None
         rows = sensitivity.svd_sensitivity(
             engine.params,
@@ -58,6 +49,30 @@ def svd_table(
         )
         engine.sensitivity_store.put(key, {"rows": rows, "n_test": int(engine.data.y_test.shape[0])})
         return rows
+
+
+def _table_key(engine, fractions: tuple, layers: tuple, basis: str) -> str:
+    blob = {
+        "checkpoint": engine.checkpoint_hash,
+        "fractions": fractions,
+        "layers": layers,
+        "basis": basis,
+        "version": _svd_method().version,
+        "kind": "svd_sensitivity",
+    }
+    return hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:32]
+
+
+def _cached_rows(engine, key: str, fractions: tuple, layers: tuple, basis: str) -> list[dict] | None:
+    """The cached table, or its rows at ``fractions`` from the cached full-grid table (the
+    Sensitivity page's) when that holds them all: the advisor's anchors need no new cell then."""
+    if (hit := engine.sensitivity_store.get(key)) is not None:
+        return hit["rows"]
+    full = tuple(float(f) for f in sensitivity.DEFAULT_FRACTIONS)
+    if fractions == full or not set(fractions) <= set(full):
+        return None
+    hit = engine.sensitivity_store.get(_table_key(engine, full, layers, basis))
+    return None if hit is None else [r for r in hit["rows"] if r["fraction"] in fractions]
 
 
 def one_layer_at_a_time(engine, method: str, grid, layers=None, on_progress=None) -> list[dict]:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lowrank_core import advisor, compress, data as data_lib, engine, methods
+from lowrank_core import advisor, compress, data as data_lib, engine, methods, sensitivity
 from lowrank_core.errors import ConfigError
 
 
@@ -92,3 +92,11 @@ def test_predicted_output_errors_are_each_bases_truncation_error_on_the_calibrat
             w_k = u * s @ vt if basis == "weights" else np.linalg.solve(factor.T, u * s @ vt)
             want = np.sum((factor.T @ (w - w_k)) ** 2) / np.sum((factor.T @ w) ** 2)  # ‖X(W − W_k)‖² / ‖XW‖²
             assert advisor.predicted_errors(energies[name], [k])[0] == pytest.approx(want, rel=1e-3, abs=1e-7)
+
+
+def test_anchors_are_read_from_a_cached_full_table(tiny_engine, monkeypatch):
+    full = tiny_engine.svd_sensitivity()  # what the Sensitivity page computes
+    monkeypatch.setattr(sensitivity, "svd_sensitivity", lambda *a, **k: pytest.fail("a cell was measured again"))
+    anchors = tiny_engine.svd_sensitivity(advisor.ANCHOR_FRACTIONS)
+    assert anchors == [r for r in full if r["fraction"] in advisor.ANCHOR_FRACTIONS]
+    assert {r["fraction"] for r in anchors} == set(advisor.ANCHOR_FRACTIONS)
