@@ -65,13 +65,17 @@ def _fit(x: np.ndarray, target: np.ndarray, prior: np.ndarray) -> _Fit:
     return _Fit(live, mean_x, mean_t, chol, scipy.linalg.solve_triangular(chol, cross, lower=True))
 
 
-def _rank_k(fit: _Fit, rank: int, inputs: int):
+def _rank_k(fit: _Fit, rank: int, inputs: int, eigenvectors: np.ndarray | None = None):
     """(u, v, b) of the best rank-k B = u·v: B_ls projected on the top-k eigenvectors V_k of ZᵀZ
-    (the minimizer of ‖Xc·B − Tc‖² + λN‖B − prior‖² over rank ≤ k), the bias from the means."""
+    (the minimizer of ‖Xc·B − Tc‖² + λN‖B − prior‖² over rank ≤ k), the bias from the means.
+    ``eigenvectors``: all of ZᵀZ's, largest first, when already known."""
     n = fit.z.shape[1]
     k = min(rank, n)
-    _, vecs = scipy.linalg.eigh(fit.z.T @ fit.z, subset_by_index=(n - k, n - 1))
-    v_k = vecs[:, ::-1]  # largest first
+    if eigenvectors is not None:
+        v_k = eigenvectors[:, :k]
+    else:
+        _, vecs = scipy.linalg.eigh(fit.z.T @ fit.z, subset_by_index=(n - k, n - 1))
+        v_k = vecs[:, ::-1]  # largest first
     u = np.zeros((inputs, k))
     u[fit.live] = scipy.linalg.solve_triangular(fit.chol.T, fit.z @ v_k, lower=False)  # B_ls V_k
     return u, v_k.T, fit.mean_t - (fit.mean_x @ u) @ v_k.T
@@ -102,7 +106,8 @@ class CalibrationPath:
             self.targets.append(_dense(x, np.asarray(params[name]["w"], np.float32), np.asarray(params[name]["b"])))
             x = np.maximum(self.targets[-1], 0.0)
         self._fits: dict[str, _Fit] = {}
-        self._lock = threading.Lock()
+        self._eigenvectors: dict[tuple, np.ndarray] = {}  # the last two (layer, units) asked for
+        self._lock, self._eigen_lock = threading.Lock(), threading.Lock()
 
     def is_original(self, i: int, w: np.ndarray, b: np.ndarray) -> bool:
         """Whether (w, b) are the checkpoint's own weights of dense layer ``i``."""
@@ -124,11 +129,25 @@ class CalibrationPath:
                 self._fits[name] = _fit(self.inputs(i), self.targets[i][:, self.live_out[name]], prior)
             return self._fits[name]
 
+    def original_eigenvectors(self, i: int, fit: _Fit, units: np.ndarray) -> np.ndarray:
+        """Every eigenvector of ZᵀZ, largest first, for layer ``i``'s fit from the checkpoint's own
+        inputs restricted to ``units`` (``fit``): rank-independent, so a variant at another rank
+        slices it instead of solving its eigenproblem again (of a 3,000-wide first layer, the
+        largest part of a refit)."""
+        key = (i, units.tobytes())
+        with self._eigen_lock:
+            if key not in self._eigenvectors:
+                _, vecs = scipy.linalg.eigh(fit.z.T @ fit.z)
+                while len(self._eigenvectors) >= 2:
+                    self._eigenvectors.pop(next(iter(self._eigenvectors)))
+                self._eigenvectors[key] = np.ascontiguousarray(vecs[:, ::-1])
+            return self._eigenvectors[key]
 
-def _refit_layer(fit: _Fit, w: np.ndarray, b: np.ndarray, live_out: np.ndarray, rank: int) -> dict:
+
+def _refit_layer(fit: _Fit, w: np.ndarray, b: np.ndarray, live_out: np.ndarray, rank: int, eigenvectors=None) -> dict:
     """One layer's factors; outputs outside ``live_out`` (dead units: a zero column of W)
     stay exactly as they were (zero column, own bias), so they remain droppable downstream."""
-    u, v_live, bias_live = _rank_k(fit, rank, w.shape[0])
+    u, v_live, bias_live = _rank_k(fit, rank, w.shape[0], eigenvectors)
     v = np.zeros((u.shape[1], w.shape[1]))
     v[:, live_out] = v_live
     bias = np.asarray(b, np.float64).copy()
@@ -136,16 +155,18 @@ def _refit_layer(fit: _Fit, w: np.ndarray, b: np.ndarray, live_out: np.ndarray, 
     return {"u": u.astype(np.float32), "v": v.astype(np.float32), "b": bias.astype(np.float32)}
 
 
-def _layer_fit(path: CalibrationPath, i: int, inputs: np.ndarray | None, rows, cols) -> tuple[_Fit, np.ndarray]:
+def _layer_fit(path: CalibrationPath, i: int, inputs: np.ndarray | None, rows, cols):
     """Layer ``i``'s fit of the original units ``cols`` that are live, from ``inputs`` (None: the
-    checkpoint's own, whose fit is cached and sliced), and where those units are among ``cols``."""
+    checkpoint's own, whose fit and eigenvectors are cached and sliced), where those units are
+    among ``cols``, and the fit's eigenvectors when cached (else None)."""
     live_out = path.live_out[path.names[i]]
     local = np.flatnonzero(np.isin(cols, live_out))
     if inputs is None:
         fit, pos = path.original_fit(i), np.searchsorted(live_out, cols[local])
-        return fit._replace(mean_t=fit.mean_t[pos], z=fit.z[:, pos]), local
+        fit = fit._replace(mean_t=fit.mean_t[pos], z=fit.z[:, pos])
+        return fit, local, path.original_eigenvectors(i, fit, pos)
     prior = path.original_weights(i)[np.ix_(rows, cols[local])]
-    return _fit(inputs, path.targets[i][:, cols[local]], prior), local
+    return _fit(inputs, path.targets[i][:, cols[local]], prior), local, None
 
 
 def sequential_refit(params: Mapping, ranks: Mapping[str, int], path: CalibrationPath, units=None) -> dict:
@@ -162,8 +183,8 @@ def sequential_refit(params: Mapping, ranks: Mapping[str, int], path: Calibratio
         rows, cols = units[name] if units else (np.arange(w.shape[0]), np.arange(w.shape[1]))
         inputs = path.inputs(i) if x_comp is None else x_comp
         if name in ranks:
-            fit, live_out = _layer_fit(path, i, x_comp, rows, cols)
-            out[name] = _refit_layer(fit, w, b, live_out, ranks[name])
+            fit, live_out, eigenvectors = _layer_fit(path, i, x_comp, rows, cols)
+            out[name] = _refit_layer(fit, w, b, live_out, ranks[name], eigenvectors)
             y = (inputs @ out[name]["u"]) @ out[name]["v"] + out[name]["b"]
         elif x_comp is None and path.is_original(i, w, b):
             continue  # nothing changed yet: the original path

@@ -194,3 +194,22 @@ def test_kept_units_are_found_and_a_kernel_changed_otherwise_is_refused(tiny):
         compress.kept_units(params, changed)
     with pytest.raises(ConfigError, match="a layer was removed"):
         compress.kept_units(params, {n: p for n, p in pruned.items() if n != "linear_2"})
+
+
+def test_another_rank_of_the_first_layer_reuses_its_eigenvectors(tiny, monkeypatch):
+    params, calibration = tiny
+    path = refit.CalibrationPath(params, calibration)
+    refit.sequential_refit(params, {"linear": 20}, path)  # the first layer's eigenproblem, solved once
+    calls = []
+    real_eigh = refit.scipy.linalg.eigh
+    monkeypatch.setattr(refit.scipy.linalg, "eigh", lambda *a, **k: calls.append(1) or real_eigh(*a, **k))
+    refitted = refit.sequential_refit(params, {"linear": 12}, path)
+    assert calls == []
+    # The same optimum as solving the rank-12 eigenproblem directly.
+    fit = path.original_fit(0)
+    u, v, b = refit._rank_k(fit, 12, params["linear"]["w"].shape[0])
+    x, target = calibration.astype(np.float64), _outputs(params, calibration)[0]
+    w = params["linear"]["w"].astype(np.float64)
+    want = _objective(x, target, w, u @ v, b, refit.RIDGE)
+    got = refitted["linear"]["u"].astype(np.float64) @ refitted["linear"]["v"]
+    assert _objective(x, target, w, got, refitted["linear"]["b"], refit.RIDGE) <= want * (1 + 1e-5)

@@ -397,7 +397,9 @@ METHOD = Method(
     name="svd",
     label="Low-rank (SVD)",
     colour="#1f77b4",
-    version=9,  # 9: factors from the Gram route (last bits differ); factorized dead units dropped when run
+    # 10: the calibrated refit's first layer from a full eigendecomposition (last bits differ);
+    # 9: factors from the Gram route; factorized dead units dropped when run
+    version=10,
     config_type=SvdConfig,
     build=build,
     finalize=finalize,
