@@ -177,8 +177,8 @@ def build(params: Params, config: SvdConfig, context: BuildContext) -> tuple[Par
     _check_names(config, params)
     layers = config.layers_of(params)
     rows = _kept_rows(config, params, context)
-    factors = {name: _input_factor(config, params, name, context, rows) for name in layers}
-    svds = _Svds(lambda name: _svd(params[name]["w"], factors[name], name, context, rows.get(name)))
+    factors = _Lazy(lambda name: _input_factor(config, params, name, context, rows))
+    svds = _Lazy(lambda name: _svd(params[name]["w"], factors[name], name, context, rows.get(name)))
     shapes = {name: params[name]["w"].shape for name in layers}
     ranks = choose_ranks(config, svds, layers, shapes)  # explicit ranks and fractions need no SVD
     if config.basis == "calibrated":
@@ -208,8 +208,8 @@ def _facts(config: SvdConfig, params: Params, ranks: dict[str, int]) -> dict:
     return facts
 
 
-class _Svds(dict):
-    """Each layer's SVD, computed the first time it is asked for."""
+class _Lazy(dict):
+    """Each layer's value (its input factor, its SVD), computed the first time it is asked for."""
 
     def __init__(self, compute):
         super().__init__()
