@@ -215,12 +215,11 @@ class _Search:
     front: list[Plan]
     measured: dict[Plan, dict] = dataclasses.field(default_factory=dict)
     sparsity: float | None = None
-    shapes: dict[str, tuple[int, int]] | None = None  # the pruned kernels' shapes
+    shapes: dict[str, tuple[int, int]] | None = None  # with sparsity: the pruned kernels' shapes
 
     def variant(self, engine, plan: Plan, config: "AdvisorConfig") -> methods.Variant | None:
         if self.sparsity is None:
             return plan.variant(config.finetune_steps, basis=self.basis)
-        self.shapes = self.shapes or pruned_shapes(engine.params, self.sparsity)
         return pipeline_variant(
             engine.params, plan, self.sparsity, config.finetune_steps, basis=self.basis, shapes=self.shapes
         )
@@ -272,13 +271,19 @@ def _front(engine, config: AdvisorConfig, basis: str, base: dict, report) -> lis
     shapes = {n: tuple(engine.params[n]["w"].shape) for n in engine.spec.dense_layers}
     table = svd_method.SENSITIVITY_BASIS[basis]
     anchors = engine.svd_sensitivity(
-        ANCHOR_FRACTIONS, basis=table, on_progress=lambda d, t: report(f"{basis} basis: anchors", 0.3 * d / t)
+        ANCHOR_FRACTIONS, basis=table, on_progress=lambda d, t: report(f"{basis} basis: anchors", 0.4 * d / t)
     )
-    report(f"{basis} basis: predicted output errors", 0.3)
+    report(f"{basis} basis: predicted output errors", 0.4)
     rows = anchored_rows(
         anchors, engine.intermediates.output_energies(table), shapes, config.fractions, base["accuracy"]
     )
     return plans(rows, shapes, base["accuracy"])
+
+
+def _share_of(report, low: float, high: float):
+    """``report`` for one part of the search: its shares 0…1 map onto ``low``…``high`` of the whole,
+    so the progress bar only moves forward."""
+    return lambda text, share: report(text, low + (high - low) * share)
 
 
 def _within(base: dict, record: dict, config: AdvisorConfig) -> bool:
@@ -296,7 +301,7 @@ def _bisect(engine, config: AdvisorConfig, search: _Search, base: dict, start: f
 
     def measure(plan: Plan) -> bool:
         if plan not in search.measured:
-            report(f"{what} basis: candidate {len(search.measured) + 1}", 0.3)
+            report(f"{what} basis: candidate {len(search.measured) + 1}", 0.4 + 0.6 * len(search.measured) / limit)
             search.measured[plan] = _evaluate(engine, search.variant(engine, plan, config), config)
         return _within(base, search.measured[plan], config)
 
@@ -342,7 +347,7 @@ def _pipelines(engine, config: AdvisorConfig, plan: Plan, base: dict, report, ba
         if variant is None:  # the ranks no longer save weights on matrices this small
             above = middle
             continue
-        report(f"{basis} basis, pipeline {len(out) + 1}: structured pruning {sparsity:.0%}, then SVD", 0.9)
+        report(f"{basis} basis, pipeline {len(out) + 1}: structured pruning {sparsity:.0%}, then SVD", 0.87)
         record = _evaluate(engine, variant, config)
         out.append((sparsity, record))
         below, above = (middle, above) if _within(base, record, config) else (below, middle)
@@ -369,7 +374,7 @@ def _pruned_search(engine, config: AdvisorConfig, searches, pipelines, base: dic
         return []
     basis, sparsity, plan, record = min(within, key=lambda c: _cost(c[3], config.minimize, config.runtime))
     front = next(s.front for s in searches if s.basis == basis)
-    search = _Search(basis, front, {plan: record}, sparsity=sparsity)
+    search = _Search(basis, front, {plan: record}, sparsity, pruned_shapes(engine.params, sparsity))
     _bisect(engine, config, search, base, plan.predicted_drop, report, limit=max(2, config.max_measurements // 2))
     return [search]
 
@@ -383,13 +388,14 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
     report = on_progress or (lambda text, share: None)
     base = _evaluate(engine, methods.Variant.of(methods.REFERENCE), config)
     searches: list[_Search] = []
+    n = len(config.bases)
     for i, basis in enumerate(config.bases):
-        search = _Search(basis, _front(engine, config, basis, base, report))
-        _bisect(engine, config, search, base, config.max_drop / 100, report)
+        part = _share_of(report, 0.85 * i / n, 0.85 * (i + 1) / n)
+        search = _Search(basis, _front(engine, config, basis, base, part))
+        _bisect(engine, config, search, base, config.max_drop / 100, part)
         searches.append(search)
-        report(f"{basis} basis searched", 0.3 + 0.6 * (i + 1) / len(config.bases))
     pipelines = _every_pipeline(engine, config, searches, base, report) if "prune" in config.methods else []
-    pruned = _pruned_search(engine, config, searches, pipelines, base, report)
+    pruned = _pruned_search(engine, config, searches, pipelines, base, _share_of(report, 0.9, 0.97))
     best = _best(searches + pruned, base, config)
     answer, plan = (base, None) if best is None else (best[2], best[1])
     for _basis, _sparsity, pipeline_plan, record in pipelines:
@@ -455,8 +461,14 @@ def most_accurate_within(
     proxy_limit = budget_share * dense_cost * (2 if int8 else 1)
     measured = []
     per_basis = max(1, config.max_measurements // len(config.bases))
-    for basis in config.bases:
-        front = _front(engine, config, basis, base, report)
+    for i, basis in enumerate(config.bases):
+        front = _front(
+            engine,
+            config,
+            basis,
+            base,
+            _share_of(report, 0.5 * i / len(config.bases), 0.5 * (i + 1) / len(config.bases)),
+        )
         candidates = sorted((p for p in front if p.cost <= proxy_limit), key=lambda p: p.predicted_drop)
         for plan in candidates[:per_basis]:
             report(f"{basis} basis: candidate {len(measured) + 1}", 0.5 + 0.5 * len(measured) / config.max_measurements)

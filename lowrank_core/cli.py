@@ -300,7 +300,8 @@ def _cmd_advise(args: argparse.Namespace) -> int:
                 f"  with int8 on top: accuracy {q['accuracy']:.4f} ({-q['drop_points']:+.2f} points), "
                 f"{q['bytes']:,} bytes ({base['bytes'] / q['bytes']:.1f}x smaller)"
             )
-        print(f"  {len(search['candidates'])} candidates measured; every one is cached and listed in the app")
+        measured = len(search["candidates"]) + len(search.get("pipelines", []))
+        print(f"  {measured} candidates measured (pipelines included); every one is cached and listed in the app")
     return 0
 
 

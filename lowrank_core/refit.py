@@ -156,9 +156,10 @@ def _refit_layer(fit: _Fit, w: np.ndarray, b: np.ndarray, live_out: np.ndarray, 
 
 
 def _layer_fit(path: CalibrationPath, i: int, inputs: np.ndarray | None, rows, cols):
-    """Layer ``i``'s fit of the original units ``cols`` that are live, from ``inputs`` (None: the
-    checkpoint's own, whose fit and eigenvectors are cached and sliced), where those units are
-    among ``cols``, and the fit's eigenvectors when cached (else None)."""
+    """(fit, live, eigenvectors) for layer ``i`` of a network that kept the checkpoint's inputs
+    ``rows`` and units ``cols``: the fit of its live units (``live``: their positions among
+    ``cols``) from ``inputs`` — None: the checkpoint's own, whose fit is cached and sliced, its
+    eigenvectors cached too; else they are None and the rank-k eigenproblem is solved."""
     live_out = path.live_out[path.names[i]]
     local = np.flatnonzero(np.isin(cols, live_out))
     if inputs is None:

@@ -70,7 +70,7 @@ if eng is not None:
         "Also try structured pruning before the SVD",
         True,
         key="advisor_prune",
-        help="pipelines: dead units dropped (lossless), or the weakest 30–70 % of hidden units, then each "
+        help="pipelines: dead units dropped (lossless), or the weakest 30–80 % of hidden units, then each "
         "basis's best ranks on the smaller matrices (the calibrated refit fits the kept units to the original ones)",
     )
     basis = b2.radio(
@@ -96,8 +96,8 @@ if eng is not None:
         "along each layer's output error predicted in closed form. Then, for "
         "each basis, pipelines (structured pruning at a bisected sparsity, then its ranks). Every candidate is measured on "
         "every test image, and predictions only choose what to measure; int8 on top of the answer, measured. "
-        "A cold search of every basis took 2 minutes on the shipped baseline and 5 on a default-preset "
-        "checkpoint, on 2 cores; cached afterwards."
+        "A cold search of every basis took about 2 minutes on the shipped baseline and 4 on a default-preset "
+        "checkpoint on a 2-core machine (docs/runtimes.md); cached afterwards."
     )
     request = (session(), question, config, budget)
     if st.button("Find it", type="primary", key="advisor_run"):

@@ -45,7 +45,9 @@ def test_pipeline_leaves_dense_a_layer_its_rank_no_longer_shrinks(tiny_engine):
 
 def test_the_answer_is_the_cheapest_measured_candidate_within_the_drop(tiny_engine):
     config = advisor.AdvisorConfig(max_drop=30.0, max_measurements=4)
-    answer = advisor.smallest_within(tiny_engine, config)
+    shares = []
+    answer = advisor.smallest_within(tiny_engine, config, lambda text, share: shares.append(share))
+    assert shares == sorted(shares) and shares[-1] == 1.0  # the progress bar only moves forward
     search = answer["advisor"]
     assert search["found"] and search["pipelines"]  # structured pruning before the SVD was tried
     # … on every basis's best ranks, in that basis (the data bases calibrate the units kept).

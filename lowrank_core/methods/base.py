@@ -34,9 +34,9 @@ class BuildContext:
     train_labels: np.ndarray
     on_progress: ProgressFn | None = None
     seed: int = 0
-    # L with L Lᵀ = XᵀX over a dense layer's inputs on calibration images (training images only).
+    # L with L Lᵀ = XᵀX over a dense layer's inputs on calibration images (training images only);
+    # given the inputs (rows) a pruned kernel kept, L of that block of XᵀX.
     input_factor: Callable[..., np.ndarray] | None = None
-    # The same for the inputs (rows) a pruned kernel kept: L of that block of XᵀX.
     # The SVD of LᵀW for a layer's name, kernel and kept rows (cached, LᵀW formed once per kernel).
     whitened_svd: Callable[..., compress.LayerSvd] | None = None
     # The checkpoint's dense stack on those calibration images, for the calibrated refit.
