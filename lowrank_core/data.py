@@ -152,6 +152,17 @@ def _get(batch: Mapping, key: str, where: str):
 
 def decode_batch(raw: bytes, *, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Decodes one pickled data batch into (uint8 N×32×32×3 images, int32 labels)."""
+    planar, labels = _planar_batch(raw, where=where)
+    return np.ascontiguousarray(_nhwc(planar)), labels
+
+
+def _nhwc(planar: np.ndarray) -> np.ndarray:
+    # Rows are channel-planar (1024 R, 1024 G, 1024 B); the network wants NHWC.
+    return planar.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def _planar_batch(raw: bytes, *, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled data batch validated: (its uint8 N×3072 channel-planar rows, int32 labels)."""
     batch = safe_unpickle(raw, where=where)
     if not isinstance(batch, dict):
         raise DataError(f"{where} holds a {type(batch).__name__}, not a CIFAR-10 batch dict")
@@ -172,9 +183,7 @@ def decode_batch(raw: bytes, *, where: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise DataError(f"{where}: labels must lie in 0..9, found {labels.min()}..{labels.max()}")
-    # Rows are channel-planar (1024 R, 1024 G, 1024 B); the network wants NHWC.
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels.astype(np.int32)
+    return data, labels.astype(np.int32)
 
 
 def decode_meta(raw: bytes, *, where: str) -> tuple[str, ...]:
@@ -304,23 +313,39 @@ def read_source(path: pathlib.Path) -> Cifar10:
     missing = [name for name in _NEEDED if name not in files]
     if missing:
         raise DataError(f"{path} is missing {', '.join(missing)} of the {BATCH_DIR}/ layout")
-    train = [decode_batch(files[name], where=f"{path}:{name}") for name in TRAIN_BATCHES]
-    x_test, y_test = decode_batch(files[TEST_BATCH], where=f"{path}:{TEST_BATCH}")
-    class_names = decode_meta(files[META_FILE], where=f"{path}:{META_FILE}")
     if digest is None:
         digest_builder = hashlib.sha256()
         for name in _NEEDED:
             digest_builder.update(files[name])
         digest = digest_builder.hexdigest()
+    class_names = decode_meta(files[META_FILE], where=f"{path}:{META_FILE}")
+    x_test, y_test = decode_batch(files.pop(TEST_BATCH), where=f"{path}:{TEST_BATCH}")
+    x_train, y_train = _train_images(files, where=str(path))
     return Cifar10(
-        x_train=np.concatenate([x for x, _ in train]),
-        y_train=np.concatenate([y for _, y in train]),
+        x_train=x_train,
+        y_train=y_train,
         x_test=x_test,
         y_test=y_test,
         class_names=class_names,
         source=str(path.resolve()),
         sha256=digest,
     )
+
+
+def _train_images(files: dict[str, bytes], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The training batches decoded straight into one array: each batch's bytes are dropped once
+    decoded and no second copy is concatenated (fresh memory is slow to touch on some hosts)."""
+    planar, labels = [], []
+    for name in TRAIN_BATCHES:
+        rows, batch_labels = _planar_batch(files.pop(name), where=f"{where}:{name}")
+        planar.append(rows)
+        labels.append(batch_labels)
+    images = np.empty((sum(rows.shape[0] for rows in planar), 32, 32, 3), np.uint8)
+    start = 0
+    for rows in planar:
+        images[start : start + rows.shape[0]] = _nhwc(rows)
+        start += rows.shape[0]
+    return images, np.concatenate(labels)
 
 
 # --------------------------------------------------------------------------
@@ -567,9 +592,23 @@ def load_cifar10(
 
 
 def _decoded(source: pathlib.Path, cache_file: pathlib.Path) -> Cifar10:
-    """The source decoded, and written to the decoded cache for the next load."""
+    """The source decoded; the decoded cache for the next load is written by a thread of its own,
+    so the first load does not wait for it. Until it is written, loads in this process share this
+    result (see :func:`_once`); the thread is not a daemon, so a CLI run finishes it before exiting."""
     data = read_source(source)
-    _write_decoded(cache_file, data)
+    key = str(cache_file)
+
+    def write() -> None:
+        try:
+            _write_decoded(cache_file, data)
+        finally:
+            with _in_flight_lock:
+                _in_flight.pop(key, None)
+                _writing.discard(key)
+
+    with _in_flight_lock:
+        _writing.add(key)
+    threading.Thread(target=write, name="decoded-cache-write").start()
     return data
 
 
@@ -590,6 +629,7 @@ def _write_decoded(cache_file: pathlib.Path, data: Cifar10) -> None:
 
 
 _in_flight: dict[str, concurrent.futures.Future] = {}  # decoded-cache path → the load running for it
+_writing: set[str] = set()  # decoded-cache paths whose file is being written (their load stays shared)
 _in_flight_lock = threading.Lock()
 
 
@@ -609,7 +649,8 @@ def _once(key: str, load: Callable[[], Cifar10]) -> Cifar10:
         future.set_exception(exc)
     finally:
         with _in_flight_lock:
-            del _in_flight[key]  # nothing kept: a later load reads the decoded cache
+            if key not in _writing and _in_flight.get(key) is future:
+                del _in_flight[key]  # nothing kept: a later load reads the decoded cache
     return future.result()
 
 

@@ -38,6 +38,7 @@ def test_channel_planar_rows_become_nhwc():
 
 def test_second_load_comes_from_cache(synthetic_archive, monkeypatch):
     first = data_lib.load_cifar10(synthetic_archive)
+    _join_cache_writes()
     calls = []
     monkeypatch.setattr(data_lib, "read_source", lambda p: calls.append(p))
     second = data_lib.load_cifar10(synthetic_archive)
@@ -64,7 +65,31 @@ def test_loads_asked_for_at_once_decode_once_and_share_the_result(synthetic_arch
     results.append(data_lib.load_cifar10(synthetic_archive))
     first.join()
     assert len(calls) == 1 and results[0] is results[1]
+    _join_cache_writes()
     assert not data_lib._in_flight  # nothing kept once done: later loads read the decoded cache
+
+
+def _join_cache_writes() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "decoded-cache-write":
+            thread.join(30)
+
+
+def test_the_first_load_does_not_wait_for_its_cache_write(synthetic_archive, monkeypatch):
+    release, real_write, reads = threading.Event(), data_lib._write_decoded, []
+    monkeypatch.setattr(data_lib, "_write_decoded", lambda f, d: (release.wait(10), real_write(f, d)))
+    first = data_lib.load_cifar10(synthetic_archive)  # returns while its cache is still unwritten
+    assert not list((data_lib.paths.data_dir() / "decoded").glob("*.npz"))
+    real_read = data_lib.read_source
+    monkeypatch.setattr(data_lib, "read_source", lambda p: reads.append(p) or real_read(p))
+    assert data_lib.load_cifar10(synthetic_archive) is first  # shared meanwhile, not decoded again
+    release.set()
+    _join_cache_writes()
+    assert not data_lib._in_flight
+    again = data_lib.load_cifar10(synthetic_archive)  # now from the written cache
+    assert reads == [] and again is not first
+    np.testing.assert_array_equal(again.x_train, first.x_train)
+    np.testing.assert_array_equal(again.y_test, first.y_test)
 
 
 def test_replaced_source_invalidates_cache(tmp_path, synthetic_archive):
@@ -77,7 +102,10 @@ def test_replaced_source_invalidates_cache(tmp_path, synthetic_archive):
 
 def test_corrupt_cache_is_decoded_again(synthetic_archive):
     data_lib.load_cifar10(synthetic_archive)
-    for cached in (data_lib.paths.data_dir() / "decoded").glob("*.npz"):
+    _join_cache_writes()
+    written = list((data_lib.paths.data_dir() / "decoded").glob("*.npz"))
+    assert written
+    for cached in written:
         cached.write_bytes(b"garbage")
     assert data_lib.load_cifar10(synthetic_archive).x_train.shape[0] == 120
 
