@@ -3,8 +3,9 @@
 The warm-up computes what every page needs first in one daemon thread: the
 convolutions' test-set output and the baseline's accuracy at once, then — only
 while no measurement runs (:meth:`WarmUp.busy` marks one), piece by piece — the
-hidden-layer outputs, the SVDs and the spectra at initialization, each under
-its own lock elsewhere, so a page asking meanwhile waits for that piece only.
+hidden-layer outputs, the SVDs and — once no page's curve is measuring its accuracy — the spectra
+at initialization, each under its own lock elsewhere, so a page asking meanwhile waits for that
+piece only.
 A latency is never timed beside it (:meth:`WarmUp.timing` lets the step in
 flight end and holds the next) nor beside another session's retraining
 (:func:`priority.exclusive`).
@@ -14,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import Callable, Iterator
 
-from lowrank_core import methods, model, priority
+from lowrank_core import curves, methods, model, priority
 
 LABELS = {
     "features": "test-set features",
@@ -26,6 +28,10 @@ LABELS = {
     "init_spectra": "spectra at initialization",
 }
 URGENT = ("features", "baseline")  # run at once; the other steps wait for quiet
+# Needed by no page's first view (an overlay on Spectra, computed there if asked for first), so it
+# waits for the pages' curves as well: beside them it took half the CPU of a page's first minute.
+LAST = ("init_spectra",)
+CURVES_POLL_S = 0.5
 
 
 class WarmUp:
@@ -52,6 +58,8 @@ class WarmUp:
 
     def _work(self, steps, groups) -> None:
         for step, task in steps:
+            while step in LAST and curves.accuracy_pending():
+                time.sleep(CURVES_POLL_S)
             self._wait_for_quiet(urgent=step in URGENT)
             try:
                 task()

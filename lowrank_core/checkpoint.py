@@ -57,14 +57,24 @@ def _stored_dtype(key: str, value: np.ndarray, float_dtype) -> np.dtype:
 
 
 def as_stored(
-    params: model.Params, float_dtype: np.dtype | str = np.float32, float32_modules: tuple[str, ...] = ()
+    params: model.Params,
+    float_dtype: np.dtype | str = np.float32,
+    float32_modules: tuple[str, ...] = (),
+    already_stored: model.Params | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """``params`` exactly as :func:`params_to_npz_bytes` stores them, read back
-    (floats rounded to ``float_dtype``, computed in float32): what a variant is measured as."""
+    (floats rounded to ``float_dtype``, computed in float32): what a variant is measured as.
+    Arrays that are the very arrays of ``already_stored`` (a tree this returned for ``float_dtype``, e.g.
+    the checkpoint's layers a variant left alone) are passed through: they are stored values
+    already, and rounding them again only costs fresh memory."""
     out = {}
     for module, layer in params.items():
         out[module] = {}
+        kept = (already_stored or {}).get(module, {})
         for key, value in layer.items():
+            if key in kept and value is kept[key]:
+                out[module][key] = value
+                continue
             value = np.asarray(value)
             dtype = _stored_dtype(key, value, np.float32 if module in float32_modules else float_dtype)
             stored = value.astype(dtype)

@@ -2,7 +2,8 @@
 
 :func:`fill` starts (once per engine and grid) a daemon thread that measures
 each variant's accuracy on every test image — coarse grid points first, the
-rest after — and then the latency of a coarse subset in every installed runtime. It runs as
+rest after — and then the latency of a coarse subset in every installed runtime (a page's own
+timings in runtimes other than the product path wait for every curve's accuracy). It runs as
 background work (:mod:`priority`): it pauses while any page runs, and a
 latency is timed only after a quiet second; a page starting meanwhile
 interrupts the timing (within one timed call) and it starts again once quiet,
@@ -98,9 +99,8 @@ def _engine_alive(work):
 TIMING_ATTEMPTS = 20  # a timing a page interrupts starts again once the CPU is quiet; so many times at most
 
 
-class _FirstStages:
-    """How many timings still lack their product-path stage: every other runtime's stage waits
-    for none to be left (a baseline timed in ONNX Runtime kept a page's own latency from showing)."""
+class _Pending:
+    """How many pieces of some work are still to run; others wait for none to be left."""
 
     def __init__(self):
         self._left = 0
@@ -121,8 +121,21 @@ class _FirstStages:
         with self._cond:
             self._cond.wait_for(lambda: self._left == 0)
 
+    def left(self) -> int:
+        return self._left
 
-_first_stages = _FirstStages()
+
+# Every other runtime's stage waits for none of these to be left: timings still lacking their
+# product-path stage (a baseline timed in ONNX Runtime kept a page's own latency from showing), and
+# curves still measuring their accuracy (accuracy first, then latency: two ONNX Runtime passes
+# kept a page's curve at one point for 20 s).
+_first_stages = _Pending()
+_curve_accuracy = _Pending()
+
+
+def accuracy_pending() -> bool:
+    """Whether a curve is still measuring its accuracy (other background work may wait for it)."""
+    return _curve_accuracy.left() > 0
 
 
 @_engine_alive
@@ -133,7 +146,9 @@ def _time_quietly(engine, variant) -> None:
             _time_in(engine, variant, names[:1])
         if len(names) > 1:
             with priority.idle():
-                _first_stages.wait_for_none()
+                while _first_stages.left() or _curve_accuracy.left():
+                    _first_stages.wait_for_none()
+                    _curve_accuracy.wait_for_none()
             _time_in(engine, variant, names)
 
 
@@ -169,8 +184,9 @@ def _timing(engine, variant, names: tuple[str, ...], again: bool) -> dict:
 @_engine_alive
 def _work(engine, variants: list, with_latency: bool) -> None:
     with priority.background():
-        for variant in coarse_first(variants):
-            _try(lambda v=variant: engine.evaluate(v, with_latency=False))
+        with _curve_accuracy.pending():
+            for variant in coarse_first(variants):
+                _try(lambda v=variant: engine.evaluate(v, with_latency=False))
         if not with_latency:
             return
         # The latency curve: only its coarse points, each timed when quiet (timing holds the CPU to

@@ -150,7 +150,8 @@ class Engine:
         variant = as_variant(method, config, finetune)
         context = self.intermediates.build_context(on_progress)
         params, facts = build_variant(self.params, variant, context, finetune_dense)
-        return checkpoint.as_stored(params, self.storage_dtype, tuple(facts["float32_layers"])), facts
+        stored = checkpoint.as_stored(params, self.storage_dtype, tuple(facts["float32_layers"]), self.params)
+        return stored, facts
 
     def evaluate(
         self,

@@ -229,6 +229,18 @@ def test_stored_format_round_trips(params, tmp_path):
         np.testing.assert_array_equal(npz["linear/w_q"], stored["linear"]["w_q"])
 
 
+def test_as_stored_passes_the_stored_layers_a_variant_kept_through(params):
+    stored = checkpoint.as_stored(params, "float16")
+    variant = {**stored, "linear": {**stored["linear"], "w": stored["linear"]["w"] * 1.001}}  # one array changed
+    again = checkpoint.as_stored(variant, "float16", already_stored=stored)
+    assert again["conv2_d"]["w"] is stored["conv2_d"]["w"] and again["linear"]["b"] is stored["linear"]["b"]
+    full = checkpoint.as_stored(variant, "float16")
+    for module, layer in full.items():
+        for key, value in layer.items():
+            np.testing.assert_array_equal(again[module][key], value)
+    assert again["linear"]["w"] is not variant["linear"]["w"]  # a changed array is rounded as ever
+
+
 def test_spectrum_stats():
     stats = compress.spectrum_stats(np.array([1.0, 1.0, 1.0, 1.0]))
     assert stats["effective_rank"] == pytest.approx(4) and stats["stable_rank"] == pytest.approx(4)

@@ -1,5 +1,6 @@
 import gc
 import threading
+import time
 
 from lowrank_core import curves, priority
 
@@ -93,3 +94,34 @@ def test_every_variant_asked_for_is_timed_on_the_product_path_before_any_other_r
     first.join(30), second.join(30)
     assert [c[1] for c in calls[:2]] == [("product",), ("product",)]
     assert sorted(calls[2:]) == [("baseline", ("product", "other")), ("variant", ("product", "other"))]
+
+
+def test_a_pages_timing_in_other_runtimes_waits_for_the_curves_accuracy(monkeypatch):
+    # Accuracy first, then latency: a page's ONNX Runtime pass (its own accuracy, then the timing)
+    # kept the page's curve at one point for 20 s.
+    monkeypatch.setattr(curves.runtimes, "available", lambda: ("product", "other"))
+    calls, release, started = [], threading.Event(), threading.Event()
+
+    class Engine:
+        def cached_result(self, variant, with_latency=False):
+            return None
+
+        def evaluate(self, variant, with_latency=False, runtimes=()):
+            if not with_latency:
+                started.set()
+                release.wait(10)
+            calls.append((variant, tuple(runtimes) if with_latency else "accuracy"))
+            return {"latency_ms": 1.0}
+
+    engine = Engine()
+    filling = curves.fill(engine, ["point"], with_latency=False)
+    assert started.wait(5)
+    timing = curves.time_later(engine, "page's variant")
+    deadline = time.time() + 10
+    while not calls and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert calls == [("page's variant", ("product",))]  # its product path at once; nothing else yet
+    release.set()
+    filling.join(10), timing.join(30)
+    assert calls[1:] == [("point", "accuracy"), ("page's variant", ("product", "other"))]

@@ -420,6 +420,21 @@ def test_a_latency_waits_for_the_warm_ups_step_in_flight_and_holds_the_next():
     assert order == [("timed after the step in flight", True), "next step"]
 
 
+def test_the_spectra_at_initialization_wait_for_the_pages_curves():
+    import threading
+    import time
+
+    from lowrank_core import background, curves
+
+    schedule, ran = background.WarmUp(), threading.Event()
+    with curves._curve_accuracy.pending():  # a page's curve is measuring its accuracy
+        schedule.start([("baseline", lambda: None), ("init_spectra", ran.set)], {})
+        time.sleep(4 * background.CURVES_POLL_S)
+        assert "baseline" in schedule.warmed and not ran.is_set()
+    assert ran.wait(5)
+    schedule.thread.join(5)
+
+
 def test_warm_up_waits_while_a_measurement_runs(tiny_engine):
     import time
 
