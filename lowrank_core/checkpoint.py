@@ -8,6 +8,7 @@ leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import hashlib
@@ -20,7 +21,7 @@ import platform
 import shutil
 import tempfile
 import zipfile
-from typing import Any
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -395,3 +396,34 @@ def load_with_digest(directory: str | os.PathLike) -> tuple[dict[str, dict[str, 
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
     params, digest = load_params(directory, with_digest=True)
     return params, load_metadata(directory), digest
+
+
+class Loaded(NamedTuple):
+    """A checkpoint as a variant is built from it."""
+
+    params: dict[str, dict[str, np.ndarray]]  # as its storage dtype holds them (:func:`as_stored`)
+    metadata: dict[str, Any]
+    sha256: str  # of the params bytes read
+
+
+def load_stored(directory: str | os.PathLike) -> Loaded:
+    """The checkpoint in ``directory``, its params rounded as stored."""
+    params, metadata, digest = load_with_digest(directory)
+    return Loaded(as_stored(params, metadata.get("storage_dtype", "float32")), metadata, digest)
+
+
+Result = TypeVar("Result")
+
+
+def load_beside(directory: str | os.PathLike, work: Callable[[], Result]) -> tuple[Loaded, Result]:
+    """:func:`load_stored` while ``work()`` runs in a second thread (each is seconds of one core:
+    CIFAR-10 read and decoded beside the checkpoint). ``work``'s error is raised first, as if it
+    had run first."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lowrank-load") as pool:
+        other = pool.submit(work)
+        try:
+            loaded = load_stored(directory)
+        except Exception:
+            other.result()
+            raise
+        return loaded, other.result()

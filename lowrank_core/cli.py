@@ -85,14 +85,14 @@ def _make_engine(args: argparse.Namespace, variant=None):
     checkpoint.load_metadata(ckpt_dir)
     if variant is not None:
         variant.check(model.spec_of(checkpoint.load_params(ckpt_dir)))
-    dataset = data.load_cifar10(_data_path(args))
+    loaded, dataset = checkpoint.load_beside(ckpt_dir, lambda: data.load_cifar10(_data_path(args)))
     if dataset.y_test.shape[0] < SMALL_TEST_SET:
         print(
             f"warning: only {dataset.y_test.shape[0]:,} test images in {dataset.source} (CIFAR-10 has 10,000); "
             "every figure below is measured on those",
             file=sys.stderr,
         )
-    return engine.Engine(ckpt_dir, dataset)
+    return engine.Engine(ckpt_dir, dataset, loaded=loaded)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

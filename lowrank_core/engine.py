@@ -66,11 +66,13 @@ def as_variant(method, config=None, finetune: FinetuneConfig | None = None) -> V
 class Engine:
     """One checkpoint, one dataset: variants on demand, results cached on disk."""
 
-    def __init__(self, checkpoint_dir: str | os.PathLike, data: Cifar10, cache_root: pathlib.Path | None = None):
+    def __init__(
+        self, checkpoint_dir: str | os.PathLike, data: Cifar10, cache_root: pathlib.Path | None = None, loaded=None
+    ):
+        """``loaded``: the folder's :func:`checkpoint.load_stored`, if read already (else read here)."""
         self.checkpoint_dir = pathlib.Path(checkpoint_dir)
-        params, self.metadata, params_sha = checkpoint.load_with_digest(self.checkpoint_dir)
+        self.params, self.metadata, params_sha = loaded or checkpoint.load_stored(self.checkpoint_dir)
         self.storage_dtype = self.metadata.get("storage_dtype", "float32")
-        self.params = checkpoint.as_stored(params, self.storage_dtype)
         self.spec = model.spec_of(self.params)
         self.data = data
         # The bytes actually loaded, and the data: nothing else can change a result.

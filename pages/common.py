@@ -125,7 +125,10 @@ def checkpoint_digest(directory: pathlib.Path) -> str:
 @st.cache_resource(show_spinner="Loading checkpoint and CIFAR-10…", max_entries=2)
 def _engine(on: Session) -> engine.Engine:
     # The session's digest keys the cache by content: a retrained checkpoint in the same folder gets a new engine.
-    return engine.Engine(on.checkpoint_path, data.load_cifar10(on.data_source, download=False))
+    loaded, dataset = checkpoint.load_beside(
+        on.checkpoint_path, lambda: data.load_cifar10(on.data_source, download=False)
+    )
+    return engine.Engine(on.checkpoint_path, dataset, loaded=loaded)
 
 
 def get_engine() -> engine.Engine | None:

@@ -26,6 +26,33 @@ def test_roundtrip_float32_and_float16(tmp_path, params):
         assert "linear_2/w" in npz.files and npz["linear_2/w"].dtype == np.float16
 
 
+def test_a_checkpoint_is_read_beside_other_work_and_that_works_error_comes_first(tmp_path, params):
+    import threading
+
+    checkpoint.save(tmp_path / "a", params, {"preset": "x"}, dtype=np.float16)
+    both = threading.Barrier(2, timeout=10)  # each waits for the other: they run at once
+    real_load = checkpoint.load_with_digest
+
+    def load_meeting_work(directory):
+        both.wait()
+        return real_load(directory)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint, "load_with_digest", load_meeting_work)
+        loaded, result = checkpoint.load_beside(tmp_path / "a", lambda: both.wait() or "data")
+    assert result == "data" and loaded.metadata["preset"] == "x"
+    jax.tree.map(np.testing.assert_array_equal, loaded.params, checkpoint.load_stored(tmp_path / "a").params)
+    assert loaded.params["linear"]["w"].dtype == np.float32  # float16 values, as variants are built from
+
+    def missing_data():
+        raise ValueError("no data")
+
+    with pytest.raises(ValueError, match="no data"):  # both fail: the data's error, as when it ran first
+        checkpoint.load_beside(tmp_path / "absent", missing_data)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load_beside(tmp_path / "absent", lambda: "data")
+
+
 def test_overwrite_replaces_whole_folder(tmp_path, params):
     checkpoint.save(tmp_path / "c", params, {"preset": "old"})
     checkpoint.save(tmp_path / "c", params, {"preset": "new"})
