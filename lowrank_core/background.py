@@ -4,7 +4,7 @@ The warm-up computes what every page needs first in one daemon thread: the
 convolutions' test-set output and the baseline's accuracy at once, then — only
 while no measurement runs (:meth:`WarmUp.busy` marks one), piece by piece — the
 hidden-layer outputs, the SVDs and — once no page's curve is measuring its accuracy — the spectra
-at initialization, each under its own lock elsewhere, so a page asking meanwhile waits for that
+at initialization (no step starts while a latency a page asked for waits to be timed), each under its own lock elsewhere, so a page asking meanwhile waits for that
 piece only.
 A latency is never timed beside it (:meth:`WarmUp.timing` lets the step in
 flight end and holds the next) nor beside another session's retraining
@@ -34,6 +34,13 @@ LAST = ("init_spectra",)
 CURVES_POLL_S = 0.5
 
 
+def _deferred(step: str) -> bool:
+    """Whether an optional step waits on pages' work: a latency a page asked for that is still
+    waiting for quiet (else this step starts first and the timing waits for it to end), and, for
+    the LAST steps, curves still measuring their accuracy."""
+    return curves.first_latency_pending() or (step in LAST and curves.accuracy_pending())
+
+
 class WarmUp:
     """One engine's warm-up thread and its bookkeeping."""
 
@@ -58,7 +65,7 @@ class WarmUp:
 
     def _work(self, steps, groups) -> None:
         for step, task in steps:
-            while step in LAST and curves.accuracy_pending():
+            while step not in URGENT and _deferred(step):
                 time.sleep(CURVES_POLL_S)
             self._wait_for_quiet(urgent=step in URGENT)
             try:

@@ -138,6 +138,11 @@ def accuracy_pending() -> bool:
     return _curve_accuracy.left() > 0
 
 
+def first_latency_pending() -> bool:
+    """Whether a latency a page asked for still lacks its product-path timing (a page waits for it)."""
+    return _first_stages.left() > 0
+
+
 @_engine_alive
 def _time_quietly(engine, variant) -> None:
     names = runtimes.available()
