@@ -404,8 +404,8 @@ def metrics_then_latency(compute, measure_latency: bool):
 
     pending = measure_latency and not every_runtime_timed()
     if pending:
-        baseline_timed()  # asks for the baseline's timing too
-        curves.time_later(eng, variant)
+        curves.time_later(eng, variant)  # first: the row shows its latency as soon as it is in
+        baseline_timed()  # then the baseline's, for the row's deltas
 
     def timed() -> dict:
         return (curves.first_timed_record(eng, variant) if measure_latency else None) or result
