@@ -19,7 +19,7 @@ import threading
 import weakref
 from typing import Iterator
 
-from lowrank_core import fairness, priority, runtimes
+from lowrank_core import priority, runtimes
 
 # engine → {(grid, with latency): its filling thread}; weak, so a new engine (even at a reused id) starts afresh
 _started: "weakref.WeakKeyDictionary[object, dict[tuple, threading.Thread]]" = weakref.WeakKeyDictionary()
@@ -131,9 +131,6 @@ class _Pending:
 # kept a page's curve at one point for 20 s).
 _first_stages = _Pending()
 _curve_accuracy = _Pending()
-# Product-path stages in the order they were asked for: a page asks for its own variant first, whose
-# latency its metric shows at once, then the baseline's for the deltas.
-_product_turns = fairness.TicketQueue()
 
 
 def accuracy_pending() -> bool:
@@ -150,7 +147,7 @@ def first_latency_pending() -> bool:
 def _time_quietly(engine, variant) -> None:
     names = runtimes.available()
     with priority.background(), priority.interruptible():
-        with _first_stages.pending(), _product_turns.turn():
+        with _first_stages.pending():
             _time_in(engine, variant, names[:1])
         if len(names) > 1:
             with priority.idle():

@@ -125,32 +125,3 @@ def test_a_pages_timing_in_other_runtimes_waits_for_the_curves_accuracy(monkeypa
     release.set()
     filling.join(10), timing.join(30)
     assert calls[1:] == [("point", "accuracy"), ("page's variant", ("product", "other"))]
-
-
-def test_product_path_timings_are_served_in_the_order_asked_for(monkeypatch):
-    # A page asks for its own variant first (its metric shows that latency at once), then the baseline.
-    monkeypatch.setattr(curves.runtimes, "available", lambda: ("product",))
-    quiet_calls, calls = [], []
-
-    def wait_until_quiet(quiet_s=1.0):
-        quiet_calls.append(None)
-        if len(quiet_calls) == 1:
-            time.sleep(0.5)  # the first request is still waiting for a quiet second
-
-    monkeypatch.setattr(curves.priority, "wait_until_quiet", wait_until_quiet)
-
-    class Engine:
-        def cached_result(self, variant, with_latency=False):
-            return None
-
-        def evaluate(self, variant, with_latency, runtimes):
-            calls.append(variant)
-            return {"latency_ms": 1.0}
-
-    engine = Engine()
-    first = curves.time_later(engine, "page's variant")
-    while not quiet_calls:
-        time.sleep(0.01)
-    second = curves.time_later(engine, "baseline")
-    first.join(10), second.join(10)
-    assert calls == ["page's variant", "baseline"]
