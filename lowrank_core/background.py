@@ -32,6 +32,9 @@ URGENT = ("features", "baseline")  # run at once; the other steps wait for quiet
 # waits for the pages' curves as well: beside them it took half the CPU of a page's first minute.
 LAST = ("init_spectra",)
 CURVES_POLL_S = 0.5
+# A step waits on pages' work (see _deferred) at most this long: under constant use there is always
+# a latency waiting and a curve measuring, and the warm-up would never finish.
+DEFER_LIMIT_S = 60.0
 
 
 def _deferred(step: str) -> bool:
@@ -65,7 +68,8 @@ class WarmUp:
 
     def _work(self, steps, groups) -> None:
         for step, task in steps:
-            while step not in URGENT and _deferred(step):
+            deadline = time.monotonic() + DEFER_LIMIT_S
+            while step not in URGENT and _deferred(step) and time.monotonic() < deadline:
                 time.sleep(CURVES_POLL_S)
             self._wait_for_quiet(urgent=step in URGENT)
             try:

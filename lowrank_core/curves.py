@@ -117,9 +117,9 @@ class _Pending:
                 self._left -= 1
                 self._cond.notify_all()
 
-    def wait_for_none(self) -> None:
+    def wait_for_none(self, timeout_s: float | None = None) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self._left == 0)
+            self._cond.wait_for(lambda: self._left == 0, timeout_s)
 
     def left(self) -> int:
         return self._left
@@ -131,6 +131,7 @@ class _Pending:
 # kept a page's curve at one point for 20 s).
 _first_stages = _Pending()
 _curve_accuracy = _Pending()
+ACCURACY_WAIT_S = 60.0
 
 
 def accuracy_pending() -> bool:
@@ -151,9 +152,10 @@ def _time_quietly(engine, variant) -> None:
             _time_in(engine, variant, names[:1])
         if len(names) > 1:
             with priority.idle():
-                while _first_stages.left() or _curve_accuracy.left():
-                    _first_stages.wait_for_none()
-                    _curve_accuracy.wait_for_none()
+                _first_stages.wait_for_none()
+                # At most so long: under constant use some curve is always measuring.
+                _curve_accuracy.wait_for_none(ACCURACY_WAIT_S)
+                _first_stages.wait_for_none()
             _time_in(engine, variant, names)
 
 

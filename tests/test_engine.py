@@ -452,6 +452,21 @@ def test_the_warm_ups_optional_steps_let_a_latency_a_page_asked_for_go_first():
     schedule.thread.join(5)
 
 
+def test_the_warm_up_waits_on_pages_work_only_so_long(monkeypatch):
+    # Under constant use a latency is always waiting and a curve always measuring: without a limit
+    # the warm-up never finished (a soak waiting for it timed out).
+    import threading
+
+    from lowrank_core import background, curves
+
+    monkeypatch.setattr(background, "DEFER_LIMIT_S", 1.0)
+    schedule, ran = background.WarmUp(), threading.Event()
+    with curves._first_stages.pending(), curves._curve_accuracy.pending():
+        schedule.start([("baseline", lambda: None), ("init_spectra", ran.set)], {})
+        assert ran.wait(10)
+    schedule.thread.join(5)
+
+
 def test_warm_up_waits_while_a_measurement_runs(tiny_engine):
     import time
 
