@@ -32,8 +32,8 @@ URGENT = ("features", "baseline")  # run at once; the other steps wait for quiet
 # waits for the pages' curves as well: beside them it took half the CPU of a page's first minute.
 LAST = ("init_spectra",)
 CURVES_POLL_S = 0.5
-# A step waits on pages' work (see _deferred) at most this long: under constant use there is always
-# a latency waiting and a curve measuring, and the warm-up would never finish.
+# The optional steps wait on pages' work (see _deferred) at most this long in all: under constant
+# use there is always a latency waiting and a curve measuring, and the warm-up would never finish.
 DEFER_LIMIT_S = 60.0
 
 
@@ -67,8 +67,10 @@ class WarmUp:
             return self.thread
 
     def _work(self, steps, groups) -> None:
+        deadline = None
         for step, task in steps:
-            deadline = time.monotonic() + DEFER_LIMIT_S
+            if step not in URGENT:
+                deadline = deadline or time.monotonic() + DEFER_LIMIT_S  # one limit for all the steps
             while step not in URGENT and _deferred(step) and time.monotonic() < deadline:
                 time.sleep(CURVES_POLL_S)
             self._wait_for_quiet(urgent=step in URGENT)
