@@ -3,9 +3,12 @@
 The warm-up computes what every page needs first in one daemon thread: the
 convolutions' test-set output and the baseline's accuracy at once, then — only
 while no measurement runs (:meth:`WarmUp.busy` marks one), piece by piece — the
-hidden-layer outputs, the SVDs and — once no page's curve is measuring its accuracy — the spectra
-at initialization (no step starts while a latency a page asked for waits to be timed), each under its own lock elsewhere, so a page asking meanwhile waits for that
-piece only.
+hidden-layer outputs, the SVDs and the spectra at initialization, each under its
+own lock elsewhere, so a page asking meanwhile waits for that piece only. Those
+optional steps also let a latency still lacking its product-path timing go
+first, and the spectra at initialization wait for the pages' curves to have
+their accuracy: at most DEFER_LIMIT_S in all, since under constant use there is
+always such work.
 A latency is never timed beside it (:meth:`WarmUp.timing` lets the step in
 flight end and holds the next) nor beside another session's retraining
 (:func:`priority.exclusive`).
@@ -31,16 +34,16 @@ URGENT = ("features", "baseline")  # run at once; the other steps wait for quiet
 # Needed by no page's first view (an overlay on Spectra, computed there if asked for first), so it
 # waits for the pages' curves as well: beside them it took half the CPU of a page's first minute.
 LAST = ("init_spectra",)
-CURVES_POLL_S = 0.5
+DEFER_POLL_S = 0.5
 # The optional steps wait on pages' work (see _deferred) at most this long in all: under constant
 # use there is always a latency waiting and a curve measuring, and the warm-up would never finish.
 DEFER_LIMIT_S = 60.0
 
 
 def _deferred(step: str) -> bool:
-    """Whether an optional step waits on pages' work: a latency a page asked for that is still
-    waiting for quiet (else this step starts first and the timing waits for it to end), and, for
-    the LAST steps, curves still measuring their accuracy."""
+    """Whether an optional step waits on pages' work: a latency still lacking its product-path
+    timing (else this step starts first and the timing, waiting for a quiet second, then waits for
+    it to end), and, for the LAST steps, curves still measuring their accuracy."""
     return curves.first_latency_pending() or (step in LAST and curves.accuracy_pending())
 
 
@@ -71,8 +74,8 @@ class WarmUp:
         for step, task in steps:
             if step not in URGENT:
                 deadline = deadline or time.monotonic() + DEFER_LIMIT_S  # one limit for all the steps
-            while step not in URGENT and _deferred(step) and time.monotonic() < deadline:
-                time.sleep(CURVES_POLL_S)
+                while _deferred(step) and time.monotonic() < deadline:
+                    time.sleep(DEFER_POLL_S)
             self._wait_for_quiet(urgent=step in URGENT)
             try:
                 task()

@@ -140,7 +140,7 @@ def accuracy_pending() -> bool:
 
 
 def first_latency_pending() -> bool:
-    """Whether a latency a page asked for still lacks its product-path timing (a page waits for it)."""
+    """Whether a latency asked for (by a page or a curve) still lacks its product-path timing."""
     return _first_stages.left() > 0
 
 

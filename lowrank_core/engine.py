@@ -67,9 +67,10 @@ class Engine:
     """One checkpoint, one dataset: variants on demand, results cached on disk."""
 
     def __init__(
-        self, checkpoint_dir: str | os.PathLike, data: Cifar10, cache_root: pathlib.Path | None = None, loaded=None
+        self, checkpoint_dir: str | os.PathLike, data: Cifar10, cache_root=None, loaded: checkpoint.Loaded | None = None
     ):
-        """``loaded``: the folder's :func:`checkpoint.load_stored`, if read already (else read here)."""
+        """``cache_root``: where results go (default the artifacts' cache); ``loaded``: the folder's
+        :func:`checkpoint.load_stored`, if read already (else read here)."""
         self.checkpoint_dir = pathlib.Path(checkpoint_dir)
         self.params, self.metadata, params_sha = loaded or checkpoint.load_stored(self.checkpoint_dir)
         self.storage_dtype = self.metadata.get("storage_dtype", "float32")

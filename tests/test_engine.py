@@ -429,7 +429,7 @@ def test_the_spectra_at_initialization_wait_for_the_pages_curves():
     schedule, ran = background.WarmUp(), threading.Event()
     with curves._curve_accuracy.pending():  # a page's curve is measuring its accuracy
         schedule.start([("baseline", lambda: None), ("init_spectra", ran.set)], {})
-        time.sleep(4 * background.CURVES_POLL_S)
+        time.sleep(4 * background.DEFER_POLL_S)
         assert "baseline" in schedule.warmed and not ran.is_set()
     assert ran.wait(5)
     schedule.thread.join(5)
@@ -446,7 +446,7 @@ def test_the_warm_ups_optional_steps_let_a_latency_a_page_asked_for_go_first():
     schedule, ran = background.WarmUp(), threading.Event()
     with curves._first_stages.pending():  # a page's latency, not yet timed on the product path
         schedule.start([("baseline", lambda: None), ("hidden", ran.set)], {})
-        time.sleep(4 * background.CURVES_POLL_S)
+        time.sleep(4 * background.DEFER_POLL_S)
         assert "baseline" in schedule.warmed and not ran.is_set()
     assert ran.wait(5)
     schedule.thread.join(5)
