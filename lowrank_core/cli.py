@@ -75,7 +75,12 @@ def _variant(args: argparse.Namespace):
 
     names = [n.strip() for n in args.method.split("+")]
     steps = tuple((name, methods.get(name).config_from(args)) for name in names)
-    finetune = FinetuneConfig(steps=args.finetune_steps) if args.finetune_steps else None
+    finetune = None
+    if args.finetune_steps:
+        labels_only = getattr(args, "finetune_labels_only", False)
+        finetune = (
+            FinetuneConfig.labels_only(args.finetune_steps) if labels_only else FinetuneConfig(args.finetune_steps)
+        )
     return methods.Variant(steps, finetune)
 
 
@@ -334,7 +339,13 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         "--finetune-steps",
         type=int,
         default=0,
-        help="fine-tune the dense stack afterwards (frozen convolutions; structure and int8 grid kept)",
+        help="fine-tune the dense stack afterwards (frozen convolutions; structure and int8 grid kept), "
+        "distilling the checkpoint's logits on the training images and their mirror images",
+    )
+    p.add_argument(
+        "--finetune-labels-only",
+        action="store_true",
+        help="with --finetune-steps: the label loss alone, no distillation or mirroring",
     )
     p.add_argument("--no-latency", action="store_true", help="skip latency timing")
 

@@ -24,6 +24,7 @@ import numpy as np
 from lowrank_core import compress, configs, measure, model, paths, priority, refit, train
 from lowrank_core.data import Cifar10
 from lowrank_core.fileio import atomic_write_bytes
+from lowrank_core.finetune import Teacher
 from lowrank_core.methods import BuildContext
 
 CALIBRATION_IMAGES = 5000  # training images whose layer inputs calibrate activation-whitened SVD
@@ -66,6 +67,7 @@ class Intermediates:
         self._svds: dict[str, compress.LayerSvd] = {}
         self._digests: dict[int, tuple[np.ndarray, str]] = {}  # id → (array kept alive, digest)
         self._features: dict[str, np.ndarray] = {}
+        self._teacher_logits: dict[str, np.ndarray] = {}
         self._calibration_path: refit.CalibrationPath | None = None
         self._hidden: measure.HiddenActivations | None = None
         self._init_s: dict[str, np.ndarray] | None = None
@@ -104,6 +106,7 @@ class Intermediates:
             whitened_svd=self.whitened_svd,
             calibration_path=self.calibration_path,
             kept_units=self.kept_units,
+            teacher=self.teacher,
         )
 
     def svd_of(self, matrix: np.ndarray) -> compress.LayerSvd:
@@ -161,11 +164,28 @@ class Intermediates:
     # ---- convolutions' output ----
 
     def features(self, split: str) -> np.ndarray:
-        """(N, feature_dim) outputs of the convolutions on ``split`` ("test" or "train")."""
+        """(N, feature_dim) outputs of the convolutions on ``split``: "test", "train", or
+        "train_flipped" (the training images mirrored left to right)."""
         with self._locks(("features", split)):
             if split not in self._features:
-                self._features[split] = measure.conv_features(self.params, getattr(self.data, f"x_{split}"))
+                images = self.data.x_train[:, :, ::-1] if split == "train_flipped" else getattr(self.data, f"x_{split}")
+                self._features[split] = measure.conv_features(self.params, images)
             return self._features[split]
+
+    def teacher(self, flip: bool) -> Teacher:
+        """The checkpoint's logits on the training features (fine-tuning's distillation targets);
+        with ``flip``, the mirrored images' features and the logits on them too."""
+        splits = ("train", "train_flipped") if flip else ("train",)
+        logits = []
+        for split in splits:
+            with self._locks(("teacher", split)):
+                if split not in self._teacher_logits:
+                    dense = measure.dense_params(self.params)
+                    self._teacher_logits[split] = measure.logits_from_features(dense, self.features(split))
+                logits.append(self._teacher_logits[split])
+        if not flip:
+            return Teacher(logits[0])
+        return Teacher(logits[0], self.features("train_flipped"), logits[1])
 
     def hidden_activations(self) -> measure.HiddenActivations:
         """The checkpoint's hidden dense layers' outputs on the test set (product

@@ -59,6 +59,11 @@ def _dense_predict(dense_params, features):
     return jnp.argmax(model.dense_forward(dense_params, features), axis=-1)
 
 
+@jax.jit
+def _dense_logits(dense_params, features):
+    return model.dense_forward(dense_params, features)
+
+
 def fast_forward(params, images):
     """Logits as :func:`model.forward` computes them, with the convolutions run
     in cache-sized chunks (the product's inference path)."""
@@ -105,6 +110,11 @@ def conv_features(params: Mapping, images: np.ndarray, batch_size: int | None = 
     """(N, 3072) outputs of the convolutional trunk, computed in batches."""
     conv = {name: params[name] for name in model.conv_layer_names(params)}
     return _batched(_conv_features, conv, images, batch_size)
+
+
+def logits_from_features(dense: Mapping, features: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """(N, classes) float32 logits of the dense stack ``dense`` on conv ``features``, in batches."""
+    return _batched(_dense_logits, dense, features, batch_size).astype(np.float32)
 
 
 def dense_params(params: Mapping) -> dict:

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import jax
@@ -342,7 +343,7 @@ def test_gradual_pruning_reaches_exact_sparsity(params):
     features = rng.normal(size=(256, SPEC.feature_dim)).astype(np.float32)
     labels = rng.integers(0, 10, 256).astype(np.int32)
     dense = measure.dense_params(params)
-    finetune = FinetuneConfig(steps=8, batch_size=32)
+    finetune = dataclasses.replace(FinetuneConfig.labels_only(8), batch_size=32)
     out, masks = gradual_prune_dense(dense, features, labels, finetune, tuple(dense), 0.7, "layer", every=2)
     for name in model.DENSE_LAYERS:
         assert np.mean(out[name]["w"] == 0) == pytest.approx(0.7, abs=1e-3)

@@ -42,7 +42,7 @@ def test_labels_name_every_step_and_never_collide():
     )
     assert (
         report.describe(record(pipeline, 0.5))
-        == "prune 50% structured one-shot → SVD factorized f=0.2 → int8, fine-tuned 300 steps"
+        == "prune 50% structured one-shot → SVD factorized f=0.2 → int8, fine-tuned 300 steps (distilled)"
     )
     assert report.method_label("svd+quantize") == "Low-rank (SVD) + Int8 storage"
     results = [record(svd(0.5), 0.8), record(svd(0.5), 0.8), record(svd(0.5, include_output=False), 0.8)]

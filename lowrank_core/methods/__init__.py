@@ -122,7 +122,7 @@ class Variant:
     def from_dict(cls, values: Mapping) -> "Variant":
         """The variant a result record describes (``steps``, or the older ``method``/``config``)."""
         steps = values.get("steps") or [{"method": values["method"], "config": values.get("config") or {}}]
-        finetune = FinetuneConfig(**values["finetune"]) if values.get("finetune") else None
+        finetune = FinetuneConfig.from_dict(values["finetune"]) if values.get("finetune") else None
         return cls(tuple((s["method"], get(s["method"]).config_from_dict(s["config"])) for s in steps), finetune)
 
     def check(self, spec) -> None:
@@ -143,13 +143,15 @@ class Variant:
         text = " → ".join(get(n).describe(c) for n, c in self.steps)
         if self.finetune:
             text += f", fine-tuned {self.finetune.steps} steps"
+            if self.finetune.distill:
+                text += " (distilled)"
         return text
 
 
 def build_variant(params, variant: Variant, context: BuildContext, finetune_dense) -> tuple[dict, dict]:
     """(params, facts) of ``variant`` built from ``params``: structure steps in order, then
     fine-tuning of the dense stack (``finetune_dense(dense, features, labels, config, masks=…,
-    on_progress=…)``, over frozen convolutions) that keeps each step's structure — factors train
+    on_progress=…, teacher=…)``, over frozen convolutions, distilling the checkpoint if it says so) that keeps each step's structure — factors train
     as factors, and where a step keeps zeros (pruning) a mask keeps them zero — then each step's
     finalize (e.g. the reconstructed SVD form), then storage steps (int8) last."""
     structure = [(n, c) for n, c in variant.steps if get(n).kind != "storage"]
@@ -170,6 +172,7 @@ def build_variant(params, variant: Variant, context: BuildContext, finetune_dens
             variant.finetune,
             masks=masks,
             on_progress=context.on_progress,
+            teacher=context.teacher(variant.finetune.flip) if variant.finetune.needs_teacher else None,
         )
         params = {**params, **trained}
     for name, config in structure:

@@ -44,6 +44,9 @@ class BuildContext:
     # Which of the checkpoint's inputs and units each dense layer of a pruned network kept
     # (:func:`lowrank_core.compress.kept_units`).
     kept_units: Callable[[Params], dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
+    # The checkpoint's logits on the training features (and, given True, on the mirrored images
+    # with their features): fine-tuning's distillation targets (:class:`finetune.Teacher`).
+    teacher: Callable[[bool], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

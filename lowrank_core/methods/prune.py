@@ -75,7 +75,7 @@ def build(params: Params, config: PruneConfig, context: BuildContext) -> tuple[P
                 {n: params[n] for n in model.dense_layer_names(params)},
                 context.train_features(),
                 context.train_labels,
-                FinetuneConfig(steps=config.gradual_steps, seed=context.seed),
+                FinetuneConfig.labels_only(config.gradual_steps, seed=context.seed),
                 chosen,
                 config.sparsity,
                 config.scope,

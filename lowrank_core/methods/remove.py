@@ -41,7 +41,7 @@ def build(params: Params, config: RemoveConfig, context: BuildContext) -> tuple[
                 dense,
                 context.train_features(),
                 context.train_labels,
-                FinetuneConfig(steps=config.retrain_steps, seed=context.seed),
+                FinetuneConfig.labels_only(config.retrain_steps, seed=context.seed),
                 on_progress=context.on_progress,
             )
         )
