@@ -8,6 +8,7 @@ import streamlit as st
 from lowrank_core import advisor
 from lowrank_core.methods.svd import BASES as SVD_BASES
 from pages.common import (
+    DISTILLED,
     clear_in_memory_results,
     config_or_stop,
     export_buttons,
@@ -62,7 +63,7 @@ if eng is not None:
         [0, 300, 1000],
         key="advisor_finetune",
         disabled=shared_mode(),
-        help=f"training is {long_jobs_note()}" if shared_mode() else None,
+        help=f"training is {long_jobs_note()}" if shared_mode() else DISTILLED,
     )
     b1, b2 = st.columns(2)
     int8 = b1.toggle("Also try int8 storage on top", True, key="advisor_int8")

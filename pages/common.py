@@ -203,6 +203,9 @@ class Session:
     digest: str
 
 
+DISTILLED = "the loss distills the checkpoint's own logits on the training images and their mirror images"
+
+
 def session() -> Session:
     """The session of this script run (the sidebar's checkpoint and data)."""
     directory = checkpoint_dir()

@@ -9,6 +9,7 @@ from lowrank_core import compress, curves, model
 from lowrank_core.methods import REFERENCE, Variant
 from lowrank_core.methods.svd import BASES as SVD_BASES, SvdConfig, global_fraction_points
 from pages.common import (
+    DISTILLED,
     FORM_DASH,
     METHOD_COLORS,
     POLL_S,
@@ -104,7 +105,7 @@ if eng is not None:
                 False,
                 key="svd_finetune",
                 disabled=shared_mode(),
-                help=f"training is {long_jobs_note()}" if shared_mode() else None,
+                help=f"training is {long_jobs_note()}" if shared_mode() else DISTILLED,
             )
             else 0
         )
