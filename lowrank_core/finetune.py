@@ -31,7 +31,7 @@ class FinetuneConfig:
     mirrored images' features with probability ½, the checkpoint's logits on
     them its targets. Labels alone overfit a small head within a few epochs;
     the checkpoint's soft targets on twice the images do not (measured in
-    docs/measurements.md). ``distill=0, flip=False`` is the label loss alone.
+    docs/runtimes.md). ``distill=0, flip=False`` is the label loss alone.
     """
 
     steps: int = 300
