@@ -94,16 +94,32 @@ def _batched(fn: Callable, params, inputs: np.ndarray, batch_size: int | None) -
     batch_size = batch_size or predict_batch()
     n = inputs.shape[0]
     params = jax.device_put(params)  # once, not on every call: the weights are ~85 MB
-    outs, sizes = [], []
+    result, pending = None, None  # pending: (start, size, output) of the batch still computing
+
+    def collect() -> np.ndarray:
+        # Each batch is copied into one preallocated array as it lands, so the whole output
+        # exists once, never also as its batches (for the training set's features, 614 MB).
+        nonlocal result
+        start, size, out = pending
+        out = np.asarray(out)
+        if result is None:
+            result = np.empty((n,) + out.shape[1:], out.dtype)
+        result[start : start + size] = out[:size]
+        return result
+
     for start in range(0, n, batch_size):
         chunk = inputs[start : start + batch_size]
         size = chunk.shape[0]
         if size < batch_size and n > batch_size:
             chunk = np.concatenate([chunk, np.zeros((batch_size - size,) + chunk.shape[1:], chunk.dtype)])
-        outs.append(fn(params, chunk))  # dispatched asynchronously; read back below
-        sizes.append(size)
-        priority.pause_point(outs[-1].block_until_ready)  # in background work, an interactive request goes first
-    return np.concatenate([np.asarray(out)[:size] for out, size in zip(outs, sizes)])
+        out = fn(params, chunk)  # dispatched asynchronously: the previous batch is read back meanwhile
+        if pending is not None:
+            collect()
+        pending = (start, size, out)
+        priority.pause_point(out.block_until_ready)  # in background work, an interactive request goes first
+    if pending is None:
+        return np.asarray(fn(params, inputs))  # no rows: the shapes of an empty output
+    return collect()
 
 
 def conv_features(params: Mapping, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
