@@ -32,13 +32,14 @@ import tarfile
 import threading
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from typing import Callable, Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from lowrank_core import paths
+from lowrank_core import paths, priority
 from lowrank_core.errors import DataError, DataMissing, UnsafePickleError
 from lowrank_core.fileio import atomic_open
 
@@ -600,7 +601,8 @@ def _decoded(source: pathlib.Path, cache_file: pathlib.Path) -> Cifar10:
 
     def write() -> None:
         try:
-            _write_decoded(cache_file, data)
+            with priority.background(compute_too=False):  # it runs no JAX: XLA's threads keep their priority
+                _write_decoded(cache_file, data)
         finally:
             with _in_flight_lock:
                 _in_flight.pop(key, None)
@@ -612,20 +614,37 @@ def _decoded(source: pathlib.Path, cache_file: pathlib.Path) -> Cifar10:
     return data
 
 
+WRITE_CHUNK = 8 << 20  # bytes of an array written between two pause points
+
+
 def _write_decoded(cache_file: pathlib.Path, data: Cifar10) -> None:
+    """The decoded arrays as an uncompressed ``.npz`` (what :func:`np.savez` writes), written
+    atomically a chunk at a time with a pause point after each: written by a thread of its own
+    while a page measures, it waits for the page (it used to take a core from the first page's
+    measurement on two cores)."""
     info = json.dumps({"class_names": list(data.class_names), "source": data.source, "sha256": data.sha256})
+    arrays = {
+        "x_train": data.x_train,
+        "y_train": data.y_train,
+        "x_test": data.x_test,
+        "y_test": data.y_test,
+        "info": np.asarray(info),
+    }
     try:
-        with atomic_open(cache_file, "wb") as out:
-            np.savez(
-                out,
-                x_train=data.x_train,
-                y_train=data.y_train,
-                x_test=data.x_test,
-                y_test=data.y_test,
-                info=np.asarray(info),
-            )
+        with atomic_open(cache_file, "wb") as out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    _write_array(member, np.asarray(array, order="C"))
     except OSError:
         pass  # a read-only or full disk only costs the next load its speed
+
+
+def _write_array(member, array: np.ndarray) -> None:
+    np.lib.format.write_array_header_1_0(member, np.lib.format.header_data_from_array_1_0(array))
+    raw = memoryview(array.reshape(-1).view(np.uint8))
+    for start in range(0, len(raw), WRITE_CHUNK):
+        member.write(raw[start : start + WRITE_CHUNK])
+        priority.pause_point()
 
 
 _in_flight: dict[str, concurrent.futures.Future] = {}  # decoded-cache path → the load running for it

@@ -194,8 +194,8 @@ def foreground() -> Iterator[None]:
 BACKGROUND_NICE = 19  # the OS priority (nice) of background work's threads and of XLA's compute threads
 
 
-def _lower_compute_priority() -> None:
-    """Raises the nice value of the calling thread and of XLA's CPU compute
+def _lower_compute_priority(compute_too: bool = True) -> None:
+    """Raises the nice value of the calling thread and (``compute_too``) of XLA's CPU compute
     threads (named ``tf_XLA…``) to BACKGROUND_NICE, on Linux (elsewhere a no-op).
 
     A step of background work already running when a rerun arrives takes both
@@ -215,7 +215,7 @@ def _lower_compute_priority() -> None:
         try:
             with open(f"{tasks}/{tid}/comm") as comm:
                 name = comm.read().strip()
-            if int(tid) == threading.get_native_id() or name.startswith("tf_XLA"):
+            if int(tid) == threading.get_native_id() or (compute_too and name.startswith("tf_XLA")):
                 if os.getpriority(os.PRIO_PROCESS, int(tid)) < BACKGROUND_NICE:
                     os.setpriority(os.PRIO_PROCESS, int(tid), BACKGROUND_NICE)
         except (OSError, ValueError):
@@ -223,11 +223,11 @@ def _lower_compute_priority() -> None:
 
 
 @contextlib.contextmanager
-def background() -> Iterator[None]:
+def background(compute_too: bool = True) -> Iterator[None]:
     """Marks the calling thread's work as long and yielding (see :func:`pause_point`),
-    even inside a foreground run, and lowers its OS priority and that of XLA's
-    compute threads (:func:`_lower_compute_priority`)."""
-    _lower_compute_priority()
+    even inside a foreground run, and lowers its OS priority and (``compute_too``: work that
+    runs JAX) that of XLA's compute threads (:func:`_lower_compute_priority`)."""
+    _lower_compute_priority(compute_too)
     me = _enter(_background)
     try:
         yield

@@ -6,8 +6,8 @@ import streamlit as st
 from lowrank_core import advisor, charts, measure, methods, report, runtimes
 from lowrank_core.errors import LowrankError
 from pages.common import (
+    FIRST_LATENCY_POLL_S,
     METHOD_COLORS,
-    POLL_S,
     baseline_accuracy,
     baseline_timed,
     cached_results,
@@ -28,7 +28,7 @@ def baseline_latency(batch: int, pending: bool) -> None:
     """The baseline's latency metric; while it is being timed in the background, a fragment polls
     for it and, once it lands, reruns the page once (its latency axis and answer need it too)."""
 
-    @st.fragment(run_every=POLL_S if pending else None)
+    @st.fragment(run_every=FIRST_LATENCY_POLL_S if pending else None)
     def metric() -> None:
         base = baseline_timed()
         if base is None:

@@ -92,6 +92,33 @@ def test_the_first_load_does_not_wait_for_its_cache_write(synthetic_archive, mon
     np.testing.assert_array_equal(again.y_test, first.y_test)
 
 
+def test_the_cache_write_waits_for_a_page_and_reads_back_equal(synthetic_archive, tmp_path, monkeypatch):
+    decoded = data_lib.read_source(synthetic_archive)
+    monkeypatch.setattr(data_lib, "WRITE_CHUNK", 1024)  # many chunks, a pause point after each
+    cache_file = tmp_path / "decoded.npz"
+
+    def write() -> None:
+        with data_lib.priority.background(compute_too=False):
+            data_lib._write_decoded(cache_file, decoded)
+
+    writer = threading.Thread(target=write)
+    with data_lib.priority.foreground():  # a page's run
+        writer.start()
+        time.sleep(0.5)
+        assert writer.is_alive() and not cache_file.exists()  # paused, nothing half-written in place
+    writer.join(10)
+    assert not writer.is_alive()
+    again = data_lib._load_decoded(cache_file)
+    assert again is not None and (again.class_names, again.source, again.sha256) == (
+        decoded.class_names,
+        decoded.source,
+        decoded.sha256,
+    )
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(decoded, name))
+        assert getattr(again, name).dtype == getattr(decoded, name).dtype
+
+
 def test_replaced_source_invalidates_cache(tmp_path, synthetic_archive):
     data_lib.load_cifar10(synthetic_archive)
     folder = write_folder(tmp_path / "other", n_per_batch=8)
