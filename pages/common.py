@@ -278,9 +278,10 @@ def clear_in_memory_results() -> None:
         fn.clear()
 
 
-def progress_callback(label: str):
-    """An ``on_progress(done, total)`` that drives a Streamlit progress bar."""
-    bar = st.progress(0.0, text=label)
+def progress_callback(label: str, before_first: str | None = None):
+    """An ``on_progress(done, total)`` that drives a Streamlit progress bar; ``before_first``: what
+    the bar says until the first step is reported (what is prepared before it)."""
+    bar = st.progress(0.0, text=before_first or label)
 
     def on_progress(done: int, total: int) -> None:
         bar.progress(min(1.0, done / max(1, total)), text=f"{label} {done}/{total}")
@@ -378,8 +379,11 @@ def variant_metrics(method: str, config, measure_latency: bool, training: str | 
             lambda timed: evaluate(session(), method, config, finetune_steps=finetune_steps, with_latency=timed),
             measure_latency,
         )
-    on_progress, bar = progress_callback(training)
     finetune = FinetuneConfig(steps=finetune_steps) if finetune_steps else None
+    inputs = "the training images' features" + (
+        ", their mirror images' and the checkpoint's logits on both" if finetune and finetune.needs_teacher else ""
+    )
+    on_progress, bar = progress_callback(training, f"{training}: preparing {inputs} first (once per checkpoint)…")
     measured = metrics_then_latency(
         lambda timed: _engine(session()).evaluate(
             method,
