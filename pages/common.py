@@ -367,7 +367,7 @@ def metric_row(result: dict, base: dict) -> None:
 
 POLL_S = 3  # how often a page redraws what the background measures (latency, curve points)
 # The Overview's one latency card is the first minute's last figure to land: polled more often
-# (a poll that finds nothing new is a fragment run of a few milliseconds, and is not foreground work).
+# (a poll that finds nothing new is a small fragment run, and no foreground work).
 FIRST_LATENCY_POLL_S = 1
 
 
