@@ -42,7 +42,7 @@ MINIMIZE = ("params", "bytes", "latency")
 SEARCHABLE = ("svd", "prune", "quantize")
 # Structured pruning before SVD: drop the weakest hidden units (dead ones first: zero norm), then
 # truncate what is left at the chosen ranks. 0 stands for the lossless dead-unit removal.
-PIPELINE_SPARSITIES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+PIPELINE_SPARSITIES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8)
 
 
 @dataclasses.dataclass(frozen=True)
