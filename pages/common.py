@@ -383,7 +383,9 @@ def variant_metrics(method: str, config, measure_latency: bool, training: str | 
     inputs = "the training images' features" + (
         ", their mirror images' and the checkpoint's logits on both" if finetune and finetune.needs_teacher else ""
     )
-    on_progress, bar = progress_callback(training, f"{training}: preparing {inputs} first (once per checkpoint)…")
+    on_progress, bar = progress_callback(
+        training, f"{training}: preparing {inputs} first (kept for later trainings while the app runs)…"
+    )
     measured = metrics_then_latency(
         lambda timed: _engine(session()).evaluate(
             method,
