@@ -6,15 +6,19 @@ import fcntl
 import os
 import pathlib
 import pickle
+import shutil
 import tarfile
 import tempfile
 
 # One JAX compilation cache for this test run, set before anything imports jax: the
 # many tests (and CLI subprocesses) that compile the same tiny-network programs
-# compile them once. Workers of one pytest-xdist run share it; the browser test's
-# app server is started without it, so its timings stay those of a first start.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"lowrank-jax-{_RUN}"))
+# compile them once. pytest-xdist's workers inherit the folder the controller made
+# (it imports this file before starting them) and the controller removes it at the
+# end; the browser test's app server is started without it, so its timings stay
+# those of a first start.
+_JAX_CACHE = None if "JAX_COMPILATION_CACHE_DIR" in os.environ else tempfile.mkdtemp(prefix="lowrank-jax-")
+if _JAX_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -119,3 +123,8 @@ def pytest_collection_modifyitems(items):
     # The real-browser tests are the longest file (≈ 2 minutes of one worker, mostly waiting on the
     # app server): scheduled first, they run beside everything else instead of after it.
     items.sort(key=lambda item: not item.nodeid.startswith("tests/test_browser.py"))
+
+
+def pytest_sessionfinish(session):
+    if _JAX_CACHE:  # this process made the run's compilation cache (the controller, or a run without xdist)
+        shutil.rmtree(_JAX_CACHE, ignore_errors=True)

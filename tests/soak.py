@@ -49,9 +49,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """``streamlit run app.py`` on a free local port; returns (process, url) once it listens."""
+def start_server(env: dict | None = None, log: pathlib.Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``streamlit run app.py`` on a free local port; returns (process, url) once it listens.
+    ``log``: a file its output is appended to (a failed test shows the server's own traceback)."""
     port = free_port()
+    output = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child holds it open
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -70,9 +72,11 @@ def start_server(env: dict | None = None) -> tuple[subprocess.Popen, str]:
         ],
         cwd=REPO,
         env=env or dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
     )
+    if log:
+        output.close()  # the child has its own copy
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -114,10 +118,12 @@ async def _settle(page, runs_before: int, timeout_s: float) -> None:
 
 
 async def _check(page, name: str, index: int, report: dict) -> None:
-    if await page.locator('[data-testid="stException"]').count():
-        report["errors"].append(f"session {index}: traceback on {name or 'overview'}")
-    if await page.locator('[data-testid="stAlertContentError"]').count():
-        report["errors"].append(f"session {index}: st.error on {name or 'overview'}")
+    for test_id, what in (("stException", "traceback"), ("stAlertContentError", "st.error")):
+        shown = page.locator(f'[data-testid="{test_id}"]')
+        if await shown.count():
+            # The error's own first lines, so a failed run says what went wrong, not only where.
+            text = " ".join((await shown.first.inner_text()).split())[:300]
+            report["errors"].append(f"session {index}: {what} on {name or 'overview'}: {text}")
 
 
 async def _open(page, url: str, name: str, timeout_s: float = 300) -> None:
