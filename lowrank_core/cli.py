@@ -23,6 +23,7 @@ from lowrank_core import (
     configs,
     data,
     engine,
+    memory,
     methods,
     model,
     paths,
@@ -490,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    memory.retain_freed_memory()  # before JAX's and NumPy's threads start
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
