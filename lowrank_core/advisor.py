@@ -17,12 +17,12 @@ candidate measured on the full test set.
    the Pareto chart, in Compare & export); the answer is the best measured one
    that meets the target. Predictions only choose what to measure; they are
    never reported as results.
-4. With "prune": structured pruning (the lossless dead-unit removal, or the
+4. With pruning: structured pruning (the lossless dead-unit removal, or the
    weakest 30…80 % of hidden units), then each basis's best ranks in that basis
    on the smaller matrices (the data bases calibrate the units each kernel
    kept), the sparsity bisected (more pruning only drops more); the best
    pipeline's basis is then searched again with its pruning in front. With
-   "quantize": int8 on top of the answer, measured.
+   int8: int8 on top of the answer, measured.
 """
 
 from __future__ import annotations
@@ -36,10 +36,15 @@ from lowrank_core import compress, methods, model, runtimes, sensitivity
 from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods import svd as svd_method
+from lowrank_core.methods.dead_units import DeadUnitsConfig
+from lowrank_core.methods.prune import PruneConfig
+from lowrank_core.methods.quantize import QuantizeConfig
 from lowrank_core.methods.svd import SvdConfig
 
 MINIMIZE = ("params", "bytes", "latency")
-SEARCHABLE = ("svd", "prune", "quantize")
+# The methods the advisor composes (SVD required; pruning in front, int8 on top), by their configs.
+SVD, PRUNE, INT8 = (methods.name_of(t) for t in (SvdConfig, PruneConfig, QuantizeConfig))
+SEARCHABLE = (SVD, PRUNE, INT8)
 # Structured pruning before SVD: drop the weakest hidden units (dead ones first: zero norm), then
 # truncate what is left at the chosen ranks. 0 stands for the lossless dead-unit removal.
 PIPELINE_SPARSITIES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8)
@@ -52,7 +57,7 @@ class AdvisorConfig:
 
     max_drop: float = 1.0
     minimize: str = "params"
-    methods: tuple[str, ...] = ("svd", "prune", "quantize")
+    methods: tuple[str, ...] = SEARCHABLE
     finetune_steps: int = 0
     max_measurements: int = 8
     fractions: tuple[float, ...] = sensitivity.DEFAULT_FRACTIONS
@@ -65,8 +70,10 @@ class AdvisorConfig:
         if self.minimize not in MINIMIZE:
             raise ConfigError(f"minimize must be one of {', '.join(MINIMIZE)}, got {self.minimize!r}")
         unknown = [m for m in self.methods if m not in SEARCHABLE]
-        if unknown or "svd" not in self.methods:
-            raise ConfigError(f"the advisor searches svd (required), prune and quantize; got {', '.join(self.methods)}")
+        if unknown or SVD not in self.methods:
+            raise ConfigError(
+                f"the advisor searches {SVD} (required), {PRUNE} and {INT8}; got {', '.join(self.methods)}"
+            )
         if not (isinstance(self.finetune_steps, int) and 0 <= self.finetune_steps <= 5000):
             raise ConfigError(f"fine-tuning steps must be an integer in 0..5000, got {self.finetune_steps}")
         if not (isinstance(self.max_measurements, int) and 1 <= self.max_measurements <= 50):
@@ -104,22 +111,20 @@ class Plan:
 
     def variant(self, finetune_steps: int = 0, int8: bool = False, basis: str = "weights") -> methods.Variant:
         chosen = tuple((n, k) for n, k in self.ranks if k is not None)
-        steps = []
-        if chosen:
-            only = tuple(n for n, _ in chosen)
-            steps.append(("svd", SvdConfig(form="factorized", layer_ranks=chosen, only=only, basis=basis)))
-        if int8:
-            steps.append(("quantize", methods.REGISTRY["quantize"].config_type()))
+        configs = [_factorized(chosen, basis)] if chosen else []
+        configs += [QuantizeConfig()] if int8 else []
         finetune = FinetuneConfig(steps=finetune_steps) if finetune_steps else None
-        if not steps:
-            steps.append((methods.REFERENCE, methods.REGISTRY[methods.REFERENCE].config_type()))
-        return methods.Variant(tuple(steps), finetune)
+        return methods.Variant.chain(*configs, finetune=finetune) if configs else methods.Variant.of(methods.REFERENCE)
 
 
-def _front_step(sparsity: float) -> tuple[str, object]:
-    if sparsity == 0:
-        return ("dead_units", methods.REGISTRY["dead_units"].config_type())
-    return ("prune", methods.REGISTRY["prune"].config_type(sparsity=sparsity, structured=True))
+def _factorized(chosen: tuple[tuple[str, int], ...], basis: str) -> SvdConfig:
+    """SVD at ``chosen`` ranks (layer, rank), factorized, the other layers left as they are."""
+    return SvdConfig(form="factorized", layer_ranks=chosen, only=tuple(n for n, _ in chosen), basis=basis)
+
+
+def _front_step(sparsity: float) -> DeadUnitsConfig | PruneConfig:
+    """The pruning in front of a pipeline: the lossless dead-unit removal at 0."""
+    return DeadUnitsConfig() if sparsity == 0 else PruneConfig(sparsity=sparsity, structured=True)
 
 
 def pipeline_variant(
@@ -143,19 +148,14 @@ def pipeline_variant(
             chosen.append((layer, rank))
     if not chosen:
         return None
-    steps = [
-        _front_step(sparsity),
-        ("svd", SvdConfig(form="factorized", layer_ranks=tuple(chosen), only=tuple(n for n, _ in chosen), basis=basis)),
-    ]
-    if int8:
-        steps.append(("quantize", methods.REGISTRY["quantize"].config_type()))
-    return methods.Variant(tuple(steps), FinetuneConfig(steps=finetune_steps) if finetune_steps else None)
+    configs = [_front_step(sparsity), _factorized(tuple(chosen), basis)] + ([QuantizeConfig()] if int8 else [])
+    return methods.Variant.chain(*configs, finetune=FinetuneConfig(steps=finetune_steps) if finetune_steps else None)
 
 
 def pruned_shapes(params, sparsity: float) -> dict[str, tuple[int, int]]:
     """Each dense kernel's shape after :func:`_front_step`'s pruning at ``sparsity``."""
-    name, config = _front_step(sparsity)
-    if name == "dead_units":
+    config = _front_step(sparsity)
+    if isinstance(config, DeadUnitsConfig):
         pruned = compress.drop_dead_units(params)
     else:
         pruned = compress.prune_structured(params, config.layers_of(params), config.sparsity)
@@ -394,7 +394,7 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
         search = _Search(basis, _front(engine, config, basis, base, part))
         _bisect(engine, config, search, base, config.max_drop / 100, part)
         searches.append(search)
-    pipelines = _every_pipeline(engine, config, searches, base, report) if "prune" in config.methods else []
+    pipelines = _every_pipeline(engine, config, searches, base, report) if PRUNE in config.methods else []
     pruned = _pruned_search(engine, config, searches, pipelines, base, _share_of(report, 0.9, 0.97))
     best = _best(searches + pruned, base, config)
     answer, plan = (base, None) if best is None else (best[2], best[1])
@@ -405,7 +405,7 @@ def smallest_within(engine, config: AdvisorConfig, on_progress: Callable[[str, f
             answer, plan = record, pipeline_plan
     pipelines += [(s.basis, s.sparsity, p, r) for s in pruned for p, r in s.measured.items()]
     int8 = None
-    if "quantize" in config.methods and plan is not None:
+    if INT8 in config.methods and plan is not None:
         report("int8 on top", 0.98)
         int8 = _evaluate(engine, methods.Variant.from_dict(answer).with_storage(), config)
         if config.minimize == "bytes" and _within(base, int8, config):
@@ -456,7 +456,7 @@ def most_accurate_within(
     shapes = {n: tuple(engine.params[n]["w"].shape) for n in engine.spec.dense_layers}
     dense_cost = sum(m * n for m, n in shapes.values())
     limit = budget_share * _cost(base, config.minimize, config.runtime)
-    int8 = "quantize" in config.methods and config.minimize == "bytes"
+    int8 = INT8 in config.methods and config.minimize == "bytes"
     # The cheapest-to-check proxy first: plans whose dense weights fit the share, least predicted drop first.
     proxy_limit = budget_share * dense_cost * (2 if int8 else 1)
     measured = []

@@ -307,7 +307,8 @@ def bench_sweep_scaling(engine, points=(1, 2, 4)) -> list[dict]:
         grid = np.linspace(0.3, 0.9, n)
         started = time.perf_counter()
         for f in grid:
-            engine.evaluate("svd", svd.SvdConfig(float(round(f, 6)), "factorized"), with_latency=False, use_cache=False)
+            variant = Variant.chain(svd.SvdConfig(float(round(f, 6)), "factorized"))
+            engine.evaluate(variant, with_latency=False, use_cache=False)
         rows.append({"row": "sweep time vs points", "points": n, "seconds": time.perf_counter() - started})
     return rows
 
@@ -504,7 +505,7 @@ def runtime_variants(engine, quick: bool) -> dict[str, Variant]:
     (unless ``quick``) the advisor's answer within 1 point (its search is cached)."""
     variants = {
         "baseline": Variant.of(methods.REFERENCE),
-        "SVD f=0.05 hidden": Variant.of("svd", svd.SvdConfig(0.05, "factorized", include_output=False)),
+        "SVD f=0.05 hidden": Variant.chain(svd.SvdConfig(0.05, "factorized", include_output=False)),
     }
     if not quick:
         variants["advisor's answer"] = Variant.from_dict(advisor.smallest_within(engine, advisor.AdvisorConfig()))

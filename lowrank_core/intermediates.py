@@ -112,10 +112,10 @@ class Intermediates:
     def svd_of(self, matrix: np.ndarray) -> compress.LayerSvd:
         """Thin SVD of ``matrix`` (memory, then disk, then computed)."""
         digest = self._digest(np.asarray(matrix))
-        with self._locks(("svd", digest)):
+        with self._locks(("layer_svd", digest)):
             if digest in self._svds:
                 return self._svds[digest]
-            path = self.cache_dir / "svd" / f"{digest}.npz"
+            path = self.cache_dir / "layer_svd" / f"{digest}.npz"
             try:
                 with np.load(path, allow_pickle=False) as npz:
                     svd = compress.LayerSvd(npz["u"], npz["s"], npz["vt"])

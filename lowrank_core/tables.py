@@ -7,11 +7,12 @@ import json
 
 from lowrank_core import compress, model, sensitivity
 from lowrank_core.errors import ConfigError
-from lowrank_core.methods import REGISTRY, Variant
+from lowrank_core.methods import REGISTRY, Variant, name_of
+from lowrank_core.methods.svd import SvdConfig
 
 
 def _svd_method():
-    return REGISTRY["svd"]  # the registry's SVD method: the fast table is its one-layer truncation
+    return REGISTRY[name_of(SvdConfig)]  # the registry's SVD method: the fast table is its one-layer truncation
 
 
 def svd_table(

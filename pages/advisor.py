@@ -88,7 +88,7 @@ if eng is not None:
             max_drop=float(max_drop),
             minimize=minimize,
             finetune_steps=int(finetune),
-            methods=("svd",) + ("prune",) * prune_first + ("quantize",) * int8,
+            methods=(advisor.SVD,) + (advisor.PRUNE,) * prune_first + (advisor.INT8,) * int8,
             basis=basis,
         )
     )

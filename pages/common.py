@@ -236,7 +236,7 @@ def parameter_breakdown(checkpoint_path: str, digest: str) -> list[dict]:
 @st.cache_data(show_spinner=False, max_entries=4)
 def baseline_accuracy(on: Session) -> dict:
     """The checkpoint's accuracy, size and MACs (no latency: seconds sooner)."""
-    return _engine(on).evaluate("baseline", with_latency=False)
+    return _engine(on).evaluate(methods.REFERENCE, with_latency=False)
 
 
 def baseline_timed() -> dict | None:

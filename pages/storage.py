@@ -4,6 +4,8 @@ network is stored rather than what it computes, alone or after SVD."""
 import streamlit as st
 
 from lowrank_core import methods
+from lowrank_core.methods.dead_units import DeadUnitsConfig
+from lowrank_core.methods.quantize import QuantizeConfig
 from lowrank_core.methods.svd import SvdConfig
 from pages.common import (
     baseline_accuracy,
@@ -40,15 +42,15 @@ if eng is not None:
     )
     steps = []
     if start == STARTS[1]:
-        steps.append(("dead_units", methods.REGISTRY["dead_units"].config_type()))
+        steps.append(DeadUnitsConfig())
     elif start == STARTS[2]:
-        steps.append(("svd", SvdConfig(float(fraction), "factorized", include_output=False)))
+        steps.append(SvdConfig(float(fraction), "factorized", include_output=False))
     if int8:
-        steps.append(("quantize", methods.REGISTRY["quantize"].config_type()))
+        steps.append(QuantizeConfig())
     if not steps:
         st.info("The checkpoint as it is: pick a start or switch on int8 storage.")
         st.stop()
-    variant = config_or_stop(lambda: methods.Variant(tuple(steps)))
+    variant = config_or_stop(lambda: methods.Variant.chain(*steps))
     base = baseline_accuracy(session())
     st.caption(f"Variant: {variant.describe()}")
     result, _ = variant_metrics(variant, None, measure_latency)

@@ -22,6 +22,7 @@ from lowrank_core import (
     paths,
     train,
 )
+from lowrank_core.errors import ConfigError
 from lowrank_core.finetune import FinetuneConfig
 from lowrank_core.methods.prune import PruneConfig
 from lowrank_core.methods.quantize import QuantizeConfig
@@ -77,6 +78,10 @@ def test_result_key_tracks_what_changes_the_result_and_nothing_else(tiny_engine,
     assert key(h, base) == key(h, methods.Variant.of("prune", PruneConfig(0.5, structured=True), FinetuneConfig(0)))
     pipeline = methods.Variant((("prune", PruneConfig(0.5, structured=True)), ("quantize", QuantizeConfig())))
     assert key(h, pipeline) != key(h, base)
+    # A step named by its config type is the same step.
+    assert methods.Variant.chain(PruneConfig(0.5, structured=True), QuantizeConfig()) == pipeline
+    with pytest.raises(ConfigError, match="no method takes a FinetuneConfig"):
+        methods.name_of(FinetuneConfig)
     before = key(h, base)
     monkeypatch.setitem(methods.REGISTRY, "prune", dataclasses.replace(methods.REGISTRY["prune"], version=99))
     assert key(h, base) != before  # a new method version never trusts old results

@@ -86,3 +86,29 @@ def test_no_core_function_is_longer_than_a_screen():
     ]
     assert not long, long
     assert len((CORE / "engine.py").read_text().splitlines()) <= 250  # a facade
+
+
+def _method_names() -> dict[str, str]:
+    """Each method's name (``METHOD = Method(name=...)``) and the module that defines it."""
+    names = {}
+    for path in (CORE / "methods").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Method":
+                names |= {k.value.value: path.stem for k in node.keywords if k.arg == "name"}
+    return names
+
+
+def test_no_method_name_outside_its_module():
+    # The rest of the core asks the registry, or names a step by its config type
+    # (methods.name_of). The reference's name, "baseline", is also a preset's and a label's.
+    names = {name: module for name, module in _method_names().items() if name != "baseline"}
+    assert {"svd", "prune", "quantize"} <= set(names)  # the scan found the methods
+    spelled = [
+        f"{p.relative_to(CORE.parent)}:{node.lineno} {node.value!r}"
+        for p in CORE.rglob("*.py")
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Constant)
+        and node.value in names
+        and not (p.parent.name == "methods" and p.stem == names[node.value])
+    ]
+    assert not spelled, spelled

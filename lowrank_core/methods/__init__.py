@@ -34,6 +34,7 @@ __all__ = [
     "Variant",
     "build_variant",
     "get",
+    "name_of",
     "config_dict",
     "result_key",
 ]
@@ -62,6 +63,15 @@ def get(name: str) -> Method:
         return REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(REGISTRY)}") from None
+
+
+def name_of(config_type: type) -> str:
+    """The name of the method whose config type is ``config_type`` (each method has its own),
+    so code composing steps names configs, never methods."""
+    for name, method in REGISTRY.items():
+        if method.config_type is config_type:
+            return name
+    raise ConfigError(f"no method takes a {config_type.__name__}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +111,12 @@ class Variant:
     def of(cls, method: str, config=None, finetune: FinetuneConfig | None = None) -> "Variant":
         """A one-step variant (the method's default config if ``config`` is None)."""
         return cls(((method, config if config is not None else get(method).config_type()),), finetune)
+
+    @classmethod
+    def chain(cls, *configs, finetune: FinetuneConfig | None = None) -> "Variant":
+        """The variant whose steps are ``configs`` in order, each step's method the one
+        that takes that config (:func:`name_of`)."""
+        return cls(tuple((name_of(type(config)), config) for config in configs), finetune)
 
     @property
     def trains(self) -> bool:
