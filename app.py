@@ -7,7 +7,7 @@ from pages.common import sidebar
 
 # Freed memory stays with the server for its next arrays (see lowrank_core.memory); Streamlit's
 # threads have their own heaps already, so only threads started from here on share the main one.
-memory.retain_freed_memory()
+memory.apply()
 
 st.set_page_config(page_title="Low-rank compression explorer", layout="wide")
 sidebar()

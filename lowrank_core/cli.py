@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    memory.retain_freed_memory()  # before JAX's and NumPy's threads start
+    memory.apply()  # before JAX's and NumPy's threads start
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -25,7 +25,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lowrank_core import data as data_lib  # noqa: E402
+from lowrank_core import (
+    data as data_lib,  # noqa: E402
+    memory,  # noqa: E402
+)
+
+# Each test process keeps the memory policy the CLI and the app apply to themselves
+# (lowrank_core.memory): the controller and every worker imports this file first.
+memory.apply()
 
 SHARED_ARCHIVE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-python.tar.gz"
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
