@@ -29,6 +29,8 @@ the refit corrects the pruning's error as well as the truncation's.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import threading
 from typing import Mapping, NamedTuple
 
@@ -38,6 +40,10 @@ import scipy.linalg
 from lowrank_core import model
 
 RIDGE = 10.0  # λ relative to the mean input variance (see the module docstring for how it was chosen)
+# What a calibration path keeps of variants it refit, so that a candidate sharing their first layers
+# (the advisor's bisection tries many) reuses those layers' factors and the next layer's fit.
+FIT_CACHE_BYTES = 160 * 2**20
+FACTOR_CACHE_BYTES = 64 * 2**20
 
 
 class _Fit(NamedTuple):
@@ -108,6 +114,8 @@ class CalibrationPath:
         self._fits: dict[str, _Fit] = {}
         self._eigenvectors: dict[tuple, np.ndarray] = {}  # the last two (layer, units) asked for
         self._lock, self._eigen_lock = threading.Lock(), threading.Lock()
+        self._prefix_fits = _BoundedStore(FIT_CACHE_BYTES)  # by what the layers before did
+        self._prefix_factors = _BoundedStore(FACTOR_CACHE_BYTES)  # … and the layer's own rank
 
     def is_original(self, i: int, w: np.ndarray, b: np.ndarray) -> bool:
         """Whether (w, b) are the checkpoint's own weights of dense layer ``i``."""
@@ -144,6 +152,40 @@ class CalibrationPath:
             return self._eigenvectors[key]
 
 
+class _BoundedStore:
+    """A least-recently-used store of arrays (or tuples and dicts of them) by key, at most
+    ``max_bytes`` of array data; thread-safe, never locked across the work that fills it."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self._bytes = max_bytes, 0
+        self._items: collections.OrderedDict[bytes, tuple[object, int]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes):
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key][0]
+
+    def put(self, key: bytes, value) -> None:
+        size = _nbytes(value)
+        with self._lock:
+            if key in self._items or size > self.max_bytes:
+                return
+            while self._bytes + size > self.max_bytes:
+                self._bytes -= self._items.popitem(last=False)[1][1]
+            self._items[key] = (value, size)
+            self._bytes += size
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    parts = value.values() if isinstance(value, dict) else value if isinstance(value, tuple) else ()
+    return sum(_nbytes(part) for part in parts)
+
+
 def _refit_layer(fit: _Fit, w: np.ndarray, b: np.ndarray, live_out: np.ndarray, rank: int, eigenvectors=None) -> dict:
     """One layer's factors; outputs outside ``live_out`` (dead units: a zero column of W)
     stay exactly as they were (zero column, own bias), so they remain droppable downstream."""
@@ -170,6 +212,26 @@ def _layer_fit(path: CalibrationPath, i: int, inputs: np.ndarray | None, rows, c
     return _fit(inputs, path.targets[i][:, cols[local]], prior), local, None
 
 
+def _compressed_layer(path: CalibrationPath, i: int, x_comp, w, b, rows, cols, rank: int, prefix) -> dict:
+    """Layer ``i``'s refit factors, from ``path``'s stores when a variant whose layers before it did
+    the same (``prefix``: their digest, updated here with this layer's) was refit already: the
+    factors depend on nothing else, and the fit on nothing but the inputs and units."""
+    prefix.update(b"%d:" % i + np.asarray(rows).tobytes() + b"|" + np.asarray(cols).tobytes())
+    fit_key = prefix.digest()
+    prefix.update(b"rank %d shape %r:" % (rank, w.shape) + b.tobytes())
+    if (layer := path._prefix_factors.get(prefix.digest())) is not None:
+        return dict(layer)
+    found = None if x_comp is None else path._prefix_fits.get(fit_key)  # the first one's fit is kept anyway
+    fit, live_out, eigenvectors = found or _layer_fit(path, i, x_comp, rows, cols)
+    if x_comp is not None and found is None:
+        path._prefix_fits.put(fit_key, (fit, live_out, None))
+    layer = _refit_layer(fit, w, b, live_out, rank, eigenvectors)
+    for array in layer.values():
+        array.flags.writeable = False  # shared with later variants: nobody may change it in place
+    path._prefix_factors.put(prefix.digest(), layer)
+    return dict(layer)
+
+
 def sequential_refit(params: Mapping, ranks: Mapping[str, int], path: CalibrationPath, units=None) -> dict:
     """``params`` with each layer in ``ranks`` replaced by refit factors ``u``, ``v`` and
     bias ``b`` (float32), fitted in network order to ``path``'s targets (the checkpoint's
@@ -179,18 +241,23 @@ def sequential_refit(params: Mapping, ranks: Mapping[str, int], path: Calibratio
     original's pre-activations from the inputs the pruned, compressed layers before it give."""
     out = {m: dict(ps) for m, ps in params.items()}
     x_comp = None  # the current layer's inputs once they differ from the checkpoint's
+    prefix = hashlib.blake2b(digest_size=16)  # what the layers so far did (see _compressed_layer)
+    last = len(path.names) - 1
     for i, name in enumerate(path.names):
         w, b = np.asarray(params[name]["w"], np.float32), np.asarray(params[name]["b"], np.float32)
         rows, cols = units[name] if units else (np.arange(w.shape[0]), np.arange(w.shape[1]))
         inputs = path.inputs(i) if x_comp is None else x_comp
         if name in ranks:
-            fit, live_out, eigenvectors = _layer_fit(path, i, x_comp, rows, cols)
-            out[name] = _refit_layer(fit, w, b, live_out, ranks[name], eigenvectors)
+            out[name] = _compressed_layer(path, i, x_comp, w, b, rows, cols, ranks[name], prefix)
             y = (inputs @ out[name]["u"]) @ out[name]["v"] + out[name]["b"]
         elif x_comp is None and path.is_original(i, w, b):
+            prefix.update(b"%d: original" % i)
             continue  # nothing changed yet: the original path
         else:
+            if i < last:
+                for part in (b"%d: dense %r:" % (i, w.shape), np.ascontiguousarray(w), b):
+                    prefix.update(part)
             y = _dense(inputs, w, b)
-        if i < len(path.names) - 1:
+        if i < last:
             x_comp = np.maximum(y, 0.0)
     return out

@@ -213,3 +213,25 @@ def test_another_rank_of_the_first_layer_reuses_its_eigenvectors(tiny, monkeypat
     want = _objective(x, target, w, u @ v, b, refit.RIDGE)
     got = refitted["linear"]["u"].astype(np.float64) @ refitted["linear"]["v"]
     assert _objective(x, target, w, got, refitted["linear"]["b"], refit.RIDGE) <= want * (1 + 1e-5)
+
+
+def test_a_variant_sharing_its_first_layers_reuses_their_refit(tiny, monkeypatch):
+    params, calibration = tiny
+    path = refit.CalibrationPath(params, calibration)
+    refit.sequential_refit(params, {"linear": 20, "linear_1": 10, "linear_2": 8}, path)
+    fits = []
+    real_fit = refit._fit
+    monkeypatch.setattr(refit, "_fit", lambda *a: fits.append(1) or real_fit(*a))
+    second = {"linear": 20, "linear_1": 10, "linear_2": 5}
+    got = refit.sequential_refit(params, second, path)
+    assert fits == []  # linear_2's fit depends on the layers before it only: kept from the first variant
+    want = refit.sequential_refit(params, second, refit.CalibrationPath(params, calibration))
+    assert len(fits) == 3  # a fresh path fits all three layers again
+    for name in second:
+        for part in ("u", "v", "b"):
+            np.testing.assert_array_equal(got[name][part], want[name][part])
+    changed = dict(params, linear_1=dict(params["linear_1"], b=params["linear_1"]["b"] + 1.0))
+    other = refit.sequential_refit(changed, {"linear": 20, "linear_2": 5}, path)  # linear_1 not refit: its own
+    assert not np.array_equal(other["linear_2"]["u"], got["linear_2"]["u"])
+    with pytest.raises(ValueError):
+        got["linear"]["u"][0, 0] = 1.0  # shared with later variants: read-only
