@@ -114,8 +114,8 @@ class CalibrationPath:
         self._fits: dict[str, _Fit] = {}
         self._eigenvectors: dict[tuple, np.ndarray] = {}  # the last two (layer, units) asked for
         self._lock, self._eigen_lock = threading.Lock(), threading.Lock()
-        self._prefix_fits = _BoundedStore(FIT_CACHE_BYTES)  # by what the layers before did
-        self._prefix_factors = _BoundedStore(FACTOR_CACHE_BYTES)  # … and the layer's own rank
+        self.fits_by_prefix = _BoundedStore(FIT_CACHE_BYTES)  # by what the layers before did
+        self.factors_by_prefix = _BoundedStore(FACTOR_CACHE_BYTES)  # … and the layer's own rank
 
     def is_original(self, i: int, w: np.ndarray, b: np.ndarray) -> bool:
         """Whether (w, b) are the checkpoint's own weights of dense layer ``i``."""
@@ -219,16 +219,16 @@ def _compressed_layer(path: CalibrationPath, i: int, x_comp, w, b, rows, cols, r
     prefix.update(b"%d:" % i + np.asarray(rows).tobytes() + b"|" + np.asarray(cols).tobytes())
     fit_key = prefix.digest()
     prefix.update(b"rank %d shape %r:" % (rank, w.shape) + b.tobytes())
-    if (layer := path._prefix_factors.get(prefix.digest())) is not None:
+    if (layer := path.factors_by_prefix.get(prefix.digest())) is not None:
         return dict(layer)
-    found = None if x_comp is None else path._prefix_fits.get(fit_key)  # the first one's fit is kept anyway
+    found = None if x_comp is None else path.fits_by_prefix.get(fit_key)  # the first one's fit is kept anyway
     fit, live_out, eigenvectors = found or _layer_fit(path, i, x_comp, rows, cols)
     if x_comp is not None and found is None:
-        path._prefix_fits.put(fit_key, (fit, live_out, None))
+        path.fits_by_prefix.put(fit_key, (fit, live_out, None))
     layer = _refit_layer(fit, w, b, live_out, rank, eigenvectors)
     for array in layer.values():
         array.flags.writeable = False  # shared with later variants: nobody may change it in place
-    path._prefix_factors.put(prefix.digest(), layer)
+    path.factors_by_prefix.put(prefix.digest(), layer)
     return dict(layer)
 
 

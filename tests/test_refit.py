@@ -235,3 +235,14 @@ def test_a_variant_sharing_its_first_layers_reuses_their_refit(tiny, monkeypatch
     assert not np.array_equal(other["linear_2"]["u"], got["linear_2"]["u"])
     with pytest.raises(ValueError):
         got["linear"]["u"][0, 0] = 1.0  # shared with later variants: read-only
+
+
+def test_the_prefix_stores_keep_the_most_recently_used_within_their_bytes():
+    store = refit._BoundedStore(max_bytes=3 * 800)
+    for key in (b"a", b"b", b"c"):
+        store.put(key, {"u": np.zeros(100)})  # 800 bytes each
+    assert store.get(b"a") is not None  # now the most recently used
+    store.put(b"d", (np.zeros(100), None))
+    assert store.get(b"b") is None and all(store.get(k) is not None for k in (b"a", b"c", b"d"))
+    store.put(b"huge", np.zeros(1000))  # larger than the whole store: not kept, nothing dropped for it
+    assert store.get(b"huge") is None and store.get(b"c") is not None
