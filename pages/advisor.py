@@ -97,7 +97,7 @@ if eng is not None:
         "along each layer's output error predicted in closed form. Then, for "
         "each basis, pipelines (structured pruning at a bisected sparsity, then its ranks). Every candidate is measured on "
         "every test image, and predictions only choose what to measure; int8 on top of the answer, measured. "
-        "A cold search of every basis took about 2 minutes on the shipped baseline and 4 on a default-preset "
+        "A cold search of every basis took about 1 minute on the shipped baseline and 2 on a default-preset "
         "checkpoint on a 2-core machine (docs/runtimes.md); cached afterwards."
     )
     request = (session(), question, config, budget)
