@@ -2,12 +2,15 @@
 
 import streamlit as st
 
-from lowrank_core import memory, priority
-from pages.common import sidebar
+from lowrank_core import data, memory, priority
 
 # Freed memory stays with the server for its next arrays (see lowrank_core.memory); Streamlit's
 # threads have their own heaps already, so only threads started from here on share the main one.
 memory.apply()
+# CIFAR-10 decodes on the other core while the pages' imports (JAX, Plotly) run on this one.
+data.prefetch()  # the default source, as a session with nothing typed into the sidebar reads
+
+from pages.common import sidebar  # after the prefetch has started
 
 st.set_page_config(page_title="Low-rank compression explorer", layout="wide")
 sidebar()

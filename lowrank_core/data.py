@@ -673,6 +673,32 @@ def _once(key: str, load: Callable[[], Cifar10]) -> Cifar10:
     return future.result()
 
 
+_prefetched: set[str] = set()  # the sources :func:`prefetch` started loading in this process
+
+
+def prefetch(path: str | os.PathLike | None = None) -> threading.Thread | None:
+    """Starts :func:`load_cifar10` of ``path`` (never downloading) in a thread of its own, once per
+    source and process, and returns it: an app's first page run, importing JAX meanwhile, then finds
+    the load under way or done and shares it. Whatever goes wrong is left for that load to say."""
+    key = str(path)
+    with _in_flight_lock:
+        if key in _prefetched:
+            return None
+        _prefetched.add(key)
+
+    def load() -> None:
+        try:
+            load_cifar10(path, download=False)
+        except Exception:  # noqa: BLE001 - the page's own load reports it, in the page's words
+            pass
+
+    # Not a daemon: a process ending meanwhile waits for the load (seconds) rather than stopping
+    # it inside the decoder.
+    thread = threading.Thread(target=load, name="lowrank-data-prefetch")
+    thread.start()
+    return thread
+
+
 def describe_source(path: str | os.PathLike | None = None) -> str:
     """One line saying where data would be read from, without reading it."""
     if is_tfds(path) or (path is None and is_tfds(os.environ.get(ENV_VAR))):

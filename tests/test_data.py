@@ -389,3 +389,16 @@ def test_a_folder_source_is_never_walked(tmp_path, monkeypatch):
     time.sleep(0.01)
     (batches / "test_batch").write_bytes((batches / "test_batch").read_bytes())
     assert data_lib._cache_key(folder) != key
+
+
+def test_a_prefetch_starts_the_load_once_and_a_load_after_it_gets_the_same_data(synthetic_archive, tmp_path):
+    thread = data_lib.prefetch(synthetic_archive)
+    assert thread is not None and data_lib.prefetch(synthetic_archive) is None  # once per source
+    thread.join(60)
+    loaded = data_lib.load_cifar10(synthetic_archive, download=False)
+    want = data_lib.read_source(synthetic_archive)
+    np.testing.assert_array_equal(loaded.x_test, want.x_test)
+    np.testing.assert_array_equal(loaded.y_train, want.y_train)
+    missing = data_lib.prefetch(tmp_path / "nowhere" / data_lib.ARCHIVE_NAME)
+    missing.join(60)  # a source that is not there: nothing raised here, the page's own load says so
+    assert not missing.is_alive()
