@@ -126,10 +126,20 @@ def tiny_checkpoint(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
     return root / data_lib.ARCHIVE_NAME, root / "ck"
 
 
+# The longest files, longest first (with --dist loadfile each runs on one worker: the real-browser
+# tests ≈ 2 minutes, mostly waiting on the app server; the engine's ≈ 110 s; the pages' ≈ 70 s; then
+# 20–40 s each). Scheduled first, they run beside everything else instead of forming the suite's
+# tail, and the short files fill in last; pytest.ini's --no-loadscope-reorder keeps xdist from
+# sorting files by their number of tests instead. A stale order costs time, never coverage.
+LONGEST_FIRST = tuple(
+    f"tests/test_{name}.py"
+    for name in ("browser", "engine", "app", "faults", "cli", "refit", "checkpoint", "integration", "train", "tfds")
+)
+
+
 def pytest_collection_modifyitems(items):
-    # The real-browser tests are the longest file (≈ 2 minutes of one worker, mostly waiting on the
-    # app server): scheduled first, they run beside everything else instead of after it.
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_browser.py"))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep order
 
 
 def pytest_sessionfinish(session):
