@@ -216,7 +216,8 @@ def _compressed_layer(path: CalibrationPath, i: int, x_comp, w, b, rows, cols, r
     """Layer ``i``'s refit factors, from ``path``'s stores when a variant whose layers before it did
     the same (``prefix``: their digest, updated here with this layer's) was refit already: the
     factors depend on nothing else, and the fit on nothing but the inputs and units."""
-    prefix.update(b"%d:" % i + np.asarray(rows).tobytes() + b"|" + np.asarray(cols).tobytes())
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    prefix.update(b"%d: %d rows, %d cols:" % (i, rows.size, cols.size) + rows.tobytes() + cols.tobytes())
     fit_key = prefix.digest()
     prefix.update(b"rank %d shape %r:" % (rank, w.shape) + b.tobytes())
     if (layer := path.factors_by_prefix.get(prefix.digest())) is not None:
