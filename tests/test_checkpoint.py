@@ -1,4 +1,7 @@
+import io
 import json
+import struct
+import zlib
 
 import jax
 import numpy as np
@@ -117,22 +120,37 @@ def test_param_shapes_reads_headers_only_and_refuses_what_load_refuses(tmp_path,
 
 
 def _bomb_npz(path, key="linear/w", declared_gib: float = 2.0) -> None:
-    """A small .npz whose one deflate member expands to ``declared_gib`` GiB of zeros."""
-    import zipfile
-
+    """A small .npz whose one deflate member expands to ``declared_gib`` GiB of zeros, laid out as
+    the zip format says by hand: a 16 MiB run of zeros is deflated once and its bytes repeated
+    (a full flush makes each run a block of its own), so writing it takes a moment, not the
+    seconds deflating gigabytes takes."""
     n = int(declared_gib * 2**30) // 4
     header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32)) | {"shape": (n,)}
-    import io
-
     head = io.BytesIO()
     np.lib.format.write_array_header_1_0(head, header)
-    # Level 1: zeros deflate just as small, several times faster to write.
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
-            member.write(head.getvalue())
-            chunk = bytes(2**24)
-            for _ in range(n * 4 // len(chunk)):
-                member.write(chunk)
+    head, zeros = head.getvalue(), bytes(2**24)
+    runs = n * 4 // len(zeros)
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+    first = deflate.compress(head) + deflate.flush(zlib.Z_FULL_FLUSH)
+    run = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    assert deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH) == run  # the same bytes each time
+    last = deflate.flush()
+    crc = zlib.crc32(head)
+    for _ in range(runs):
+        crc = zlib.crc32(zeros, crc)
+    size, packed, name = len(head) + runs * len(zeros), len(first) + runs * len(run) + len(last), f"{key}.npy"
+    fields = struct.pack("<HHHHHIII", 20, 0, 8, 0, 0x21, crc, packed, size)  # deflated, 1980-01-01
+    with open(path, "wb") as out:
+        out.write(b"PK\x03\x04" + fields + struct.pack("<HH", len(name), 0) + name.encode())
+        out.write(first)
+        for _ in range(runs):
+            out.write(run)
+        out.write(last)
+        directory = out.tell()
+        out.write(b"PK\x01\x02" + struct.pack("<H", 20) + fields + struct.pack("<HHHHHII", len(name), 0, 0, 0, 0, 0, 0))
+        out.write(name.encode())
+        end = out.tell()
+        out.write(b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, end - directory, directory, 0))
 
 
 @pytest.fixture(scope="module")
