@@ -689,7 +689,7 @@ def prefetch(path: str | os.PathLike | None = None) -> threading.Thread | None:
     def load() -> None:
         try:
             load_cifar10(path, download=False)
-        except Exception:  # noqa: BLE001 - the page's own load reports it, in the page's words
+        except Exception:  # the page's own load reports it, in the page's words
             pass
 
     # Not a daemon: a process ending meanwhile waits for the load (seconds) rather than stopping
