@@ -129,7 +129,9 @@ with summary_slot:
                     st.markdown(f"- **{card['title']}**: {card['record']['label']} ({card['record']['accuracy']:.2%})")
         else:
             st.info("How small can it get within 1 point of accuracy? Nothing is measured yet.")
-            if st.button("Ask the advisor now (1–2 minutes on 2 cores)", type="primary", key="overview_ask"):
+            if st.button(
+                "Ask the advisor now (1–2 minutes cold on a 2-core machine)", type="primary", key="overview_ask"
+            ):
                 bar = st.progress(0.0, text="starting")
                 found = run_with_errors(
                     advisor.smallest_within,

@@ -391,12 +391,19 @@ def test_a_folder_source_is_never_walked(tmp_path, monkeypatch):
     assert data_lib._cache_key(folder) != key
 
 
-def test_a_prefetch_starts_the_load_once_and_a_load_after_it_gets_the_same_data(synthetic_archive, tmp_path):
+def test_a_prefetch_starts_the_load_once_and_a_load_after_it_gets_the_same_data(
+    synthetic_archive, tmp_path, monkeypatch
+):
+    reads = []
+    real_read = data_lib.read_source
+    monkeypatch.setattr(data_lib, "read_source", lambda path: reads.append(path) or real_read(path))
     thread = data_lib.prefetch(synthetic_archive)
     assert thread is not None and data_lib.prefetch(synthetic_archive) is None  # once per source
     thread.join(60)
+    assert len(reads) == 1  # the prefetch decoded it …
     loaded = data_lib.load_cifar10(synthetic_archive, download=False)
-    want = data_lib.read_source(synthetic_archive)
+    assert len(reads) == 1  # … and the load after shared that (or its decoded cache)
+    want = real_read(synthetic_archive)
     np.testing.assert_array_equal(loaded.x_test, want.x_test)
     np.testing.assert_array_equal(loaded.y_train, want.y_train)
     missing = data_lib.prefetch(tmp_path / "nowhere" / data_lib.ARCHIVE_NAME)

@@ -230,9 +230,15 @@ def test_a_variant_sharing_its_first_layers_reuses_their_refit(tiny, monkeypatch
     for name in second:
         for part in ("u", "v", "b"):
             np.testing.assert_array_equal(got[name][part], want[name][part])
+    # A layer left dense takes part in the key by its weights: the same ranks after a changed
+    # linear_1 are refit again, as a fresh path would, never served the unchanged network's factors.
+    ranks = {"linear": 20, "linear_2": 5}
+    unchanged = refit.sequential_refit(params, ranks, path)
     changed = dict(params, linear_1=dict(params["linear_1"], b=params["linear_1"]["b"] + 1.0))
-    other = refit.sequential_refit(changed, {"linear": 20, "linear_2": 5}, path)  # linear_1 not refit: its own
-    assert not np.array_equal(other["linear_2"]["u"], got["linear_2"]["u"])
+    other = refit.sequential_refit(changed, ranks, path)
+    fresh = refit.sequential_refit(changed, ranks, refit.CalibrationPath(params, calibration))
+    np.testing.assert_array_equal(other["linear_2"]["u"], fresh["linear_2"]["u"])
+    assert not np.array_equal(other["linear_2"]["u"], unchanged["linear_2"]["u"])
     with pytest.raises(ValueError):
         got["linear"]["u"][0, 0] = 1.0  # shared with later variants: read-only
 
